@@ -1,0 +1,1 @@
+"""fill: the nightly fill agent (popularity-driven, windowed, rate-capped)."""

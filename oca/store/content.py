@@ -1,0 +1,391 @@
+"""The content store: the public face that the server, the fill agent and
+`oca-admin` use (lookup, publish, remove, inventory, capacity, failures).
+
+Rules kept here:
+- Publishing is atomic: bytes go to a temporary file in the target store,
+  are fsynced, renamed into place, the directory is fsynced, and only then is
+  the index committed. A crash at any point leaves either nothing visible or
+  the whole file; `check` cleans up the leftovers.
+- Removal deletes the index entry first, then the file. A transfer still
+  reading a removed file keeps its open descriptor and finishes normally.
+- A publish or remove holds the maintenance lock shared; `check` and
+  `rebuild-index` hold it exclusively, so they never see a file renamed into
+  place whose index entry is not yet committed.
+- ENOSPC fails that one write cleanly (the temporary file is removed) and
+  leaves the store working; I/O errors that mean a dead disk fail the store.
+- Only working stores' content is visible to lookups and the inventory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Iterator, NoReturn
+
+import xxhash
+
+from oca.config import Config
+from oca.ids import check_id
+from oca.store.disks import (
+    Capacity,
+    Disk,
+    StoreError,
+    StoreFailedError,
+    StoreFullError,
+    attach,
+    fsync_dir,
+    is_disk_failure,
+)
+from oca.store.index import STATE_FAILED, STATE_OK, Entry, Index, StoreRecord
+from oca.store.layout import (
+    MARKER_NAME,
+    PARTIAL_DIR,
+    TMP_DIR,
+    StoreRoom,
+    choose_store,
+    object_relpath,
+    tmp_name,
+)
+
+COPY_CHUNK_BYTES = 8 << 20
+LOCK_NAME = "oca-maintenance.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """Everything the server needs to send a file."""
+
+    path: str
+    size: int
+    checksum: str
+    mtime_s: int
+    store_uuid: str
+
+
+class ContentStore:
+    """The stores and the index of one appliance, opened in this process."""
+
+    def __init__(self, index: Index, disks: list[Disk], *, partial_max_age_s: float = 7 * 86400):
+        self.index = index
+        self.disks = disks
+        self.partial_max_age_s = partial_max_age_s
+        self._lock_path = os.path.join(index.path, LOCK_NAME)
+
+    @classmethod
+    def open(cls, cfg: Config, *, writable: bool = True) -> "ContentStore":
+        """Open the index and attach the configured stores (call after fork)."""
+        index = Index(
+            cfg.index.path,
+            map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)),
+            max_readers=cfg.index.max_readers,
+        )
+        disks = [Disk(s.path, s.reserve_percent) for s in cfg.stores]
+        attach(disks, index, writable=writable)
+        if writable:
+            configured = {d.path for d in disks}
+            for rec in index.stores().values():
+                if rec.path not in configured and rec.state == STATE_OK:
+                    index.put_store(StoreRecord(rec.uuid, rec.path, STATE_FAILED, "store removed from config", time.time()))
+        return cls(index, disks, partial_max_age_s=cfg.check.partial_max_age_h * 3600)
+
+    def close(self) -> None:
+        self.index.close()
+
+    # ------------------------------------------------------------ lookups
+
+    def disk(self, uuid: str) -> Disk | None:
+        for d in self.disks:
+            if d.uuid == uuid:
+                return d
+        return None
+
+    def disk_by_path(self, path: str) -> Disk | None:
+        path = os.path.normpath(path)
+        for d in self.disks:
+            if d.path == path:
+                return d
+        return None
+
+    def lookup(self, content_id: str) -> Located | None:
+        """Where a servable id lives, or None. Costs one LMDB read, no file I/O."""
+        found = self.index.lookup(content_id)
+        if found is None:
+            return None
+        entry, store = found
+        return Located(f"{store.path}/{entry.relpath}", entry.size, entry.checksum, entry.mtime_s, entry.store_uuid)
+
+    def inventory(self) -> tuple[int, list[str]]:
+        return self.index.inventory()
+
+    def capacities(self) -> list[tuple[Disk, Capacity]]:
+        return [(d, d.capacity()) for d in self.disks]
+
+    def rooms(self) -> list[StoreRoom]:
+        out = []
+        for d in self.disks:
+            cap = d.capacity()
+            out.append(StoreRoom(d.uuid or "", d.working, cap.free_bytes, cap.reserve_bytes))
+        return out
+
+    # ------------------------------------------------------------ failures
+
+    def refresh_states(self) -> None:
+        """Adopt failures that other processes recorded in the index."""
+        records = self.index.stores()
+        for d in self.disks:
+            rec = records.get(d.uuid or "")
+            if rec is not None and rec.state != STATE_OK and d.working:
+                d.state, d.reason = rec.state, rec.reason
+
+    def mark_failed(self, disk: Disk, reason: str) -> None:
+        """Take a disk out of service, here and for every other process."""
+        disk.state, disk.reason = STATE_FAILED, reason
+        if disk.uuid is not None:
+            self.index.put_store(StoreRecord(disk.uuid, disk.path, STATE_FAILED, reason, time.time()))
+
+    def report_io_error(self, disk: Disk, exc: OSError, doing: str) -> bool:
+        """Fail `disk` if `exc` means a dead disk. True when it did."""
+        if is_disk_failure(exc):
+            self.mark_failed(disk, f"{doing}: {os.strerror(exc.errno or 0)}")
+            return True
+        if isinstance(exc, FileNotFoundError):
+            problem = disk.health_problem()
+            if problem is not None:
+                self.mark_failed(disk, problem)
+                return True
+        return False
+
+    def enable_store(self, path: str, *, new_disk: bool = False) -> str:
+        """Put a failed store back in service; returns a one-line account."""
+        disk = self.disk_by_path(path)
+        if disk is None:
+            raise StoreError(f"{path}: not a configured store")
+        known = {rec.path: rec for rec in self.index.stores().values()}
+        record = known.get(disk.path)
+        if not os.path.isdir(disk.path):
+            raise StoreError(f"{disk.path}: directory does not exist")
+        marker = disk.read_marker()
+        if record is None:
+            raise StoreError(f"{disk.path}: the index does not know this store; run oca-admin rebuild-index")
+        if marker is None or marker[0] != record.uuid:
+            if not new_disk:
+                what = "has no marker" if marker is None else f"holds another disk (uuid {marker[0]})"
+                raise StoreError(
+                    f"{disk.path}: {what}; if a new disk was put in, run enable-store --new-disk {disk.path}"
+                )
+            if marker is not None or not disk.is_empty():
+                raise StoreError(f"{disk.path}: --new-disk needs an empty directory")
+            dropped = self.index.delete_store_entries(record.uuid)
+            self.index.delete_store(record.uuid)
+            disk.uuid = disk.initialise()
+            self.index.put_store(StoreRecord(disk.uuid, disk.path, STATE_OK, "new disk", time.time()))
+            disk.state, disk.reason = STATE_OK, ""
+            return f"{disk.path}: new disk initialised (uuid {disk.uuid}); {dropped} entries of the old disk forgotten"
+        disk.uuid = record.uuid
+        self.index.put_store(StoreRecord(record.uuid, disk.path, STATE_OK, "enabled by operator", time.time()))
+        disk.ensure_dirs()
+        disk.state, disk.reason = STATE_OK, ""
+        return f"{disk.path}: enabled"
+
+    # ------------------------------------------------------------ locking
+
+    @contextlib.contextmanager
+    def maintenance_lock(self, exclusive: bool) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------ publishing
+
+    def choose_disk(self, size_bytes: int) -> Disk:
+        uuid = choose_store(self.rooms(), size_bytes)
+        if uuid is None:
+            if not any(d.working for d in self.disks):
+                raise StoreFailedError("no working store")
+            raise StoreFullError(f"no store has {size_bytes} bytes free above its reserve")
+        disk = self.disk(uuid)
+        assert disk is not None
+        return disk
+
+    def begin_ingest(self, content_id: str, size_bytes: int, *, disk: Disk | None = None) -> "Ingest":
+        """Start writing a new file; `Ingest.commit` publishes it."""
+        check_id(content_id)
+        disk = disk or self.choose_disk(size_bytes)
+        path = disk.join(f"{TMP_DIR}/{tmp_name(content_id, os.getpid(), secrets.token_hex(4))}")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            self._raise_for(disk, exc, "creating a temporary file")
+        return Ingest(self, content_id, disk, path, fd, size_bytes)
+
+    def publish_file(self, src_path: str, content_id: str, *, mtime_s: int | None = None, popularity: float = 0.0) -> Entry:
+        """Copy `src_path` into a store, hashing as it goes, and publish it."""
+        check_id(content_id)
+        with open(src_path, "rb") as src:
+            st = os.fstat(src.fileno())
+            ingest = self.begin_ingest(content_id, st.st_size)
+            try:
+                buf = bytearray(COPY_CHUNK_BYTES)
+                view = memoryview(buf)
+                while True:
+                    n = src.readinto(buf)
+                    if not n:
+                        break
+                    ingest.write(view[:n])
+                return ingest.commit(mtime_s=int(st.st_mtime) if mtime_s is None else mtime_s, popularity=popularity)
+            except BaseException:
+                ingest.abort()
+                raise
+
+    def partial_path(self, disk: Disk, name: str) -> str:
+        """Where the fill agent keeps a resumable download (left alone by check)."""
+        return disk.join(f"{PARTIAL_DIR}/{name}")
+
+    def publish_prepared(
+        self, disk: Disk, path: str, content_id: str, *, checksum: str, mtime_s: int, popularity: float = 0.0
+    ) -> Entry:
+        """Publish a complete, verified file that already lies in `disk`'s tmp or partial dir.
+
+        The caller computed `checksum` while writing; this fsyncs, renames and
+        commits exactly as an ingest does.
+        """
+        check_id(content_id)
+        real = os.path.realpath(path)
+        allowed = (os.path.realpath(disk.join(TMP_DIR)) + "/", os.path.realpath(disk.join(PARTIAL_DIR)) + "/")
+        if not real.startswith(allowed):
+            raise StoreError(f"{path}: not inside {disk.path}'s tmp or partial directory")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._raise_for(disk, exc, "syncing a prepared file")
+        return self._commit(disk, path, content_id, size, checksum, mtime_s, popularity)
+
+    def _commit(self, disk: Disk, tmp_path: str, content_id: str, size: int, checksum: str, mtime_s: int, popularity: float) -> Entry:
+        relpath = object_relpath(content_id, checksum, mtime_s)
+        final = disk.join(relpath)
+        fan_dir = os.path.dirname(final)
+        with self.maintenance_lock(exclusive=False):
+            try:
+                if not os.path.isdir(fan_dir):
+                    os.makedirs(fan_dir, exist_ok=True)
+                    fsync_dir(os.path.dirname(fan_dir))
+                    fsync_dir(os.path.dirname(os.path.dirname(fan_dir)))
+                os.rename(tmp_path, final)
+                fsync_dir(fan_dir)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_path)
+                self._raise_for(disk, exc, "publishing")
+            assert disk.uuid is not None
+            entry = Entry(content_id, disk.uuid, relpath, size, checksum, int(mtime_s), time.time(), float(popularity))
+            old = self.index.put(entry)
+        if old is not None and (old.store_uuid, old.relpath) != (entry.store_uuid, entry.relpath):
+            self._unlink_entry_file(old)
+        return entry
+
+    # ------------------------------------------------------------ removal
+
+    def remove(self, content_id: str) -> Entry | None:
+        """Delete the index entry, then the file. Returns what was removed."""
+        check_id(content_id)
+        with self.maintenance_lock(exclusive=False):
+            old = self.index.delete(content_id)
+            if old is not None:
+                self._unlink_entry_file(old)
+        return old
+
+    def _unlink_entry_file(self, entry: Entry) -> None:
+        disk = self.disk(entry.store_uuid)
+        if disk is None:
+            return
+        try:
+            os.unlink(disk.join(entry.relpath))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self.report_io_error(disk, exc, "deleting")
+
+    def _raise_for(self, disk: Disk, exc: OSError, doing: str) -> NoReturn:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError(f"{disk.path}: disk full while {doing}") from exc
+        if self.report_io_error(disk, exc, doing):
+            raise StoreFailedError(f"{disk.path}: store failed while {doing}: {disk.reason}") from exc
+        raise StoreError(f"{disk.path}: {doing}: {exc.strerror or exc}") from exc
+
+
+class Ingest:
+    """A file being written into a store; nothing is visible until `commit`."""
+
+    def __init__(self, cs: ContentStore, content_id: str, disk: Disk, path: str, fd: int, size_hint: int):
+        self.cs = cs
+        self.content_id = content_id
+        self.disk = disk
+        self.path = path
+        self._fd: int | None = fd
+        self._hasher = xxhash.xxh3_128()
+        self.size = 0
+        self.size_hint = size_hint
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None, "ingest already finished"
+        self._hasher.update(data)
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                self.size += n
+        except OSError as exc:
+            self.abort()
+            self.cs._raise_for(self.disk, exc, "writing")
+
+    def commit(self, *, mtime_s: int, popularity: float = 0.0, expected_checksum: str | None = None, expected_size: int | None = None) -> Entry:
+        assert self._fd is not None, "ingest already finished"
+        checksum = self._hasher.hexdigest()
+        if expected_size is not None and expected_size != self.size:
+            self.abort()
+            raise StoreError(f"{self.content_id}: got {self.size} bytes, expected {expected_size}")
+        if expected_checksum is not None and expected_checksum != checksum:
+            self.abort()
+            raise StoreError(f"{self.content_id}: checksum {checksum} does not match expected {expected_checksum}")
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.cs._raise_for(self.disk, exc, "syncing")
+        os.close(fd)
+        return self.cs._commit(self.disk, self.path, self.content_id, self.size, checksum, mtime_s, popularity)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+    def __enter__(self) -> "Ingest":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+__all__ = ["ContentStore", "Ingest", "Located", "MARKER_NAME", "STATE_OK", "STATE_FAILED"]

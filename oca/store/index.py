@@ -1,0 +1,471 @@
+"""The LMDB index: content id → store, file, size, checksum, times, popularity.
+
+Rules kept here:
+- One environment per process, opened after `fork()` and never used in
+  another process (`Index` remembers its pid and refuses). Stale reader slots
+  left by killed processes are cleared at open (`reader_check`).
+- Many reader processes, one writer at a time (LMDB's own lock). Readers
+  never block the writer. A map size is set large up front (sparse on disk),
+  and a reader that sees another process grow the map adopts the new size.
+- The schema version is recorded in `meta`. An older index is migrated at
+  open by a writer; a newer one is refused, never touched.
+- Every change to the set of servable ids (publish, remove, a store failing
+  or coming back) bumps the generation in the same transaction and appends
+  to a bounded journal, so pollers can ask what changed since a generation.
+- The index holds no file data: the store layer writes and fsyncs files
+  before committing here, and deletes the entry here before the file.
+
+Records are packed with `struct` rather than JSON: a lookup is one `get` and
+one unpack (about a microsecond), which is the serving path's budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+import lmdb
+
+from oca.errors import OcaError
+
+SCHEMA_VERSION = 2
+# Version history:
+#   1: meta, objects and stores databases; no generation journal.
+#   2: adds the `journal` database and the `generation` counter.
+
+JOURNAL_KEEP = 100_000
+_META = b"meta"
+_OBJECTS = b"objects"
+_STORES = b"stores"
+_JOURNAL = b"journal"
+_K_SCHEMA = b"schema_version"
+_K_GENERATION = b"generation"
+_K_STORES_VERSION = b"stores_version"
+_U64 = struct.Struct(">Q")
+# store uuid (16 raw), checksum (16 raw), size, origin mtime, added, popularity, then relpath
+_RECORD = struct.Struct("<16s16sQqdd")
+
+STATE_OK = "ok"
+STATE_FAILED = "failed"
+
+
+class IndexError_(OcaError):
+    """The index cannot be opened or used."""
+
+
+class IndexCorruptError(IndexError_):
+    """The LMDB files are damaged; `oca-admin rebuild-index` recovers."""
+
+
+class SchemaError(IndexError_):
+    """The index was written by a newer version of this software."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    content_id: str
+    store_uuid: str
+    relpath: str
+    size: int
+    checksum: str  # xxh3-128, 32 lowercase hex digits
+    mtime_s: int  # the origin's modification time
+    added_s: float
+    popularity: float
+
+    def pack(self) -> bytes:
+        return _RECORD.pack(
+            bytes.fromhex(self.store_uuid),
+            bytes.fromhex(self.checksum),
+            self.size,
+            self.mtime_s,
+            self.added_s,
+            self.popularity,
+        ) + self.relpath.encode("utf-8")
+
+    @classmethod
+    def unpack(cls, content_id: str, raw: bytes) -> "Entry":
+        store, checksum, size, mtime, added, popularity = _RECORD.unpack_from(raw)
+        return cls(
+            content_id,
+            store.hex(),
+            bytes(raw[_RECORD.size :]).decode("utf-8"),
+            size,
+            checksum.hex(),
+            mtime,
+            added,
+            popularity,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecord:
+    uuid: str
+    path: str
+    state: str
+    reason: str = ""
+    since_s: float = 0.0
+
+    def pack(self) -> bytes:
+        return json.dumps(
+            {"path": self.path, "state": self.state, "reason": self.reason, "since": self.since_s}
+        ).encode()
+
+    @classmethod
+    def unpack(cls, uuid: str, raw: bytes) -> "StoreRecord":
+        d = json.loads(bytes(raw))
+        return cls(uuid, d["path"], d["state"], d.get("reason", ""), float(d.get("since", 0.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What `changes_since` found: kind is "unchanged", "delta" or "full"."""
+
+    kind: str
+    generation: int
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+def _migrate_1_to_2(txn: lmdb.Transaction, env: lmdb.Environment) -> None:
+    env.open_db(_JOURNAL, txn=txn)
+    meta = env.open_db(_META, txn=txn)
+    if txn.get(_K_GENERATION, db=meta) is None:
+        txn.put(_K_GENERATION, _U64.pack(1), db=meta)
+
+
+_MIGRATIONS = {1: _migrate_1_to_2}
+
+
+class Index:
+    """An open LMDB index, usable only in the process that opened it."""
+
+    def __init__(self, path: str, *, map_size_bytes: int = 16 << 30, max_readers: int = 2048, readonly: bool = False):
+        self.path = path
+        self.readonly = readonly
+        self._pid = os.getpid()
+        if not readonly:
+            os.makedirs(path, exist_ok=True)
+        elif not os.path.isdir(path):
+            raise IndexError_(f"{path}: index does not exist")
+        try:
+            self.env = lmdb.open(
+                path,
+                map_size=map_size_bytes,
+                max_dbs=8,
+                max_readers=max_readers,
+                subdir=True,
+                readonly=readonly,
+                lock=True,
+                readahead=False,
+                metasync=True,
+                sync=True,
+            )
+        except lmdb.InvalidError as exc:
+            raise IndexCorruptError(f"{path}: index is corrupt ({exc}); run oca-admin rebuild-index") from None
+        except lmdb.Error as exc:
+            raise IndexError_(f"{path}: cannot open index: {exc}") from None
+        try:
+            self.env.reader_check()
+            self._open_dbs()
+        except lmdb.CorruptedError as exc:
+            self.env.close()
+            raise IndexCorruptError(f"{path}: index is corrupt ({exc}); run oca-admin rebuild-index") from None
+        self._stores_version = -1
+        self._stores_cache: dict[str, StoreRecord] = {}
+
+    # ------------------------------------------------------------ set-up
+
+    def _open_dbs(self) -> None:
+        env = self.env
+        if self.readonly:
+            with env.begin() as txn:
+                self._meta = env.open_db(_META, txn=txn, create=False)
+                version = self._schema(txn)
+                self._check_version(version, writable=False)
+                self._objects = env.open_db(_OBJECTS, txn=txn, create=False)
+                self._stores = env.open_db(_STORES, txn=txn, create=False)
+                self._journal = env.open_db(_JOURNAL, txn=txn, create=False)
+            return
+        with env.begin(write=True) as txn:
+            self._meta = env.open_db(_META, txn=txn)
+            self._objects = env.open_db(_OBJECTS, txn=txn)
+            self._stores = env.open_db(_STORES, txn=txn)
+            version = self._schema(txn)
+            if version is None:  # a new index
+                txn.put(_K_SCHEMA, str(SCHEMA_VERSION).encode(), db=self._meta)
+                txn.put(_K_GENERATION, _U64.pack(1), db=self._meta)
+                txn.put(_K_STORES_VERSION, _U64.pack(1), db=self._meta)
+                version = SCHEMA_VERSION
+            self._check_version(version, writable=True)
+            while version < SCHEMA_VERSION:
+                _MIGRATIONS[version](txn, env)
+                version += 1
+                txn.put(_K_SCHEMA, str(version).encode(), db=self._meta)
+            self._journal = env.open_db(_JOURNAL, txn=txn)
+
+    def _schema(self, txn: lmdb.Transaction) -> int | None:
+        raw = txn.get(_K_SCHEMA, db=self._meta)
+        if raw is None:
+            return None
+        try:
+            return int(bytes(raw))
+        except ValueError:
+            raise IndexCorruptError(f"{self.path}: schema version {bytes(raw)!r} is unreadable") from None
+
+    def _check_version(self, version: int | None, writable: bool) -> None:
+        if version is None:
+            raise IndexError_(f"{self.path}: not an oca index (no schema version)")
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path}: index schema version {version} is newer than this software's "
+                f"{SCHEMA_VERSION}; upgrade oca or rebuild the index"
+            )
+        if version < SCHEMA_VERSION and not writable:
+            raise SchemaError(f"{self.path}: index schema {version} needs migrating; start a writer first")
+
+    def _guard(self) -> None:
+        if os.getpid() != self._pid:
+            raise IndexError_("an LMDB index must not be used across fork(); open it in the child")
+
+    def _read(self) -> lmdb.Transaction:
+        self._guard()
+        try:
+            return self.env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin(buffers=False)
+
+    def _write(self) -> lmdb.Transaction:
+        self._guard()
+        if self.readonly:
+            raise IndexError_(f"{self.path}: index was opened read-only")
+        try:
+            return self.env.begin(write=True)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            return self.env.begin(write=True)
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            self.env.close()
+
+    # ------------------------------------------------------------ reads
+
+    def schema_version(self) -> int:
+        with self._read() as txn:
+            return self._schema(txn) or 0
+
+    def get(self, content_id: str) -> Entry | None:
+        with self._read() as txn:
+            raw = txn.get(content_id.encode("ascii"), db=self._objects)
+        return None if raw is None else Entry.unpack(content_id, raw)
+
+    def lookup(self, content_id: str) -> tuple[Entry, StoreRecord] | None:
+        """The entry and its store, only when that store is working: the serving path."""
+        with self._read() as txn:
+            raw = txn.get(content_id.encode("ascii"), db=self._objects)
+            if raw is None:
+                return None
+            version = txn.get(_K_STORES_VERSION, db=self._meta)
+            if version != self._stores_version:
+                self._load_stores(txn, version)
+        entry = Entry.unpack(content_id, raw)
+        store = self._stores_cache.get(entry.store_uuid)
+        if store is None or store.state != STATE_OK:
+            return None
+        return entry, store
+
+    def _load_stores(self, txn: lmdb.Transaction, version: object) -> None:
+        cache = {}
+        for key, raw in txn.cursor(db=self._stores):
+            uuid = bytes(key).decode()
+            cache[uuid] = StoreRecord.unpack(uuid, raw)
+        self._stores_cache = cache
+        self._stores_version = version  # type: ignore[assignment]
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, servable or not, in id order (a consistent snapshot)."""
+        with self._read() as txn:
+            for key, raw in txn.cursor(db=self._objects):
+                yield Entry.unpack(bytes(key).decode("ascii"), raw)
+
+    def count(self) -> int:
+        with self._read() as txn:
+            return txn.stat(self._objects)["entries"]
+
+    def stores(self) -> dict[str, StoreRecord]:
+        with self._read() as txn:
+            out = {}
+            for key, raw in txn.cursor(db=self._stores):
+                uuid = bytes(key).decode()
+                out[uuid] = StoreRecord.unpack(uuid, raw)
+            return out
+
+    def generation(self) -> int:
+        with self._read() as txn:
+            return _U64.unpack(txn.get(_K_GENERATION, db=self._meta))[0]
+
+    def inventory(self) -> tuple[int, list[str]]:
+        """(generation, ids whose store is working), from one snapshot."""
+        with self._read() as txn:
+            generation = _U64.unpack(txn.get(_K_GENERATION, db=self._meta))[0]
+            working = set()
+            for key, raw in txn.cursor(db=self._stores):
+                if StoreRecord.unpack(bytes(key).decode(), raw).state == STATE_OK:
+                    working.add(bytes.fromhex(bytes(key).decode()))
+            ids = [
+                bytes(key).decode("ascii")
+                for key, raw in txn.cursor(db=self._objects)
+                if bytes(raw[:16]) in working
+            ]
+        return generation, ids
+
+    def changes_since(self, since: int) -> Changes:
+        """What changed in the servable set after generation `since`.
+
+        "full" when the journal no longer reaches back that far, or when a
+        store changed state in between (too many ids moved to list).
+        """
+        with self._read() as txn:
+            generation = _U64.unpack(txn.get(_K_GENERATION, db=self._meta))[0]
+            if since == generation:
+                return Changes("unchanged", generation)
+            if since > generation or since < 1:
+                return Changes("full", generation)
+            cursor = txn.cursor(db=self._journal)
+            if not cursor.first() or _U64.unpack(cursor.key())[0] > since + 1:
+                return Changes("full", generation)
+            if not cursor.set_range(_U64.pack(since + 1)):
+                return Changes("full", generation)
+            state: dict[str, bool] = {}
+            for _key, raw in cursor:
+                op, name = raw[:1], bytes(raw[1:]).decode("ascii")
+                if op == b"*":
+                    return Changes("full", generation)
+                state[name] = op == b"+"
+        added = tuple(sorted(k for k, v in state.items() if v))
+        removed = tuple(sorted(k for k, v in state.items() if not v))
+        return Changes("delta", generation, added, removed)
+
+    def get_flag(self, name: str) -> str | None:
+        with self._read() as txn:
+            raw = txn.get(b"flag:" + name.encode(), db=self._meta)
+        return None if raw is None else raw.decode()
+
+    # ------------------------------------------------------------ writes
+
+    def _bump(self, txn: lmdb.Transaction, op: bytes, name: str = "") -> int:
+        generation = _U64.unpack(txn.get(_K_GENERATION, db=self._meta))[0] + 1
+        txn.put(_K_GENERATION, _U64.pack(generation), db=self._meta)
+        txn.put(_U64.pack(generation), op + name.encode("ascii"), db=self._journal)
+        if generation % 1024 == 0:
+            self._trim_journal(txn, generation)
+        return generation
+
+    def _trim_journal(self, txn: lmdb.Transaction, generation: int) -> None:
+        cutoff = _U64.pack(max(0, generation - JOURNAL_KEEP))
+        cursor = txn.cursor(db=self._journal)
+        if cursor.first():
+            while cursor.key() < cutoff:
+                if not cursor.delete():
+                    break
+
+    def put(self, entry: Entry) -> Entry | None:
+        """Insert or replace an entry; returns the entry it replaced."""
+        key = entry.content_id.encode("ascii")
+        with self._write() as txn:
+            old = txn.get(key, db=self._objects)
+            txn.put(key, entry.pack(), db=self._objects)
+            self._bump(txn, b"+", entry.content_id)
+        return None if old is None else Entry.unpack(entry.content_id, old)
+
+    def put_many(self, entries: list[Entry]) -> None:
+        """Insert many entries in one transaction (rebuild-index)."""
+        with self._write() as txn:
+            for entry in entries:
+                txn.put(entry.content_id.encode("ascii"), entry.pack(), db=self._objects)
+                self._bump(txn, b"+", entry.content_id)
+
+    def set_popularity(self, content_id: str, popularity: float) -> bool:
+        key = content_id.encode("ascii")
+        with self._write() as txn:
+            raw = txn.get(key, db=self._objects)
+            if raw is None:
+                return False
+            e = Entry.unpack(content_id, raw)
+            txn.put(key, Entry(e.content_id, e.store_uuid, e.relpath, e.size, e.checksum, e.mtime_s, e.added_s, popularity).pack(), db=self._objects)
+        return True
+
+    def delete(self, content_id: str, *, only_if: Entry | None = None) -> Entry | None:
+        """Delete an entry; returns it. With `only_if`, only when it is still that entry."""
+        key = content_id.encode("ascii")
+        with self._write() as txn:
+            raw = txn.get(key, db=self._objects)
+            if raw is None:
+                return None
+            old = Entry.unpack(content_id, raw)
+            if only_if is not None and old != only_if:
+                return None
+            txn.delete(key, db=self._objects)
+            self._bump(txn, b"-", content_id)
+        return old
+
+    def delete_store_entries(self, store_uuid: str) -> int:
+        """Forget every entry of one store (a disk replaced by a new one)."""
+        raw_uuid = bytes.fromhex(store_uuid)
+        n = 0
+        with self._write() as txn:
+            cursor = txn.cursor(db=self._objects)
+            keys = [bytes(k) for k, v in cursor if bytes(v[:16]) == raw_uuid]
+            for key in keys:
+                txn.delete(key, db=self._objects)
+                n += 1
+            self._bump(txn, b"*")
+        return n
+
+    def put_store(self, record: StoreRecord) -> None:
+        """Record a store; a change of working state bumps the generation."""
+        key = record.uuid.encode()
+        with self._write() as txn:
+            old = txn.get(key, db=self._stores)
+            old_state = None if old is None else StoreRecord.unpack(record.uuid, old).state
+            txn.put(key, record.pack(), db=self._stores)
+            version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
+            txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+            if old_state != record.state and (old_state == STATE_OK or record.state == STATE_OK):
+                self._bump(txn, b"*")
+
+    def delete_store(self, uuid: str) -> None:
+        with self._write() as txn:
+            txn.delete(uuid.encode(), db=self._stores)
+            version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
+            txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+            self._bump(txn, b"*")
+
+    def set_flag(self, name: str, value: str | None) -> None:
+        with self._write() as txn:
+            key = b"flag:" + name.encode()
+            if value is None:
+                txn.delete(key, db=self._meta)
+            else:
+                txn.put(key, value.encode(), db=self._meta)
+
+
+def create_v1_index_for_tests(path: str, entries: list[Entry], stores: list[StoreRecord]) -> None:
+    """Write a schema-1 index (no journal, no generation): the migration's input."""
+    os.makedirs(path, exist_ok=True)
+    env = lmdb.open(path, map_size=64 << 20, max_dbs=8, subdir=True)
+    with env.begin(write=True) as txn:
+        meta = env.open_db(_META, txn=txn)
+        objects = env.open_db(_OBJECTS, txn=txn)
+        stores_db = env.open_db(_STORES, txn=txn)
+        txn.put(_K_SCHEMA, b"1", db=meta)
+        txn.put(_K_STORES_VERSION, _U64.pack(1), db=meta)
+        for e in entries:
+            txn.put(e.content_id.encode(), e.pack(), db=objects)
+        for s in stores:
+            txn.put(s.uuid.encode(), s.pack(), db=stores_db)
+    env.close()
