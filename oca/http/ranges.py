@@ -25,16 +25,16 @@ Rules this module keeps:
   ``max_ranges``: a cap on the work and on the number of parts a single
   request may ask for; 0 disables range requests.
 - A multipart response is never larger than the representation plus its
-  part headers: overlapping and adjacent ranges are coalesced (§14.3 allows
+  part headers: overlapping and adjacent ranges are coalesced (§15.3.7.2 allows
   it), and a multi-range request whose ranges add up to at least the whole
   representation is answered with 200 and the whole representation (as
   nginx does), which also defeats the "many overlapping ranges"
   amplification attack (CVE-2011-3192).  A request for a single range gets
   206 even when that range is the whole representation.
 - Multipart parts follow the order in which their first range-spec
-  appeared in the request (§14.3 SHOULD).  Rejected alternative: ascending
+  appeared in the request (§15.3.7.2 SHOULD).  Rejected alternative: ascending
   offsets, which would be friendlier to the disk but ignores the SHOULD;
-  clients must read each part's Content-Range anyway (§14.6).
+  clients must read each part's Content-Range anyway (§15.3.7.2).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def multipart_layout(
     content_type: str,
     boundary: str,
 ) -> tuple[list[tuple[bytes, int, int]], bytes, int]:
-    """Lay out a ``multipart/byteranges`` body (§14.6, RFC 2046 §5.1.1).
+    """Lay out a ``multipart/byteranges`` body (§14.6, §15.3.7.2, RFC 2046 §5.1.1).
 
     Returns ``(parts, closing, total_length)``: each part is
     ``(part_head, start, length)``, to be sent as ``part_head`` followed by
@@ -287,7 +287,7 @@ def _decide_byte_ranges(value: str, size: int, max_ranges: int) -> Decision:
 
 
 def _coalesce(chosen: list[tuple[int, int, int]]) -> tuple[tuple[int, int], ...]:
-    """Merge overlapping or adjacent ranges (§14.3); order groups by first appearance."""
+    """Merge overlapping or adjacent ranges (§15.3.7.2); order groups by first appearance."""
     groups: list[list[int]] = []  # [start, end, first order]
     for start, end, order in sorted(chosen):
         if groups and start <= groups[-1][1] + 1:
