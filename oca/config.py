@@ -165,6 +165,33 @@ class ApplianceConfig:
 class ServerConfig:
     listen: tuple[str, ...] = setting(doc="Addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
     workers: int = setting(2, doc="Worker processes sharing the listening sockets.", check=lambda v: _in_range(v, 1, 256))
+    event_loop: str = setting(
+        "uvloop", doc="'uvloop' (fast) or 'asyncio' (stock loop, for comparison and tests).", check=lambda v: _one_of(v, ("uvloop", "asyncio"))
+    )
+    backlog: int = setting(4096, doc="Listen backlog of each socket (the kernel caps it at net.core.somaxconn).", check=lambda v: _in_range(v, 16, 65535))
+    max_connections: int = setting(
+        16384, doc="Open connections per worker; more are closed at once.", check=lambda v: _in_range(v, 16, 1 << 20)
+    )
+    header_timeout_s: float = setting(
+        10, doc="Time allowed from a request's first byte to the end of its headers (slowloris guard).", check=check_positive
+    )
+    keepalive_timeout_s: float = setting(75, doc="Idle time before a keep-alive connection is closed (nginx: 75 s).", check=check_positive)
+    send_timeout_s: float = setting(
+        60, doc="Time a response may make no progress because the client stopped reading (nginx: 60 s).", check=check_positive
+    )
+    max_request_line_bytes: int = setting(8192, doc="Longest request line; longer → 414.", check=lambda v: _in_range(v, 256, 1 << 20))
+    max_header_bytes: int = setting(16384, doc="Total request header bytes; more → 431.", check=lambda v: _in_range(v, 512, 1 << 20))
+    max_headers: int = setting(100, doc="Request header fields; more → 431.", check=lambda v: _in_range(v, 8, 10000))
+    max_pipelined: int = setting(32, doc="Requests queued on one connection before reading pauses.", check=lambda v: _in_range(v, 1, 4096))
+    max_ranges: int = setting(16, doc="Ranges in one request; more → 200 with the whole file (nginx max_ranges).", check=lambda v: _in_range(v, 0, 1024))
+    shutdown_timeout_s: float = setting(30, doc="On SIGTERM or reload, time in-flight responses get to finish.", check=check_positive)
+    cache_control: str = setting("no-store", doc="Cache-Control of content responses (errors always send no-store).")
+    control_allow: tuple[str, ...] = setting((), doc="CIDRs allowed to use /health, /inventory, /routes and /metrics; empty: everyone.", check=lambda v: check_cidrs(v))
+    access_log: str = setting("", doc="Access log: '' off, '-' stdout, or a file path (reopened on SIGUSR1).")
+    access_log_format: str = setting("combined", doc="'combined' (nginx's) or 'json'.", check=lambda v: _one_of(v, ("combined", "json")))
+    fd_cache_size: int = setting(1000, doc="Open file descriptors kept per worker (nginx open_file_cache max).", check=lambda v: _in_range(v, 0, 1 << 20))
+    fd_cache_inactive_s: float = setting(20, doc="Cached descriptors unused this long are closed.", check=check_positive)
+    pid_file: str = setting("", doc="Write the parent's pid here ('' for none).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +252,12 @@ class Config:
 def _in_range(value: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValueError(f"must be from {low} to {high}, not {value}")
+    return value
+
+
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
     return value
 
 

@@ -1,7 +1,373 @@
-"""`oca-server`: the appliance's HTTP server (placeholder until the server lands)."""
+"""`oca-server`: the parent process that owns the sockets and the workers.
 
-from oca.stub import not_yet
+Rules kept here:
+- One parent. It validates the config, raises its open-files limit as far
+  as the hard limit allows, attaches the stores once (initialising new empty
+  ones, so workers never race to do it), binds every `[server] listen`
+  address and starts `[server] workers` workers as its direct children, in
+  its own process group, each inheriting the listening sockets (the kernel
+  balances connections between them).
+- A worker that dies is restarted (with a pause if they keep dying).
+- SIGTERM/SIGINT: workers stop accepting and finish what they are sending,
+  up to `shutdown_timeout_s`; then the parent exits.
+- SIGHUP: reload the config and replace the workers one at a time; each
+  new worker is serving before the old one is told to stop, and the old one
+  finishes its responses. Workers are exec'd afresh, so a code upgrade
+  followed by SIGHUP needs no downtime. A config that does not load is
+  reported and the running workers stay.
+- SIGUSR1 is passed to the workers (they reopen the access log).
+- Once a second the parent samples load (bytes/s out, CPU, NIC use) into
+  shared memory for `/health` and `/metrics`.
+- Runtime state lives in an anonymous memfd and the index, never in fixed
+  paths, so several instances on one machine cannot collide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+from oca import __version__
+from oca.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_host_port
+from oca.errors import OcaError
+from oca.server import stats as S
+from oca.store.content import ContentStore
+
+READY_TIMEOUT_S = 30.0
+SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
-def main() -> None:
-    not_yet("oca-server", "Serve the appliance's content over HTTP with sendfile")
+def log(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} oca-server[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def raise_nofile_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def bind_sockets(listen: tuple[str, ...], backlog: int) -> dict[str, socket.socket]:
+    socks = {}
+    for item in listen:
+        host, port = parse_host_port(item)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            infos = socket.getaddrinfo(host, port, family if ":" in host else socket.AF_UNSPEC, socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise OcaError(f"server.listen: cannot resolve {item!r}: {exc}") from None
+        fam, _type, _proto, _canon, addr = infos[0]
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            sock.close()
+            for s in socks.values():
+                s.close()
+            raise OcaError(f"server.listen: cannot bind {item}: {exc.strerror}") from None
+        sock.listen(backlog)
+        sock.setblocking(False)
+        sock.set_inheritable(True)
+        socks[item] = sock
+    return socks
+
+
+@dataclass
+class WorkerProc:
+    proc: subprocess.Popen
+    slot: int
+    started: float
+    retiring: bool = False
+    ready: bool = False
+
+
+@dataclass
+class Master:
+    config_path: str
+    cfg: Config
+    socks: dict[str, socket.socket]
+    stats: S.SharedStats
+    workers: list[WorkerProc] = field(default_factory=list)
+    crash_times: list[float] = field(default_factory=list)
+    stopping: bool = False
+
+    def free_slot(self) -> int:
+        used = {w.slot for w in self.workers}
+        for slot in range(self.stats.slots):
+            if slot not in used:
+                return slot
+        raise OcaError("no free worker slot")
+
+    def spawn(self, slot: int | None = None, wait_ready: bool = True) -> WorkerProc:
+        slot = self.free_slot() if slot is None else slot
+        r, w = os.pipe()
+        fds = [s.fileno() for s in self.socks.values()]
+        args = [
+            sys.executable, "-m", "oca.server.worker",
+            "--config", self.config_path,
+            "--slot", str(slot), "--slots", str(self.stats.slots),
+            "--stats-fd", str(self.stats.fd),
+            "--listen-fds", ",".join(map(str, fds)),
+            "--ready-fd", str(w),
+        ]
+        proc = subprocess.Popen(args, pass_fds=[*fds, self.stats.fd, w], close_fds=True)
+        os.close(w)
+        wp = WorkerProc(proc, slot, time.monotonic())
+        self.workers.append(wp)
+        if wait_ready:
+            wp.ready = self._wait_ready(r, proc)
+            if not wp.ready:
+                log(f"worker {proc.pid} (slot {slot}) did not become ready")
+        else:
+            os.close(r)
+        return wp
+
+    def _wait_ready(self, r: int, proc: subprocess.Popen) -> bool:
+        import select
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([r], [], [], 0.2)
+                if ready:
+                    return os.read(r, 1) == b"R"
+                if proc.poll() is not None:
+                    return False
+            return False
+        finally:
+            os.close(r)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for wp in list(self.workers):
+                if wp.proc.pid != pid:
+                    continue
+                wp.proc.returncode = os.waitstatus_to_exitcode(status)
+                self.workers.remove(wp)
+                self.stats.zero_gauges(wp.slot)
+                if wp.retiring or self.stopping:
+                    log(f"worker {pid} (slot {wp.slot}) exited")
+                    continue
+                log(f"worker {pid} (slot {wp.slot}) died with status {wp.proc.returncode}; restarting")
+                self.stats.header[S.H_WORKER_RESTARTS] += 1
+                now = time.monotonic()
+                self.crash_times = [t for t in self.crash_times if now - t < 10] + [now]
+                if len(self.crash_times) > 5:
+                    time.sleep(1.0)  # crash loop: do not spin
+                self.spawn(wp.slot, wait_ready=False)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for wp in self.workers:
+            _signal(wp.proc, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.server.shutdown_timeout_s + 5
+        while self.workers and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        for wp in self.workers:
+            _signal(wp.proc, signal.SIGKILL)
+        for s in self.socks.values():
+            s.close()
+
+    def reload(self) -> None:
+        try:
+            cfg = load_config(self.config_path)
+        except OcaError as exc:
+            log(f"reload refused, keeping the running config: {exc}")
+            return
+        old_socks = self.socks
+        if cfg.server.listen != self.cfg.server.listen:
+            keep = {k: v for k, v in old_socks.items() if k in cfg.server.listen}
+            try:
+                fresh = bind_sockets(tuple(x for x in cfg.server.listen if x not in keep), cfg.server.backlog)
+            except OcaError as exc:
+                log(f"reload refused: {exc}")
+                return
+            self.socks = {**keep, **fresh}
+        self.cfg = cfg
+        old = [w for w in self.workers if not w.retiring]
+        needed = cfg.server.workers
+        if len(self.workers) + needed > self.stats.slots:
+            log("reload refused: workers from the last reload are still finishing; try again shortly")
+            self.cfg = cfg
+            return
+        log(f"reloading: replacing {len(old)} workers with {needed}")
+        for i in range(max(needed, len(old))):
+            if i < needed:
+                new = self.spawn()
+                if not new.ready:
+                    log("reload: a new worker failed to start; the old ones keep serving")
+                    _signal(new.proc, signal.SIGTERM)
+                    new.retiring = True
+                    return
+            if i < len(old):
+                old[i].retiring = True
+                _signal(old[i].proc, signal.SIGTERM)
+        for key, sock in old_socks.items():
+            if key not in self.socks:
+                sock.close()
+
+    def forward(self, signum: int) -> None:
+        for wp in self.workers:
+            _signal(wp.proc, signum)
+
+
+def _signal(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+class LoadSampler:
+    def __init__(self, stats: S.SharedStats, nic_capacity_mbps: float | None):
+        self.stats = stats
+        self.nic_capacity_mbps = nic_capacity_mbps
+        self.last_t = time.monotonic()
+        self.last_bytes = stats.total(S.C_BYTES)
+        self.last_nic = self._nic_sent()
+        psutil.cpu_percent(interval=None)
+
+    @staticmethod
+    def _nic_sent() -> int:
+        counters = psutil.net_io_counters(pernic=True)
+        return sum(c.bytes_sent for name, c in counters.items() if name != "lo")
+
+    def capacity_bps(self) -> float | None:
+        if self.nic_capacity_mbps:
+            return self.nic_capacity_mbps * 1e6
+        speeds = [s.speed for name, s in psutil.net_if_stats().items() if name != "lo" and s.isup and s.speed > 0]
+        return sum(speeds) * 1e6 if speeds else None
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        dt = max(1e-3, now - self.last_t)
+        total = self.stats.total(S.C_BYTES)
+        nic = self._nic_sent()
+        h = self.stats.header
+        h[S.H_BYTES_PER_S] = (total - self.last_bytes) / dt
+        h[S.H_CPU_PERCENT] = psutil.cpu_percent(interval=None)
+        cap = self.capacity_bps()
+        h[S.H_NIC_CAPACITY_BPS] = -1.0 if cap is None else cap
+        h[S.H_NIC_UTIL] = -1.0 if cap is None else min(1.0, (nic - self.last_nic) * 8 / dt / cap)
+        h[S.H_SAMPLED_AT] = time.time()
+        self.last_t, self.last_bytes, self.last_nic = now, total, nic
+
+
+def notify_systemd(message: str) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+    except OSError:
+        pass
+
+
+def serve(config_path: str) -> int:
+    cfg = load_config(config_path)
+    nofile = raise_nofile_limit()
+    store = ContentStore.open(cfg, writable=True)
+    failed = [f"{d.path} ({d.reason})" for d in store.disks if not d.working]
+    store.close()
+    for f in failed:
+        log(f"store failed: {f}")
+    socks = bind_sockets(cfg.server.listen, cfg.server.backlog)
+    stats = S.SharedStats.create(slots=cfg.server.workers * 2 + 2)
+    os.set_inheritable(stats.fd, True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    master = Master(os.path.abspath(config_path), cfg, socks, stats)
+    if cfg.server.pid_file:
+        with open(cfg.server.pid_file, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+    for _ in range(cfg.server.workers):
+        master.spawn()
+    ready = sum(1 for w in master.workers if w.ready)
+    log(
+        f"oca {__version__} appliance {cfg.appliance.id} serving on {', '.join(cfg.server.listen)} "
+        f"with {ready}/{cfg.server.workers} workers ({cfg.server.event_loop}), open-files limit {nofile}"
+    )
+    notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
+    sampler = LoadSampler(stats, cfg.appliance.nic_capacity_mbps)
+    next_sample = time.monotonic() + 1.0
+    try:
+        while True:
+            timeout = max(0.0, next_sample - time.monotonic())
+            info = signal.sigtimedwait(SIGNALS, timeout)
+            if info is None:
+                sampler.sample()
+                next_sample = time.monotonic() + 1.0
+                continue
+            signum = info.si_signo
+            if signum == signal.SIGCHLD:
+                master.reap()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                log("stopping: letting responses in flight finish")
+                notify_systemd("STOPPING=1")
+                master.stop()
+                break
+            elif signum == signal.SIGHUP:
+                notify_systemd("RELOADING=1")
+                master.reload()
+                sampler.nic_capacity_mbps = master.cfg.appliance.nic_capacity_mbps
+                notify_systemd("READY=1")
+            elif signum == signal.SIGUSR1:
+                master.forward(signal.SIGUSR1)
+    finally:
+        if cfg.server.pid_file:
+            try:
+                os.unlink(cfg.server.pid_file)
+            except OSError:
+                pass
+    log("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="oca-server", description="Serve the appliance's content over HTTP/1.1 with sendfile.")
+    p.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=f"appliance config file (default {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    p.add_argument("--version", action="version", version=f"oca {__version__}")
+    args = p.parse_args(argv)
+    try:
+        if args.check_config:
+            load_config(args.config)
+            print(f"{args.config}: ok")
+            sys.exit(0)
+        sys.exit(serve(args.config))
+    except OcaError as exc:
+        print(f"oca-server: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -67,7 +67,9 @@ def parse_object_name(name: str) -> tuple[str, str, int] | None:
         return None
     if len(checksum_hex) != CHECKSUM_HEX_LENGTH or not _is_hex(checksum_hex):
         return None
-    if not mtime_text.lstrip("-").isdigit():
+    # ASCII digits with at most one leading minus: str.isdigit() alone let
+    # "--5" and "\u00b2" through to int(), which raised on names found on disk.
+    if not _is_decimal(mtime_text.removeprefix("-")):
         return None
     return content_id, checksum_hex, int(mtime_text)
 
@@ -79,9 +81,14 @@ def tmp_name(content_id: str, pid: int, token: str) -> str:
 
 def parse_tmp_pid(name: str) -> int | None:
     parts = name.rsplit(".", 3)
-    if len(parts) != 4 or parts[3] != "tmp" or not parts[1].isdigit():
+    if len(parts) != 4 or parts[3] != "tmp" or not _is_decimal(parts[1]):
         return None
     return int(parts[1])
+
+
+def _is_decimal(text: str) -> bool:
+    """One or more ASCII digits (str.isdigit() also takes "\u00b2", which int() refuses)."""
+    return text.isascii() and text.isdigit()
 
 
 def _is_hex(text: str) -> bool:

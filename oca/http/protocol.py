@@ -1,0 +1,509 @@
+"""One HTTP/1.1 connection: parsing, limits, pipelining and the zero-copy pump.
+
+Rules kept here:
+- Requests are parsed with httptools (llhttp, in C). Responses are decided
+  by the application (`Handler`), which returns a `Response`: a head and a
+  list of segments, each either bytes or a (file descriptor, offset, count)
+  range of a file.
+- Bodies are never read into Python. File segments go to the socket with
+  `os.sendfile`; bytes go with `socket.send`, using MSG_MORE when a file
+  segment follows so the head and the first body bytes leave together
+  (nginx's tcp_nopush). uvloop implements neither `loop.sendfile` nor
+  `sock_sendfile` (STACK-NOTES), so the transport is used for reading only
+  and all writes go to a `dup()` of its socket, which is also what is polled
+  for writability (the transport's own fd cannot take `add_writer`).
+- Exactly one response is in flight per connection. Pipelined requests
+  queue in order; reading pauses when `max_pipelined` are waiting.
+- Limits: request line (414), header bytes and count (431), a header read
+  timeout from a request's first byte (slowloris), an idle keep-alive
+  timeout, and a send timeout for clients that stop reading. Deadlines are
+  plain numbers checked by the worker's once-a-second sweep, so a request
+  costs no timer handles.
+- A `sendfile` that returns 0 means the file shrank under us: the
+  connection is aborted, since Content-Length was already sent.
+- Closing after a response shuts down the write side first and drains what
+  the client still sends for a moment (lingering close), so the client is
+  not reset before reading the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections import deque
+from typing import Any, Callable, Protocol
+
+import httptools
+
+MSG_MORE = getattr(socket, "MSG_MORE", 0)
+LINGER_S = 2.0
+
+# Connection phases
+IDLE = 0  # waiting for a request's first byte
+HEAD = 1  # reading a request's head
+BUSY = 2  # a response is being produced or sent
+CLOSING = 3  # write side shut, draining input
+
+
+class Request:
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "headers",
+        "version",
+        "keep_alive",
+        "started",
+        "error",
+    )
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = b""
+        self.path = ""
+        self.query = ""
+        self.headers: dict[str, str] = {}
+        self.version = "1.1"
+        self.keep_alive = True
+        self.started = 0.0
+        self.error: tuple[int, str] | None = None
+
+
+class Response:
+    """What to send: `head` (status line and headers) and body `segments`."""
+
+    __slots__ = ("status", "head", "segments", "body_bytes", "close", "on_done", "on_error")
+
+    def __init__(self, status: int, head: bytes, segments: list, body_bytes: int, close: bool = False):
+        self.status = status
+        self.head = head
+        self.segments = segments
+        self.body_bytes = body_bytes
+        self.close = close
+        self.on_done: Callable[[], None] | None = None
+        # Called with the OSError when sendfile fails on the file side.
+        self.on_error: Callable[[OSError], None] | None = None
+
+
+class Handler(Protocol):
+    def handle(self, request: Request, conn: "HttpConnection") -> "Response | asyncio.Future[Response]": ...
+    def error_response(self, status: int, reason: str, close: bool) -> Response: ...
+    def finished(self, request: Request, conn: "HttpConnection", status: int, sent_bytes: int, complete: bool) -> None: ...
+
+
+class Limits:
+    __slots__ = (
+        "header_timeout_s",
+        "keepalive_timeout_s",
+        "send_timeout_s",
+        "max_request_line_bytes",
+        "max_header_bytes",
+        "max_headers",
+        "max_pipelined",
+    )
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, handler: Handler, limits: Limits, registry: set, loop: asyncio.AbstractEventLoop, on_stat: Callable[[int, int], None]):
+        self.handler = handler
+        self.limits = limits
+        self.registry = registry
+        self.loop = loop
+        self.on_stat = on_stat  # (counter index, amount)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.phase = IDLE
+        self.deadline = 0.0
+        self.deadline_kind = "header"
+        self.closing_after = False  # close once the current response is done
+        self.shutting_down = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._req: Request | None = None
+        self._url_parts: list[bytes] = []
+        self._url_len = 0
+        self._head_bytes = 0
+        self._header_count = 0
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self._queue: deque[Request] = deque()
+        self._paused = False
+        self._fd = -1
+        self._sock: socket.socket | None = None
+        self._writer_fd = -1
+        self._current: Request | None = None
+        self._response: Response | None = None
+        self._segments: deque = deque()
+        self._sent = 0
+        self._lost = False
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno()
+        self.registry.add(self)
+        self.deadline = self.loop.time() + self.limits.header_timeout_s
+        self.deadline_kind = "header"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.registry.discard(self)
+        if self._current is not None:
+            self._finish(complete=False)
+        self._release_sock()
+
+    def eof_received(self) -> bool | None:
+        if self.phase == CLOSING or (self.phase == IDLE and not self._queue):
+            self._close()
+            return None
+        # Half-closed client with responses still due: finish them, then close.
+        self.closing_after = True
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == CLOSING:
+            return
+        if self.phase == IDLE and self._current is None and not self._queue:
+            self.phase = HEAD
+            self.deadline = self.loop.time() + self.limits.header_timeout_s
+            self.deadline_kind = "header"
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrade is not supported")
+            return
+        except httptools.HttpParserError as exc:
+            if self._req is not None and self._req.error is not None:
+                status, reason = self._req.error
+            else:
+                status, reason = 400, f"malformed request: {exc}"
+            self._fail(status, reason)
+            return
+        if self._req is not None and self._head_bytes:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.limits.max_request_line_bytes + self.limits.max_header_bytes:
+                self._fail(431, "request header too large")
+                return
+        if self._queue and self._current is None:
+            self._next()
+
+    # ------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        req = Request()
+        req.started = self.loop.time()
+        self._req = req
+        self._url_parts = []
+        self._url_len = 0
+        self._head_bytes = 1
+        self._header_count = 0
+        self._header_bytes = 0
+        self._body_bytes = 0
+        if self.phase == IDLE:
+            self.phase = HEAD
+            self.deadline = req.started + self.limits.header_timeout_s
+            self.deadline_kind = "header"
+
+    def on_url(self, url: bytes) -> None:
+        self._url_len += len(url)
+        if self._url_len > self.limits.max_request_line_bytes:
+            assert self._req is not None
+            self._req.error = (414, "request line too long")
+            raise httptools.HttpParserError("request line too long")
+        self._url_parts.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._req
+        assert req is not None
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.limits.max_header_bytes:
+            req.error = (431, "request header fields too large")
+            raise httptools.HttpParserError("headers too large")
+        if self._header_count > self.limits.max_headers:
+            req.error = (431, "too many header fields")
+            raise httptools.HttpParserError("too many headers")
+        try:
+            key = name.decode("ascii").lower()
+        except UnicodeDecodeError:
+            req.error = (400, "header name is not ASCII")
+            raise httptools.HttpParserError("bad header name") from None
+        text = value.decode("latin-1")
+        old = req.headers.get(key)
+        # RFC 9110 §5.3: repeated fields combine as a comma-separated list.
+        req.headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        req = self._req
+        assert req is not None
+        p = self._parser
+        req.method = p.get_method().decode("ascii", "replace")
+        req.version = p.get_http_version()
+        req.keep_alive = p.should_keep_alive()
+        target = b"".join(self._url_parts)
+        req.target = target
+        path, _, query = target.partition(b"?")
+        try:
+            req.path = path.decode("ascii")
+            req.query = query.decode("ascii")
+        except UnicodeDecodeError:
+            req.error = (400, "request target is not ASCII")
+        self._head_bytes = 0
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > 65536 and self._req is not None:
+            self._req.error = (413, "request body too large")
+            raise httptools.HttpParserError("body too large")
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        self._req = None
+        if req is None:
+            return
+        self._queue.append(req)
+        if len(self._queue) >= self.limits.max_pipelined and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    # ------------------------------------------------------------ responses
+
+    def _next(self) -> None:
+        """Start the next queued response, if no response is in flight."""
+        while self._queue and self._current is None and not self._lost:
+            req = self._queue.popleft()
+            if self._paused and len(self._queue) < self.limits.max_pipelined // 2 + 1 and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+            self._current = req
+            self.phase = BUSY
+            if self.shutting_down or (self.closing_after and not self._queue):
+                req.keep_alive = False
+            if req.error is not None:
+                resp: Any = self.handler.error_response(req.error[0], req.error[1], True)
+            else:
+                try:
+                    resp = self.handler.handle(req, self)
+                except Exception as exc:  # a bug must not kill the worker
+                    resp = self.handler.error_response(500, f"internal error: {type(exc).__name__}", True)
+            if isinstance(resp, Response):
+                self._start(resp)
+            else:
+                resp.add_done_callback(self._on_async_response)
+                return
+
+    def _on_async_response(self, fut: "asyncio.Future[Response]") -> None:
+        if self._lost:
+            return
+        try:
+            resp = fut.result()
+        except Exception as exc:
+            resp = self.handler.error_response(500, f"internal error: {type(exc).__name__}", True)
+        self._start(resp)
+        self._next()
+
+    def _start(self, resp: Response) -> None:
+        req = self._current
+        assert req is not None
+        if not req.keep_alive:
+            resp.close = True
+        self._response = resp
+        self._sent = 0
+        self._segments = deque(resp.segments)
+        self._segments.appendleft(resp.head)
+        if self._sock is None:
+            try:
+                self._sock = socket.socket(fileno=os.dup(self._fd))
+            except OSError:
+                self._abort()
+                return
+        self._pump()
+
+    def _pump(self) -> None:
+        sock = self._sock
+        segments = self._segments
+        if sock is None:
+            return
+        while segments:
+            seg = segments[0]
+            if type(seg) is tuple:
+                file_fd, offset, count = seg
+                try:
+                    n = os.sendfile(self._fd, file_fd, offset, count)
+                except BlockingIOError:
+                    self._wait_writable()
+                    return
+                except OSError as exc:
+                    self._send_failed(exc, file_side=True)
+                    return
+                if n == 0:
+                    self._send_failed(OSError(0, "file shrank while being sent"), file_side=True)
+                    return
+                self._sent += n
+                if n < count:
+                    segments[0] = (file_fd, offset + n, count - n)
+                else:
+                    segments.popleft()
+            else:
+                try:
+                    n = sock.send(seg, MSG_MORE if len(segments) > 1 else 0)
+                except BlockingIOError:
+                    self._wait_writable()
+                    return
+                except OSError as exc:
+                    self._send_failed(exc, file_side=False)
+                    return
+                self._sent += n
+                if n < len(seg):
+                    segments[0] = memoryview(seg)[n:]
+                else:
+                    segments.popleft()
+        self._response_sent()
+
+    def _wait_writable(self) -> None:
+        if self._writer_fd < 0 and self._sock is not None:
+            self._writer_fd = self._sock.fileno()
+            self.loop.add_writer(self._writer_fd, self._on_writable)
+        self.deadline = self.loop.time() + self.limits.send_timeout_s
+        self.deadline_kind = "send"
+
+    def _on_writable(self) -> None:
+        self._stop_writer()
+        self._pump()
+
+    def _stop_writer(self) -> None:
+        if self._writer_fd >= 0:
+            self.loop.remove_writer(self._writer_fd)
+            self._writer_fd = -1
+
+    def _send_failed(self, exc: OSError, file_side: bool) -> None:
+        resp = self._response
+        if file_side and resp is not None and resp.on_error is not None:
+            # Only errors that are not the client's socket going away are the file's fault.
+            if exc.errno not in (32, 104, 110):  # EPIPE, ECONNRESET, ETIMEDOUT
+                resp.on_error(exc)
+        self._abort()
+
+    def _response_sent(self) -> None:
+        resp = self._response
+        assert resp is not None
+        close = resp.close
+        self._finish(complete=True)
+        if close or self.shutting_down:
+            self._linger()
+            return
+        if self._queue:
+            self.phase = BUSY
+            self._next()
+        else:
+            self.phase = IDLE
+            self.deadline = self.loop.time() + self.limits.keepalive_timeout_s
+            self.deadline_kind = "idle"
+
+    def _finish(self, complete: bool) -> None:
+        req, resp = self._current, self._response
+        self._current = None
+        self._response = None
+        if resp is not None and resp.on_done is not None:
+            resp.on_done()  # releases the file descriptor, complete or not
+        if req is not None:
+            status = resp.status if resp is not None else 0
+            body = max(0, self._sent - len(resp.head)) if resp is not None else 0
+            self.handler.finished(req, self, status, body, complete)
+
+    # ------------------------------------------------------------ closing
+
+    def _fail(self, status: int, reason: str) -> None:
+        """A request we cannot parse: answer once and close."""
+        self.on_stat(13, 1)  # C_BAD_REQUESTS
+        self._queue.clear()
+        if self._current is not None:
+            self.closing_after = True
+            return
+        req = self._req or Request()
+        req.keep_alive = False
+        req.error = (status, reason)
+        self._req = None
+        self._current = req
+        self.phase = BUSY
+        self._start(self.handler.error_response(status, reason, True))
+
+    def _linger(self) -> None:
+        self.phase = CLOSING
+        self._queue.clear()
+        if self.transport is None or self._lost:
+            return
+        try:
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close()
+            return
+        self.deadline = self.loop.time() + LINGER_S
+        self.deadline_kind = "linger"
+
+    def _close(self) -> None:
+        self._stop_writer()
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    def _abort(self) -> None:
+        self._stop_writer()
+        if self.transport is not None and not self._lost:
+            self.transport.abort()
+
+    def _release_sock(self) -> None:
+        self._stop_writer()
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+    def expire(self, now: float) -> str | None:
+        """Called by the sweep; closes the connection if its deadline passed."""
+        if now < self.deadline:
+            return None
+        kind = self.deadline_kind
+        if kind == "linger":
+            self._close()
+        elif kind == "send":
+            self._abort()
+        elif kind == "header" and self.phase in (IDLE, HEAD) and self._current is None:
+            # A client that sent part of a head: tell it why; an empty one just closes.
+            if self.phase == HEAD:
+                self._fail(408, "request header timeout")
+                self.deadline = now + LINGER_S
+                self.deadline_kind = "linger"
+            else:
+                self._close()
+        elif kind == "idle" and self.phase == IDLE:
+            self._close()
+        else:
+            return None
+        return kind
+
+    def shutdown(self) -> None:
+        """Graceful stop: close if idle, else close after the current response."""
+        self.shutting_down = True
+        if self._current is None and not self._queue and self.phase != CLOSING:
+            self._close()
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and not self._queue
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,106 @@
+"""Open file descriptors of recently served files (nginx's open_file_cache).
+
+Rules kept here:
+- Keyed by the file's path, which names its content (id, checksum, origin
+  mtime: see `oca.store.layout`). A republished file with other bytes has
+  another path, so a cached descriptor can never serve stale bytes, and the
+  index lookup that precedes every use means a removed file is never served
+  from the cache to a new request. A transfer already under way keeps its
+  descriptor and finishes.
+- After `open` the file is re-`fstat`ed: a size that differs from the index
+  is refused, never served.
+- At most `max_entries` stay open, and one unused for `inactive_s` is closed
+  by the sweep, so deleted files do not hold disk space for long.
+- Each entry carries the pre-built header lines that depend only on the
+  file (type, ETag, Last-Modified, CORS...), so a hit costs no formatting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Callable
+
+
+class CachedFile:
+    __slots__ = ("fd", "size", "block", "etag", "last_modified", "last_modified_s", "store_uuid", "used", "refs", "content_type")
+
+    def __init__(self, fd: int, size: int, block: bytes, etag: str, last_modified: str, last_modified_s: int, store_uuid: str, content_type: str):
+        self.fd = fd
+        self.size = size
+        self.block = block
+        self.etag = etag
+        self.last_modified = last_modified
+        self.last_modified_s = last_modified_s
+        self.store_uuid = store_uuid
+        self.content_type = content_type
+        self.used = 0.0
+        self.refs = 0  # responses in flight using the fd
+
+
+class SizeMismatch(Exception):
+    pass
+
+
+class FdCache:
+    def __init__(self, max_entries: int, inactive_s: float):
+        self.max_entries = max_entries
+        self.inactive_s = inactive_s
+        self._entries: "OrderedDict[str, CachedFile]" = OrderedDict()
+        self._retired: list[CachedFile] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, path: str) -> CachedFile | None:
+        entry = self._entries.get(path)
+        if entry is not None:
+            self._entries.move_to_end(path)
+        return entry
+
+    def open(self, path: str, expected_size: int, make: Callable[[int, int], CachedFile]) -> CachedFile:
+        """Open `path` (raising OSError), check its size, cache and return it."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        if size != expected_size:
+            os.close(fd)
+            raise SizeMismatch(f"{path}: {size} bytes on disk, index says {expected_size}")
+        entry = make(fd, size)
+        if self.max_entries == 0:
+            self._retired.append(entry)  # closed by `release`
+        else:
+            self._entries[path] = entry
+            while len(self._entries) > self.max_entries:
+                _path, old = self._entries.popitem(last=False)
+                self._retire(old)
+        return entry
+
+    def release(self, entry: CachedFile) -> None:
+        """A response using `entry` is done; close it if it was evicted meanwhile."""
+        entry.refs -= 1
+        if entry.refs <= 0 and entry in self._retired:
+            self._retired.remove(entry)
+            os.close(entry.fd)
+
+    def _retire(self, entry: CachedFile) -> None:
+        if entry.refs > 0:
+            self._retired.append(entry)
+        else:
+            os.close(entry.fd)
+
+    def sweep(self, now: float) -> None:
+        stale = [p for p, e in self._entries.items() if now - e.used > self.inactive_s]
+        for p in stale:
+            self._retire(self._entries.pop(p))
+
+    def drop_store(self, store_uuid: str) -> None:
+        for p in [p for p, e in self._entries.items() if e.store_uuid == store_uuid]:
+            self._retire(self._entries.pop(p))
+
+    def clear(self) -> None:
+        for p in list(self._entries):
+            self._retire(self._entries.pop(p))

@@ -1,0 +1,125 @@
+"""Counters shared by the server's processes, in one anonymous shared memory block.
+
+Rules kept here:
+- The block is a memfd made by the parent and handed to each worker as an
+  inherited descriptor: it has no name in the file system, so several
+  `oca-server` instances on one machine can never collide, and nothing is
+  left behind after a crash (prometheus-client's multiprocess directory was
+  rejected for both reasons, and because its scrape reads every dead
+  worker's file on the event loop).
+- Each worker owns one slot and is the only writer of it: no locks. A
+  replacement worker continues in the slot of the one it replaces, so
+  counters never go backwards. Gauges of a dead worker's slot (open
+  connections) are zeroed by the parent when it reaps the worker.
+- The parent writes the sampled load (bytes/s out, CPU, NIC utilisation)
+  into the header once a second; workers only read it.
+- A scrape sums the slots: a few thousand integer reads, no I/O.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+# Counter layout of one slot (int64 each).
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+C_STATUS = 0  # five counters, one per class
+C_BYTES = 5
+C_CONNECTIONS_OPEN = 6  # gauge
+C_CONNECTIONS_TOTAL = 7
+C_SENDFILE_ERRORS = 8
+C_TIMEOUT_HEADER = 9
+C_TIMEOUT_IDLE = 10
+C_TIMEOUT_SEND = 11
+C_REJECTED = 12  # connections refused at max_connections
+C_BAD_REQUESTS = 13
+C_HIST_SUM_US = 14
+C_HIST_COUNT = 15
+C_HIST = 16
+# Response time histogram upper bounds in seconds (le). +Inf is the count.
+HIST_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+C_CODES = C_HIST + len(HIST_BOUNDS_S)
+COUNTED_CODES = (200, 206, 304, 400, 403, 404, 405, 410, 412, 416, 431, 500, 503)
+SLOT_COUNTERS = C_CODES + len(COUNTED_CODES)
+_CODE_INDEX = {code: C_CODES + i for i, code in enumerate(COUNTED_CODES)}
+
+# Header doubles written by the parent.
+H_BYTES_PER_S = 0
+H_CPU_PERCENT = 1
+H_NIC_UTIL = 2  # -1: unknown
+H_NIC_CAPACITY_BPS = 3  # -1: unknown
+H_SAMPLED_AT = 4
+H_WORKER_RESTARTS = 5
+HEADER_DOUBLES = 8
+
+
+class SharedStats:
+    """A view of the shared block; `slot` is the writer's own slot or None."""
+
+    def __init__(self, fd: int, slots: int, slot: int | None = None):
+        self.fd = fd
+        self.slots = slots
+        size = HEADER_DOUBLES * 8 + slots * SLOT_COUNTERS * 8
+        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.header = memoryview(self._mm)[: HEADER_DOUBLES * 8].cast("d")
+        self.counters = memoryview(self._mm)[HEADER_DOUBLES * 8 :].cast("q")
+        self.slot = slot
+        self.base = (slot or 0) * SLOT_COUNTERS
+
+    @classmethod
+    def create(cls, slots: int) -> "SharedStats":
+        fd = os.memfd_create("oca-stats", 0)  # inheritable is set by the spawner
+        os.ftruncate(fd, HEADER_DOUBLES * 8 + slots * SLOT_COUNTERS * 8)
+        stats = cls(fd, slots)
+        stats.header[H_NIC_UTIL] = -1.0
+        stats.header[H_NIC_CAPACITY_BPS] = -1.0
+        return stats
+
+    # ---------------------------------------------------------------- writers
+
+    def add(self, index: int, amount: int = 1) -> None:
+        self.counters[self.base + index] += amount
+
+    def observe(self, status: int, seconds: float, body_bytes: int) -> None:
+        """Count one finished response."""
+        c = self.counters
+        b = self.base
+        cls_index = status // 100 - 1
+        if 0 <= cls_index < 5:
+            c[b + C_STATUS + cls_index] += 1
+        code = _CODE_INDEX.get(status)
+        if code is not None:
+            c[b + code] += 1
+        c[b + C_BYTES] += body_bytes
+        c[b + C_HIST_SUM_US] += int(seconds * 1e6)
+        c[b + C_HIST_COUNT] += 1
+        for i, bound in enumerate(HIST_BOUNDS_S):
+            if seconds <= bound:
+                c[b + C_HIST + i] += 1
+                break
+
+    def zero_gauges(self, slot: int) -> None:
+        self.counters[slot * SLOT_COUNTERS + C_CONNECTIONS_OPEN] = 0
+
+    # ---------------------------------------------------------------- readers
+
+    def total(self, index: int) -> int:
+        c = self.counters
+        return sum(c[s * SLOT_COUNTERS + index] for s in range(self.slots))
+
+    def totals(self) -> list[int]:
+        c = self.counters
+        out = [0] * SLOT_COUNTERS
+        for s in range(self.slots):
+            base = s * SLOT_COUNTERS
+            for i in range(SLOT_COUNTERS):
+                out[i] += c[base + i]
+        return out
+
+    def slot_value(self, slot: int, index: int) -> int:
+        return self.counters[slot * SLOT_COUNTERS + index]
+
+    def close(self) -> None:
+        self.header.release()
+        self.counters.release()
+        self._mm.close()

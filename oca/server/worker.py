@@ -1,0 +1,185 @@
+"""A worker process: one event loop serving the listening sockets it inherited.
+
+Rules kept here:
+- Started by the parent (`oca.server.main`) with fork+exec, so every worker
+  runs the code on disk at the time it starts (a reload after an upgrade
+  runs the new code) and nothing from the parent's memory, such as an LMDB
+  environment, crosses a fork.
+- The event loop is made here (uvloop by default) and the index is opened
+  here, after the process started.
+- Once a second a sweep closes connections past their deadline, closes
+  idle cached descriptors, flushes the access log and publishes the number
+  of open connections.
+- SIGTERM (or SIGINT): stop accepting, close idle connections, let
+  responses in flight finish until `shutdown_timeout_s`, then exit.
+  SIGUSR1 reopens the access log. The worker exits by itself if its parent
+  dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import sys
+
+from oca.config import load_config
+from oca.errors import OcaError
+from oca.http.protocol import HttpConnection, Limits
+from oca.server import stats as S
+from oca.server.accesslog import AccessLog
+from oca.server.app import App
+from oca.store.content import ContentStore
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.cfg = load_config(args.config)
+        self.conns: set[HttpConnection] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.stopping = False
+        self.parent = os.getppid()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        self.stats = S.SharedStats(self.args.stats_fd, self.args.slots, self.args.slot)
+        self.store = ContentStore.open(cfg, writable=False)
+        self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
+        self.app = App(cfg, self.store, self.stats, self.log, loop)
+        sc = cfg.server
+        limits = Limits(
+            header_timeout_s=sc.header_timeout_s,
+            keepalive_timeout_s=sc.keepalive_timeout_s,
+            send_timeout_s=sc.send_timeout_s,
+            max_request_line_bytes=sc.max_request_line_bytes,
+            max_header_bytes=sc.max_header_bytes,
+            max_headers=sc.max_headers,
+            max_pipelined=sc.max_pipelined,
+        )
+        stats = self.stats
+        conns = self.conns
+        max_conns = sc.max_connections
+
+        def on_stat(index: int, amount: int) -> None:
+            stats.add(index, amount)
+
+        def factory() -> asyncio.Protocol:
+            return Guarded(self.app, limits, conns, loop, on_stat, max_conns, stats)
+
+        for fd in self.args.listen_fds:
+            sock = socket.socket(fileno=fd)
+            server = await loop.create_server(factory, sock=sock, backlog=sc.backlog)
+            self.servers.append(server)
+        self.done = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        sweeper = loop.create_task(self.sweep())
+        if self.args.ready_fd >= 0:
+            try:
+                os.write(self.args.ready_fd, b"R")
+            finally:
+                os.close(self.args.ready_fd)
+        await self.done
+        sweeper.cancel()
+        self.log.close()
+        self.app.fds.clear()
+        stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = 0
+        return 0
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self.app.shutting_down = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.conns):
+            conn.shutdown()
+        loop = asyncio.get_running_loop()
+        self.stop_deadline = loop.time() + self.cfg.server.shutdown_timeout_s
+
+    async def sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        kinds = {"header": S.C_TIMEOUT_HEADER, "idle": S.C_TIMEOUT_IDLE, "send": S.C_TIMEOUT_SEND}
+        while True:
+            await asyncio.sleep(1.0 if not self.stopping else 0.1)
+            now = loop.time()
+            for conn in list(self.conns):
+                kind = conn.expire(now)
+                if kind in kinds:
+                    stats.add(kinds[kind])
+            self.app.fds.sweep(now)
+            self.log.flush()
+            stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = len(self.conns)
+            if os.getppid() != self.parent and not self.stopping:
+                self.stop()
+            if self.stopping:
+                if not self.conns or now >= self.stop_deadline:
+                    for conn in list(self.conns):
+                        conn._abort()
+                    if not self.done.done():
+                        self.done.set_result(None)
+
+
+class Guarded(HttpConnection):
+    """A connection that counts itself and refuses to exceed max_connections."""
+
+    def __init__(self, app, limits, registry, loop, on_stat, max_conns: int, stats: S.SharedStats):
+        super().__init__(app, limits, registry, loop, on_stat)
+        self._max = max_conns
+        self._stats = stats
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.registry) >= self._max:
+            self._stats.add(S.C_REJECTED)
+            transport.abort()
+            return
+        self._stats.add(S.C_CONNECTIONS_TOTAL)
+        super().connection_made(transport)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="oca-server-worker")
+    p.add_argument("--config", required=True)
+    p.add_argument("--slot", type=int, required=True)
+    p.add_argument("--slots", type=int, required=True)
+    p.add_argument("--stats-fd", type=int, required=True)
+    p.add_argument("--listen-fds", type=lambda s: [int(x) for x in s.split(",") if x], required=True)
+    p.add_argument("--ready-fd", type=int, default=-1)
+    args = p.parse_args(argv)
+    _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        worker = Worker(args)
+        if worker.cfg.server.event_loop == "uvloop":
+            import uvloop
+
+            code = uvloop.run(worker.run())
+        else:
+            code = asyncio.run(worker.run())
+    except OcaError as exc:
+        print(f"oca-server worker {args.slot}: error: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
