@@ -23,6 +23,7 @@ import collections.abc
 import dataclasses
 import ipaddress
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -85,7 +86,17 @@ def check_existing_dir(value: str) -> str:
         raise ValueError("must not be empty")
     if not os.path.isabs(value):
         raise ValueError(f"{value!r} must be an absolute path")
-    if not os.path.isdir(value):
+    try:
+        is_dir = stat.S_ISDIR(os.stat(value).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        is_dir = False
+    except OSError:
+        # There, but unreadable (EIO from a dying disk, ENOTCONN from a dead
+        # FUSE server): a store failure for the store layer to record, not a
+        # config error. os.path.isdir() said False here, so one bad disk made
+        # every process refuse the whole config and took the other stores down.
+        is_dir = True
+    if not is_dir:
         raise ValueError("directory does not exist")
     return os.path.normpath(value)
 
@@ -239,6 +250,61 @@ class SigningConfig:
         return {k: v.encode("utf-8") for k, v in self.keys.items()}
 
 
+def check_window(value: str) -> str:
+    from fill.window import parse_window
+
+    parse_window(value)  # raises ValueError with a precise message
+    return value
+
+
+def check_timezone(value: str) -> str:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not an IANA time zone name") from None
+    return value
+
+
+def check_http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r} must be an http:// or https:// URL")
+    return value
+
+
+def check_fraction(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError(f"must be a fraction from 0 to 1, not {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FillConfig:
+    manifest_url: str = setting(doc="Where the manifest is published (http or https).", check=check_http_url)
+    window: str | None = setting(None, doc="Local fill window 'HH:MM-HH:MM' (may cross midnight). Unset: no window limit.", check=check_window)
+    timezone: str | None = setting(None, doc="IANA time zone of the window. Unset: the machine's local time.", check=check_timezone)
+    rate_limit_mbps: float | None = setting(None, doc="Rate cap for all downloads together, in 10^6 bit/s. Unset: no cap.", check=check_positive)
+    nightly_budget_gb: float | None = setting(None, doc="Bytes (10^9) downloaded per run at most. Unset: no budget.", check=check_positive)
+    concurrency: int = setting(4, doc="Downloads at once.", check=lambda v: _in_range(v, 1, 256))
+    signing_key_id: str | None = setting(None, doc="Key (from [signing] keys) used to sign peer-fill URLs. Unset: [signing] key_id.")
+    delete_grace_h: float = setting(
+        72, doc="A file still listed but no longer chosen is deleted after this many hours, or sooner when space is needed.", check=check_non_negative
+    )
+    max_delete_share: float = setting(
+        0.5, doc="Refuse a manifest that would delete more than this share of what the appliance holds, unless --force.", check=check_fraction
+    )
+    require_signed_manifest: bool = setting(False, doc="Refuse manifests without a valid HMAC signature made with a [signing] key.")
+    retries: int = setting(3, doc="Attempts per source before the next source is tried.", check=lambda v: _in_range(v, 1, 100))
+    backoff_s: float = setting(2, doc="First retry delay; doubles with each retry.", check=check_non_negative)
+    connect_timeout_s: float = setting(10, doc="TCP connect timeout per request.", check=check_positive)
+    read_timeout_s: float = setting(30, doc="A source that sends nothing for this long has failed (stall guard).", check=check_positive)
+    peer_fill: bool = setting(True, doc="Fetch from appliances of the same site that hold the file before the origin.")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     appliance: ApplianceConfig = setting(doc="Identity of this appliance.")
@@ -247,6 +313,7 @@ class Config:
     stores: tuple[StoreConfig, ...] = setting(doc="One [[stores]] table per data disk.")
     check: CheckConfig = setting(CheckConfig(), doc="Start-up reconciliation.")
     signing: SigningConfig = setting(SigningConfig(), doc="Signed URLs.")
+    fill: FillConfig | None = setting(None, doc="The nightly fill agent (oca-fill); optional for the server.")
 
 
 def _in_range(value: int, low: int, high: int) -> int:
@@ -282,6 +349,12 @@ def _validate_config(cfg: Config) -> None:
             raise ConfigError(f"index.path: must not be inside stores[{i}].path")
     if cfg.signing.key_id is not None and cfg.signing.key_id not in cfg.signing.keys:
         raise ConfigError(f"signing.key_id: {cfg.signing.key_id!r} is not one of signing.keys")
+    if cfg.fill is not None:
+        kid = cfg.fill.signing_key_id
+        if kid is not None and kid not in cfg.signing.keys:
+            raise ConfigError(f"fill.signing_key_id: {kid!r} is not one of signing.keys")
+        if cfg.fill.require_signed_manifest and not cfg.signing.keys:
+            raise ConfigError("fill.require_signed_manifest: needs at least one key in signing.keys")
     if cfg.signing.required and not cfg.signing.keys:
         raise ConfigError("signing.keys: required = true needs at least one key")
 
@@ -405,6 +478,9 @@ def documented_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any
         name = f"{prefix}{f.name}"
         hint = hints[f.name]
         inner = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+        if typing.get_origin(inner) in (typing.Union, types.UnionType):
+            non_none = [a for a in typing.get_args(inner) if a is not type(None)]
+            inner = non_none[0] if len(non_none) == 1 else inner
         if dataclasses.is_dataclass(inner):
             out.extend(documented_keys(inner, name + "."))
             continue

@@ -1,0 +1,246 @@
+"""One verified, resumable download into a store's partial directory.
+
+Rules kept here:
+- A download lives in `<store>/partial/<id>@<checksum>.part` with a sidecar
+  `.part.json` that records the checkpoint: the byte count known to be
+  fsynced. Every `CHECKPOINT_BYTES` (8 MiB) the data is fsynced and the
+  sidecar replaced atomically, so after a crash, a kill -9 or the window's
+  end at most 8 MiB already had is fetched again.
+- Resuming truncates to the checkpoint, re-hashes those bytes from disk (no
+  network), and asks for the rest with `Range`; with the same source it
+  sends the validator it saw in `If-Range`, so a changed file answers 200
+  and the download starts over.
+- The checksum is computed while streaming (in the writer thread, with the
+  write). Only a file whose size and xxh3-128 match the manifest is handed
+  to the store's atomic publish; a mismatch deletes the partial.
+- Disk writes and hashing go to a worker thread in batches of at least
+  1 MiB, so the event loop only moves network buffers.
+- Every failure is a `SourceError` naming the source and the cause, so the
+  agent can retry, escalate to the next source, and report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import aiohttp
+import xxhash
+
+from fill.manifest import ManifestFile
+
+CHECKPOINT_BYTES = 8 << 20
+WRITE_BATCH = 4 << 20
+READ_CHUNK = 1 << 20
+
+
+class SourceError(Exception):
+    """A source failed for this file. `retry` says whether trying it again may help."""
+
+    def __init__(self, source: str, cause: str, *, retry: bool = True):
+        super().__init__(f"{source}: {cause}")
+        self.source = source
+        self.cause = cause
+        self.retry = retry
+
+
+class DiskFullError(Exception):
+    pass
+
+
+class ChecksumMismatch(SourceError):
+    pass
+
+
+@dataclass
+class Partial:
+    data_path: str
+    meta_path: str
+    checkpoint: int = 0
+    validator: str | None = None
+    source: str | None = None
+
+    @classmethod
+    def at(cls, partial_dir: str, f: ManifestFile) -> "Partial":
+        base = os.path.join(partial_dir, f"{f.content_id}@{f.checksum}.part")
+        p = cls(base, base + ".json")
+        with contextlib.suppress(FileNotFoundError, ValueError, KeyError, TypeError):
+            with open(p.meta_path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+            p.checkpoint = int(doc["checkpoint"])
+            p.validator = doc.get("validator")
+            p.source = doc.get("source")
+        if p.checkpoint and not os.path.exists(p.data_path):
+            p.checkpoint = 0
+        return p
+
+    def save(self) -> None:
+        tmp = self.meta_path + ".new"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"checkpoint": self.checkpoint, "validator": self.validator, "source": self.source, "saved_s": time.time()}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.meta_path)
+
+    def discard(self) -> None:
+        for path in (self.data_path, self.meta_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+class Writer:
+    """Appends to the partial file and hashes, in a thread."""
+
+    def __init__(self, partial: Partial, f: ManifestFile):
+        self.partial = partial
+        self.f = f
+        self.hasher = xxhash.xxh3_128()
+        self.size = 0
+        self.fd = -1
+        self.synced = 0
+
+    def open_resumed(self) -> int:
+        """Open, truncate to the checkpoint and re-hash what is kept. Returns the offset."""
+        p = self.partial
+        self.fd = os.open(p.data_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        keep = min(p.checkpoint, os.fstat(self.fd).st_size, self.f.size)
+        os.ftruncate(self.fd, keep)
+        buf = bytearray(WRITE_BATCH)
+        view = memoryview(buf)
+        pos = 0
+        while pos < keep:
+            n = os.preadv(self.fd, [view[: min(len(buf), keep - pos)]], pos)
+            if n <= 0:
+                break
+            self.hasher.update(view[:n])
+            pos += n
+        self.size = pos
+        self.synced = pos
+        os.lseek(self.fd, pos, os.SEEK_SET)
+        return pos
+
+    def restart(self) -> None:
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.hasher = xxhash.xxh3_128()
+        self.size = 0
+        self.synced = 0
+        self.partial.checkpoint = 0
+
+    def write(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"disk full writing {self.partial.data_path}") from exc
+            raise
+        self.hasher.update(data)
+        self.size += len(data)
+        if self.size - self.synced >= CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        os.fsync(self.fd)
+        self.synced = self.size
+        self.partial.checkpoint = self.size
+        self.partial.save()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    url: str,
+    f: ManifestFile,
+    partial: Partial,
+    *,
+    throttle: Callable[[int], "asyncio.Future | None"],
+    on_bytes: Callable[[int], None],
+    read_timeout_s: float,
+) -> str:
+    """Fetch `url` into `partial`, resuming; verify; return the checksum. Raises SourceError."""
+    loop = asyncio.get_running_loop()
+    writer = Writer(partial, f)
+    await loop.run_in_executor(None, writer.open_resumed)
+    try:
+        offset = writer.size
+        headers = {"Accept-Encoding": "identity"}
+        if 0 < offset < f.size:
+            headers["Range"] = f"bytes={offset}-"
+            if partial.validator and partial.source == url:
+                headers["If-Range"] = partial.validator
+        elif offset >= f.size and f.size > 0:
+            # Everything is on disk already; just verify it.
+            return await _verify(writer, f, url, loop)
+        try:
+            async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=read_timeout_s, sock_read=read_timeout_s)) as resp:
+                if resp.status == 206 and "Range" in headers:
+                    crange = resp.headers.get("Content-Range", "")
+                    if not crange.startswith(f"bytes {offset}-") or not crange.endswith(f"/{f.size}"):
+                        raise SourceError(url, f"resumed with unexpected Content-Range {crange!r}")
+                elif resp.status == 200:
+                    if offset:
+                        await loop.run_in_executor(None, writer.restart)
+                        offset = 0
+                elif resp.status == 416 and offset:
+                    await loop.run_in_executor(None, writer.restart)
+                    raise SourceError(url, "416 on resume; starting over")
+                elif 500 <= resp.status:
+                    raise SourceError(url, f"HTTP {resp.status}")
+                else:
+                    raise SourceError(url, f"HTTP {resp.status}", retry=resp.status in (408, 429))
+                length = resp.content_length
+                if length is not None and length != f.size - offset:
+                    raise SourceError(url, f"wrong length: {length} bytes offered, {f.size - offset} expected", retry=False)
+                partial.validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+                partial.source = url
+                batch = bytearray()
+                async for chunk in resp.content.iter_chunked(READ_CHUNK):
+                    if writer.size + len(batch) + len(chunk) > f.size:
+                        raise SourceError(url, f"sent more than the {f.size} bytes expected", retry=False)
+                    batch += chunk
+                    on_bytes(len(chunk))
+                    wait = throttle(len(chunk))
+                    if wait is not None:
+                        await wait
+                    if len(batch) >= WRITE_BATCH:
+                        data, batch = bytes(batch), bytearray()
+                        await loop.run_in_executor(None, writer.write, data)
+                if batch:
+                    await loop.run_in_executor(None, writer.write, bytes(batch))
+        except aiohttp.ClientPayloadError as exc:
+            raise SourceError(url, f"truncated body: {exc}") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError) as exc:
+            raise SourceError(url, f"{type(exc).__name__}: {exc}") from None
+        except asyncio.TimeoutError:
+            raise SourceError(url, f"stalled: nothing received for {read_timeout_s:g} s") from None
+        if writer.size != f.size:
+            raise SourceError(url, f"truncated: {writer.size} of {f.size} bytes")
+        return await _verify(writer, f, url, loop)
+    finally:
+        # Keep what we have for resuming (a crash, the window's end, a source failure).
+        with contextlib.suppress(OSError):
+            if writer.fd >= 0 and writer.size > writer.synced and writer.size <= f.size:
+                await asyncio.shield(loop.run_in_executor(None, writer.checkpoint))
+        writer.close()
+
+
+async def _verify(writer: Writer, f: ManifestFile, url: str, loop: asyncio.AbstractEventLoop) -> str:
+    digest = writer.hasher.hexdigest()
+    if digest != f.checksum:
+        writer.close()
+        await loop.run_in_executor(None, writer.partial.discard)
+        raise ChecksumMismatch(url, f"checksum mismatch: got {digest}, manifest says {f.checksum}", retry=True)
+    return digest

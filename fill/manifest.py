@@ -1,0 +1,317 @@
+"""The manifest: what a content provider or control plane says to hold.
+
+This module is the one definition of the schema (README shows it). Nothing
+here performs network I/O; `build_manifest` reads a directory.
+
+    {
+      "format": "oca-manifest",
+      "version": 1,
+      "generated_s": 1795677000,                      optional, unix seconds
+      "files": [
+        {"id": "title.1080p.mp4",                     a content id
+         "size": 123456789,                           bytes
+         "xxh128": "0123...cdef",                     xxh3-128, 32 lowercase hex digits
+         "mtime": 1795600000,                         origin modification time, unix seconds
+         "popularity": 4.2e9,                         predicted bytes served per day, >= 0
+         "sources": ["https://origin/title.1080p.mp4"]}   one or more http(s) URLs
+      ],
+      "sites": {                                      optional: the appliances of each site
+        "site-a": [{"id": "oca-1", "url": "http://10.0.0.1", "weight": 1.0}]
+      },
+      "signature": {"key_id": "k1", "hmac": "..."}    optional
+    }
+
+Rules kept here:
+- A malformed manifest is refused whole: `ManifestError` names the entry
+  and field (``files[3].xxh128: must be 32 lowercase hex digits``). Unknown
+  fields are refused too, so a typo never silently drops data.
+- Content ids are unique; appliance ids are unique in each site.
+- The signature is HMAC-SHA256 (base64url, no padding) over the canonical
+  JSON of the document without its `signature` field (sorted keys, no
+  spaces, ASCII), made with a key of the `[signing]` table.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import quote, urlsplit
+
+import xxhash
+
+from oca.errors import OcaError
+from oca.ids import is_valid_id
+
+FORMAT = "oca-manifest"
+VERSION = 1
+_FILE_KEYS = {"id", "size", "xxh128", "mtime", "popularity", "sources"}
+_TOP_KEYS = {"format", "version", "generated_s", "files", "sites", "signature"}
+_APPLIANCE_KEYS = {"id", "url", "weight"}
+HASH_CHUNK = 4 << 20
+
+
+class ManifestError(OcaError):
+    """The manifest is malformed, unsigned when it must be, or badly signed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFile:
+    content_id: str
+    size: int
+    checksum: str
+    mtime_s: int
+    popularity: float
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SiteAppliance:
+    appliance_id: str
+    url: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    version: int
+    files: tuple[ManifestFile, ...]
+    sites: Mapping[str, tuple[SiteAppliance, ...]]
+    generated_s: int | None = None
+    signed_by: str | None = None
+
+    def by_id(self) -> dict[str, ManifestFile]:
+        return {f.content_id: f for f in self.files}
+
+
+def canonical_bytes(doc: Mapping[str, Any]) -> bytes:
+    unsigned = {k: v for k, v in doc.items() if k != "signature"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def signature_for(doc: Mapping[str, Any], secret: bytes) -> str:
+    mac = hmac.new(secret, canonical_bytes(doc), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def sign(doc: dict, key_id: str, secret: bytes) -> dict:
+    out = {k: v for k, v in doc.items() if k != "signature"}
+    out["signature"] = {"key_id": key_id, "hmac": signature_for(out, secret)}
+    return out
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_url(url: Any, where: str) -> str:
+    if not isinstance(url, str):
+        raise ManifestError(f"{where}: must be a URL string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ManifestError(f"{where}: {url[:80]!r} is not an http(s) URL")
+    return url
+
+
+def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None, require_signature: bool = False) -> Manifest:
+    """Validate a manifest document; raise `ManifestError` naming the bad field."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError("manifest: must be a JSON object")
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise ManifestError(f"{key}: unknown field (known: {', '.join(sorted(_TOP_KEYS))})")
+    if doc.get("format") != FORMAT:
+        raise ManifestError(f"format: must be {FORMAT!r}")
+    version = doc.get("version")
+    if not _is_int(version):
+        raise ManifestError("version: must be an integer")
+    if version > VERSION or version < 1:
+        raise ManifestError(f"version: {version} is not supported (this agent reads version {VERSION})")
+    generated = doc.get("generated_s")
+    if generated is not None and not _is_int(generated):
+        raise ManifestError("generated_s: must be an integer (unix seconds)")
+    signed_by = _check_signature(doc, keys or {}, require_signature)
+    files_raw = doc.get("files")
+    if not isinstance(files_raw, list):
+        raise ManifestError("files: must be a list")
+    files = []
+    seen: set[str] = set()
+    for i, item in enumerate(files_raw):
+        files.append(_parse_file(item, f"files[{i}]", seen))
+    sites: dict[str, tuple[SiteAppliance, ...]] = {}
+    sites_raw = doc.get("sites", {})
+    if not isinstance(sites_raw, dict):
+        raise ManifestError("sites: must be an object of site name → list of appliances")
+    for site, members in sites_raw.items():
+        where = f"sites.{site}"
+        if not is_valid_id(site):
+            raise ManifestError(f"{where}: {site!r} is not a valid site name")
+        if not isinstance(members, list) or not members:
+            raise ManifestError(f"{where}: must be a non-empty list of appliances")
+        ids: set[str] = set()
+        out = []
+        for j, m in enumerate(members):
+            w = f"{where}[{j}]"
+            if not isinstance(m, dict):
+                raise ManifestError(f"{w}: must be an object")
+            for key in m:
+                if key not in _APPLIANCE_KEYS:
+                    raise ManifestError(f"{w}.{key}: unknown field")
+            aid = m.get("id")
+            if not is_valid_id(aid):
+                raise ManifestError(f"{w}.id: must be a valid appliance id")
+            if aid in ids:
+                raise ManifestError(f"{w}.id: {aid!r} is listed twice in the site")
+            ids.add(aid)
+            url = _check_url(m.get("url"), f"{w}.url")
+            weight = m.get("weight", 1.0)
+            if not _is_number(weight) or not weight > 0:
+                raise ManifestError(f"{w}.weight: must be a number greater than 0")
+            out.append(SiteAppliance(aid, url.rstrip("/"), float(weight)))
+        sites[site] = tuple(out)
+    return Manifest(version, tuple(files), sites, generated, signed_by)
+
+
+def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
+    if not isinstance(item, dict):
+        raise ManifestError(f"{where}: must be an object")
+    for key in item:
+        if key not in _FILE_KEYS:
+            raise ManifestError(f"{where}.{key}: unknown field")
+    for key in sorted(_FILE_KEYS):
+        if key not in item:
+            raise ManifestError(f"{where}.{key}: required field is missing")
+    cid = item["id"]
+    if not is_valid_id(cid):
+        raise ManifestError(f"{where}.id: {str(cid)[:60]!r} is not a valid content id")
+    if cid in seen:
+        raise ManifestError(f"{where}.id: {cid!r} is listed twice")
+    seen.add(cid)
+    where = f"{where} ({cid})"
+    size = item["size"]
+    if not _is_int(size) or size < 0:
+        raise ManifestError(f"{where}.size: must be a non-negative integer")
+    checksum = item["xxh128"]
+    if not isinstance(checksum, str) or len(checksum) != 32 or any(c not in "0123456789abcdef" for c in checksum):
+        raise ManifestError(f"{where}.xxh128: must be 32 lowercase hex digits")
+    mtime = item["mtime"]
+    if not _is_int(mtime) or mtime < 0:
+        raise ManifestError(f"{where}.mtime: must be a non-negative integer (unix seconds)")
+    pop = item["popularity"]
+    if not _is_number(pop) or pop < 0 or pop != pop or pop == float("inf"):
+        raise ManifestError(f"{where}.popularity: must be a finite number >= 0")
+    sources = item["sources"]
+    if not isinstance(sources, list) or not sources:
+        raise ManifestError(f"{where}.sources: must be a non-empty list of URLs")
+    urls = tuple(_check_url(u, f"{where}.sources[{k}]") for k, u in enumerate(sources))
+    return ManifestFile(cid, size, checksum, mtime, float(pop), urls)
+
+
+def _check_signature(doc: dict, keys: Mapping[str, bytes], required: bool) -> str | None:
+    sig = doc.get("signature")
+    if sig is None:
+        if required:
+            raise ManifestError("signature: the manifest is not signed, and fill.require_signed_manifest is set")
+        return None
+    if not isinstance(sig, dict) or set(sig) != {"key_id", "hmac"} or not all(isinstance(v, str) for v in sig.values()):
+        raise ManifestError("signature: must be {\"key_id\": ..., \"hmac\": ...}")
+    secret = keys.get(sig["key_id"])
+    if secret is None:
+        if required:
+            raise ManifestError(f"signature.key_id: {sig['key_id']!r} is not one of signing.keys")
+        return None
+    if not hmac.compare_digest(signature_for(doc, secret), sig["hmac"]):
+        raise ManifestError(f"signature.hmac: does not match the manifest (key {sig['key_id']!r}); altered or truncated?")
+    return sig["key_id"]
+
+
+def hash_file(path: str) -> tuple[str, int]:
+    h = xxhash.xxh3_128()
+    size = 0
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            size += n
+    return h.hexdigest(), size
+
+
+def read_popularity(path: str) -> dict[str, float]:
+    """A JSON object {id: popularity}, or lines "id popularity" ('#' comments)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+        out = {}
+        for k, v in doc.items():
+            if not _is_number(v) or v < 0:
+                raise ManifestError(f"{path}: popularity of {k!r} must be a number >= 0")
+            out[k] = float(v)
+        return out
+    out = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ManifestError(f"{path}:{lineno}: expected 'id popularity'")
+        try:
+            value = float(parts[1])
+        except ValueError:
+            raise ManifestError(f"{path}:{lineno}: {parts[1]!r} is not a number") from None
+        if value < 0 or value != value:
+            raise ManifestError(f"{path}:{lineno}: popularity must be >= 0")
+        out[parts[0]] = value
+    return out
+
+
+def build_manifest(directory: str, base_url: str, popularity: Mapping[str, float] | None = None, *, now_s: int | None = None) -> dict:
+    """A manifest document for the files directly in `directory`."""
+    if not os.path.isdir(directory):
+        raise ManifestError(f"{directory}: not a directory")
+    _check_url(base_url, "--base-url")
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    popularity = dict(popularity or {})
+    files = []
+    names = sorted(os.listdir(directory))
+    present = set()
+    for name in names:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path) or os.path.islink(path):
+            continue  # subdirectories are not descended
+        if not is_valid_id(name):
+            raise ManifestError(f"{path}: file name {name!r} is not a valid content id")
+        present.add(name)
+        checksum, size = hash_file(path)
+        files.append({
+            "id": name,
+            "size": size,
+            "xxh128": checksum,
+            "mtime": int(os.stat(path).st_mtime),
+            "popularity": popularity.get(name, 0.0),
+            "sources": [base + quote(name)],
+        })
+    unknown = sorted(set(popularity) - present)
+    if unknown:
+        raise ManifestError(f"popularity given for files not in {directory}: {', '.join(unknown[:5])}")
+    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "files": files}
+    if now_s is not None:
+        doc["generated_s"] = now_s
+    return doc
