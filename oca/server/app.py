@@ -411,6 +411,7 @@ class App:
                 "sampled_at": h[S.H_SAMPLED_AT],
             },
             "generation": self.store.index.generation(),
+            "fill": _fill_status(self.store.index.get_flag("fill_status")),
         }
 
     def health(self, req: Request) -> Response:
@@ -457,3 +458,14 @@ class App:
 
         self.loop.run_in_executor(None, build).add_done_callback(done)
         return fut
+
+
+def _fill_status(raw: str | None) -> dict | None:
+    """The fill agent's record of its last and current run (written by oca-fill)."""
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return {"last": doc.get("last"), "current": doc.get("current")}
