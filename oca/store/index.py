@@ -47,6 +47,12 @@ _K_STORES_VERSION = b"stores_version"
 _U64 = struct.Struct(">Q")
 # store uuid (16 raw), checksum (16 raw), size, origin mtime, added, popularity, then relpath
 _RECORD = struct.Struct("<16s16sQqdd")
+_LOCATE = struct.Struct("<16s16sQq")  # the prefix of _RECORD that serving needs
+
+# The current pid, kept up to date across fork() so the per-lookup guard
+# costs a list index rather than a getpid() system call.
+_current_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _current_pid.__setitem__(0, os.getpid()))
 
 STATE_OK = "ok"
 STATE_FAILED = "failed"
@@ -173,21 +179,31 @@ class Index:
         except lmdb.CorruptedError as exc:
             self.env.close()
             raise IndexCorruptError(f"{path}: index is corrupt ({exc}); run oca-admin rebuild-index") from None
-        self._stores_version = -1
+        self._stores_version: object = -1
         self._stores_cache: dict[str, StoreRecord] = {}
+        self._working: dict[bytes, tuple[str, str]] = {}
 
     # ------------------------------------------------------------ set-up
 
     def _open_dbs(self) -> None:
         env = self.env
         if self.readonly:
-            with env.begin() as txn:
-                self._meta = env.open_db(_META, txn=txn, create=False)
-                version = self._schema(txn)
+            # Handles are opened without a txn: a handle opened inside a
+            # read-only transaction dies with it (LMDB 0.9 publishes new
+            # handles only on a write commit), which made every later read
+            # fail with "mdb_get: Invalid argument". py-lmdb's own internal
+            # transaction keeps them.
+            try:
+                self._meta = env.open_db(_META, create=False)
+                with env.begin() as txn:
+                    version = self._schema(txn)
                 self._check_version(version, writable=False)
-                self._objects = env.open_db(_OBJECTS, txn=txn, create=False)
-                self._stores = env.open_db(_STORES, txn=txn, create=False)
-                self._journal = env.open_db(_JOURNAL, txn=txn, create=False)
+                self._objects = env.open_db(_OBJECTS, create=False)
+                self._stores = env.open_db(_STORES, create=False)
+                self._journal = env.open_db(_JOURNAL, create=False)
+            except lmdb.NotFoundError:
+                self.env.close()
+                raise IndexError_(f"{self.path}: not an oca index (a database is missing)") from None
             return
         with env.begin(write=True) as txn:
             self._meta = env.open_db(_META, txn=txn)
@@ -264,26 +280,55 @@ class Index:
         return None if raw is None else Entry.unpack(content_id, raw)
 
     def lookup(self, content_id: str) -> tuple[Entry, StoreRecord] | None:
-        """The entry and its store, only when that store is working: the serving path."""
-        with self._read() as txn:
+        """The entry and its store, only when that store is working."""
+        found = self.locate(content_id)
+        if found is None:
+            return None
+        entry = self.get(content_id)
+        if entry is None:
+            return None
+        return entry, self._stores_cache[entry.store_uuid]
+
+    def locate(self, content_id: str) -> tuple[str, int, str, int, str] | None:
+        """The serving path's lookup: (absolute path, size, checksum hex, origin mtime, store uuid).
+
+        None when the id is unknown or its store is not working. One read
+        transaction with two gets (the entry and the stores' version), and
+        no `Entry` object: this runs once per request.
+        """
+        if self._pid != _current_pid[0]:
+            self._guard()
+        try:
+            txn = self.env.begin(buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            txn = self.env.begin(buffers=False)
+        try:
             raw = txn.get(content_id.encode("ascii"), db=self._objects)
             if raw is None:
                 return None
             version = txn.get(_K_STORES_VERSION, db=self._meta)
             if version != self._stores_version:
                 self._load_stores(txn, version)
-        entry = Entry.unpack(content_id, raw)
-        store = self._stores_cache.get(entry.store_uuid)
-        if store is None or store.state != STATE_OK:
+        finally:
+            txn.abort()
+        store_raw, checksum_raw, size, mtime = _LOCATE.unpack_from(raw)
+        store = self._working.get(store_raw)
+        if store is None:
             return None
-        return entry, store
+        return f"{store[0]}/{raw[_RECORD.size:].decode()}", size, checksum_raw.hex(), mtime, store[1]
 
     def _load_stores(self, txn: lmdb.Transaction, version: object) -> None:
         cache = {}
+        working = {}
         for key, raw in txn.cursor(db=self._stores):
             uuid = bytes(key).decode()
-            cache[uuid] = StoreRecord.unpack(uuid, raw)
+            rec = StoreRecord.unpack(uuid, raw)
+            cache[uuid] = rec
+            if rec.state == STATE_OK:
+                working[bytes.fromhex(uuid)] = (rec.path, uuid)
         self._stores_cache = cache
+        self._working = working
         self._stores_version = version  # type: ignore[assignment]
 
     def entries(self) -> Iterator[Entry]:
