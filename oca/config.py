@@ -228,6 +228,25 @@ class StoreConfig:
     )
 
 
+def check_protocols(value: tuple[int, ...]) -> tuple[int, ...]:
+    for v in value:
+        if not 0 <= v <= 255:
+            raise ValueError(f"route protocol numbers are 0..255, not {v}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RoutesConfig:
+    static: tuple[str, ...] = setting((), doc="Client prefixes (IPv4/IPv6 CIDRs) this appliance always serves.", check=lambda v: check_cidrs(v))
+    kernel_table: int | None = setting(
+        None, doc="Kernel routing table a routing daemon installs BGP routes into. Unset: the kernel is not read.",
+        check=lambda v: _in_range(v, 1, (1 << 32) - 1),
+    )
+    kernel_protocols: tuple[int, ...] = setting(
+        (12, 186), doc="Route protocol numbers to take from that table (BIRD installs with 12, FRR with 186).", check=check_protocols
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class CheckConfig:
     partial_max_age_h: float = setting(
@@ -313,6 +332,7 @@ class Config:
     stores: tuple[StoreConfig, ...] = setting(doc="One [[stores]] table per data disk.")
     check: CheckConfig = setting(CheckConfig(), doc="Start-up reconciliation.")
     signing: SigningConfig = setting(SigningConfig(), doc="Signed URLs.")
+    routes: RoutesConfig = setting(RoutesConfig(), doc="Client prefixes reported on /routes.")
     fill: FillConfig | None = setting(None, doc="The nightly fill agent (oca-fill); optional for the server.")
 
 

@@ -167,7 +167,7 @@ class App:
             if method == "OPTIONS":
                 return self.preflight(req)
             return self.error_response(405, f"method {method} not allowed", not req.keep_alive, b"Allow: GET, HEAD, OPTIONS\r\n")
-        if path in ("/health", "/inventory", "/metrics"):
+        if path in ("/health", "/inventory", "/metrics", "/routes"):
             if method not in ("GET", "HEAD"):
                 return self.error_response(405, f"method {method} not allowed", not req.keep_alive, b"Allow: GET, HEAD\r\n")
             if self.control_nets and not self._control_allowed(conn.peer):
@@ -176,6 +176,8 @@ class App:
                 return self.health(req)
             if path == "/metrics":
                 return self.metrics(req)
+            if path == "/routes":
+                return self.routes(req)
             return self.inventory(req)
         if method == "OPTIONS" and path == "*":
             return self.preflight(req)
@@ -424,6 +426,20 @@ class App:
 
         body = render(self)
         return self._simple(200, "text/plain; version=0.0.4; charset=utf-8", body, req)
+
+    def routes(self, req: Request) -> Response:
+        """The client prefixes this appliance serves (static + kernel), with a generation."""
+        raw = self.store.index.get_flag("routes")
+        doc = json.loads(raw) if raw else {"generation": 0, "prefixes": []}
+        params = dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}
+        since = params.get("since")
+        out: dict[str, Any] = {"appliance": self.cfg.appliance.id, "site": self.cfg.appliance.site, "generation": doc.get("generation", 0)}
+        if since is not None and since.isdigit() and int(since) == out["generation"]:
+            out["kind"] = "unchanged"
+        else:
+            out["kind"] = "full"
+            out["prefixes"] = doc.get("prefixes", [])
+        return self._simple(200, "application/json", json.dumps(out).encode() + b"\n", req)
 
     def inventory(self, req: Request) -> Response | asyncio.Future:
         params = dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}

@@ -39,8 +39,10 @@ import psutil
 from oca import __version__
 from oca.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_host_port
 from oca.errors import OcaError
+from oca.routes import RoutesManager
 from oca.server import stats as S
 from oca.store.content import ContentStore
+from oca.store.index import Index
 
 READY_TIMEOUT_S = 30.0
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -317,6 +319,9 @@ def serve(config_path: str) -> int:
         f"with {ready}/{cfg.server.workers} workers ({cfg.server.event_loop}), open-files limit {nofile}"
     )
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
+    routes_index = Index(cfg.index.path, map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)), max_readers=cfg.index.max_readers)
+    routes = RoutesManager(routes_index, log)
+    routes.configure(cfg.routes.static, cfg.routes.kernel_table, cfg.routes.kernel_protocols)
     sampler = LoadSampler(stats, cfg.appliance.nic_capacity_mbps)
     next_sample = time.monotonic() + 1.0
     try:
@@ -339,10 +344,14 @@ def serve(config_path: str) -> int:
                 notify_systemd("RELOADING=1")
                 master.reload()
                 sampler.nic_capacity_mbps = master.cfg.appliance.nic_capacity_mbps
+                r = master.cfg.routes
+                routes.configure(r.static, r.kernel_table, r.kernel_protocols)
                 notify_systemd("READY=1")
             elif signum == signal.SIGUSR1:
                 master.forward(signal.SIGUSR1)
     finally:
+        routes.stop()
+        routes_index.close()
         if cfg.server.pid_file:
             try:
                 os.unlink(cfg.server.pid_file)
