@@ -177,7 +177,8 @@ def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None,
             ids.add(aid)
             url = _check_url(m.get("url"), f"{w}.url")
             weight = m.get("weight", 1.0)
-            if not _is_number(weight) or not weight > 0:
+            # Finite too: an infinite weight (JSON "Infinity") would take every file.
+            if not _is_number(weight) or not 0 < weight < float("inf"):
                 raise ManifestError(f"{w}.weight: must be a number greater than 0")
             out.append(SiteAppliance(aid, url.rstrip("/"), float(weight)))
         sites[site] = tuple(out)
@@ -260,8 +261,10 @@ def read_popularity(path: str) -> dict[str, float]:
             raise ManifestError(f"{path}: not valid JSON: {exc}") from None
         out = {}
         for k, v in doc.items():
-            if not _is_number(v) or v < 0:
-                raise ManifestError(f"{path}: popularity of {k!r} must be a number >= 0")
+            # NaN and infinity refused here too (parse_manifest refuses them, so
+            # build_manifest would otherwise emit a manifest no agent accepts).
+            if not _is_number(v) or not 0 <= v < float("inf"):
+                raise ManifestError(f"{path}: popularity of {k!r} must be a finite number >= 0")
             out[k] = float(v)
         return out
     out = {}
@@ -276,8 +279,8 @@ def read_popularity(path: str) -> dict[str, float]:
             value = float(parts[1])
         except ValueError:
             raise ManifestError(f"{path}:{lineno}: {parts[1]!r} is not a number") from None
-        if value < 0 or value != value:
-            raise ManifestError(f"{path}:{lineno}: popularity must be >= 0")
+        if not 0 <= value < float("inf"):  # also NaN and inf, as parse_manifest does
+            raise ManifestError(f"{path}:{lineno}: popularity must be a finite number >= 0")
         out[parts[0]] = value
     return out
 

@@ -28,12 +28,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-import xxhash
-
 from fill.manifest import Manifest, ManifestFile, SiteAppliance
-
-_U64 = float(1 << 64)
-
+from oca.rendezvous import hrw_score
 
 @dataclass(frozen=True, slots=True)
 class CopyPolicy:
@@ -87,18 +83,12 @@ class Plan:
     @property
     def delete_share(self) -> float:
         """Share of what is held (by bytes or by count, the larger) that delete_now removes."""
-        if self.held_bytes <= 0:
-            return 0.0
+        # The count share is computed even when held_bytes is 0: returning 0.0
+        # then let a plan deleting every (zero-byte) file pass max_delete_share.
         n_held = len(self.keep) + len(self.delete_now) + len(self.delete_if_needed)
-        by_bytes = self.delete_now_bytes / self.held_bytes
+        by_bytes = self.delete_now_bytes / self.held_bytes if self.held_bytes > 0 else 0.0
         by_count = len(self.delete_now) / n_held if n_held else 0.0
         return max(by_bytes, by_count)
-
-
-def hrw_score(appliance_id: str, content_id: str, weight: float) -> float:
-    h = xxhash.xxh3_64_intdigest(f"{appliance_id}\0{content_id}".encode("ascii"))
-    u = (h + 0.5) / _U64  # strictly inside (0, 1)
-    return -weight / math.log(u)
 
 
 def rank_appliances(content_id: str, appliances: Sequence[SiteAppliance]) -> list[str]:

@@ -1,7 +1,47 @@
-"""`oca-steering`: the steering service's command line."""
+"""`oca-steering --config FILE`: the steering service.
 
-from oca.stub import not_yet
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 1 on a config or start-up
+error, reported as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from oca import __version__
+from oca.errors import OcaError
+from steering.config import DEFAULT_STEERING_CONFIG, load_steering_config
 
 
-def main() -> None:
-    not_yet("oca-steering", "Steering service: rank appliances for a client and a content id")
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="oca-steering", description="Steering service: rank appliances for a client and a content id.")
+    p.add_argument("--config", default=DEFAULT_STEERING_CONFIG, help=f"steering config file (default {DEFAULT_STEERING_CONFIG})")
+    p.add_argument("--check-config", action="store_true", help="validate the config (and coverage file) and exit")
+    p.add_argument("--version", action="version", version=f"oca {__version__}")
+    args = p.parse_args(argv)
+    try:
+        if args.check_config:
+            from steering.config import coverage_path, load_coverage
+
+            cfg = load_steering_config(args.config)
+            path = coverage_path(cfg, args.config)
+            if path:
+                load_coverage(path)
+            print(f"{args.config}: ok")
+            sys.exit(0)
+        import uvloop
+
+        from steering.service import serve
+
+        sys.exit(uvloop.run(serve(args.config)))
+    except OcaError as exc:
+        print(f"oca-steering: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:
+        print(f"oca-steering: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The steering service's configuration and coverage-zone file.
+
+Same rules as the appliance's config (`oca.config`): frozen dataclasses,
+unknown keys refused, every error names the key path, every key that is not
+required has a documented default. Required: `[server] listen` and at least
+one `[[appliances]]`.
+
+The coverage-zone file is Apache Traffic Control's Coverage Zone File JSON:
+``{"coverageZones": {"<site>": {"network": [v4 CIDRs], "network6": [v6 CIDRs]}}}``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from oca.config import (
+    ConfigError,
+    _in_range,
+    _one_of,
+    check_cidrs,
+    check_fraction,
+    check_http_url,
+    check_listen,
+    check_name,
+    check_non_negative,
+    check_positive,
+    load_section,
+    mapping_setting,
+    read_toml,
+    setting,
+    _check_keys,
+)
+
+DEFAULT_STEERING_CONFIG = "/etc/oca/steering.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringServerConfig:
+    listen: tuple[str, ...] = setting(doc="Addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
+    decision_log: str = setting("", doc="Where each decision is logged as one JSON line: '' off, '-' stdout, or a file.")
+    decision_log_sample: float = setting(1.0, doc="Share of decisions logged (0..1).", check=check_fraction)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplianceConfig:
+    id: str = setting(doc="The appliance's id (its [appliance] id).", check=check_name)
+    url: str = setting(doc="Base URL players and steering use, e.g. 'http://192.0.2.10'.", check=check_http_url)
+    site: str = setting(doc="Its site.", check=check_name)
+    tier: str = setting("embedded", doc="'embedded' (inside the ISP) or 'ixp' (at an exchange).", check=lambda v: _one_of(v, ("embedded", "ixp")))
+    weight: float = setting(1.0, doc="Relative capacity for rendezvous hashing.", check=check_positive)
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageConfig:
+    file: str | None = setting(None, doc="Coverage Zone File (Traffic Control JSON). Unset: none.")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    interval_s: float = setting(2.0, doc="Seconds between polling rounds.", check=check_positive)
+    timeout_s: float = setting(1.5, doc="Seconds one appliance's poll may take.", check=check_positive)
+    fail_after: int = setting(3, doc="Failed polls in a row before an appliance is down.", check=lambda v: _in_range(v, 1, 1000))
+    recover_after: int = setting(2, doc="Good polls in a row before it is up again.", check=lambda v: _in_range(v, 1, 1000))
+    overload_percent: float = setting(85.0, doc="NIC use (percent) at which an appliance is overloaded.", check=lambda v: _in_range(v, 1, 100))
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringSigningConfig:
+    keys: Mapping[str, str] = mapping_setting(doc="Key id → secret, the same form as the appliances'.", check=lambda v: _check_keys(v))
+    key_id: str | None = setting(None, doc="The key URLs are signed with. Unset: URLs are not signed.")
+    ttl_s: float = setting(21600, doc="Lifetime of a signed URL, seconds.", check=check_positive)
+
+    def secrets(self) -> dict[str, bytes]:
+        return {k: v.encode("utf-8") for k, v in self.keys.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    proxies: tuple[str, ...] = setting((), doc="CIDRs whose X-Forwarded-For is believed.", check=lambda v: check_cidrs(v))
+    callers: tuple[str, ...] = setting((), doc="CIDRs allowed to name the client with ?client=.", check=lambda v: check_cidrs(v))
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringConfig:
+    server: SteeringServerConfig = setting(doc="The HTTP service.")
+    appliances: tuple[ApplianceConfig, ...] = setting(doc="One [[appliances]] table per appliance.")
+    max_urls: int = setting(4, doc="URLs in an answer at most (a top-level key).", check=lambda v: _in_range(v, 1, 64))
+    fallback_sites: tuple[str, ...] = setting((), doc="Sites tried, in order, after the matched ones (a top-level key).")
+    coverage: CoverageConfig = setting(CoverageConfig(), doc="Coverage zones.")
+    health: HealthConfig = setting(HealthConfig(), doc="Polling and hysteresis.")
+    signing: SteeringSigningConfig = setting(SteeringSigningConfig(), doc="URL signing.")
+    trust: TrustConfig = setting(TrustConfig(), doc="Whose word about the client address is believed.")
+
+
+def parse_steering(data: dict, *, base_dir: str = "/") -> SteeringConfig:
+    cfg = load_section(SteeringConfig, data, "")
+    if not cfg.appliances:
+        raise ConfigError("appliances: at least one [[appliances]] table is required")
+    seen: dict[str, int] = {}
+    for i, a in enumerate(cfg.appliances):
+        if a.id in seen:
+            raise ConfigError(f"appliances[{i}].id: {a.id!r} is already appliances[{seen[a.id]}]")
+        seen[a.id] = i
+    sites = {a.site for a in cfg.appliances}
+    for i, site in enumerate(cfg.fallback_sites):
+        if site not in sites:
+            raise ConfigError(f"fallback_sites[{i}]: {site!r} is not the site of any appliance")
+    if cfg.signing.key_id is not None and cfg.signing.key_id not in cfg.signing.keys:
+        raise ConfigError(f"signing.key_id: {cfg.signing.key_id!r} is not one of signing.keys")
+    if cfg.coverage.file is not None:
+        path = cfg.coverage.file if os.path.isabs(cfg.coverage.file) else os.path.join(base_dir, cfg.coverage.file)
+        if not os.path.isfile(path):
+            raise ConfigError(f"coverage.file: {path} does not exist")
+    return cfg
+
+
+def load_steering_config(path: str) -> SteeringConfig:
+    try:
+        return parse_steering(read_toml(path), base_dir=os.path.dirname(os.path.abspath(path)))
+    except ConfigError as exc:
+        if str(exc).startswith(path):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def coverage_path(cfg: SteeringConfig, config_path: str) -> str | None:
+    f = cfg.coverage.file
+    if f is None:
+        return None
+    return f if os.path.isabs(f) else os.path.join(os.path.dirname(os.path.abspath(config_path)), f)
+
+
+def load_coverage(path: str) -> dict[str, list[str]]:
+    """site → CIDRs from a Coverage Zone File; errors name the site and entry."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read coverage zones: {exc}") from None
+    zones = doc.get("coverageZones") if isinstance(doc, dict) else None
+    if not isinstance(zones, dict):
+        raise ConfigError(f"{path}: coverageZones: must be an object of site → networks")
+    out: dict[str, list[str]] = {}
+    for site, spec in zones.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: coverageZones.{site}: must be an object")
+        nets = []
+        for key, version in (("network", 4), ("network6", 6)):
+            items = spec.get(key, [])
+            if not isinstance(items, list):
+                raise ConfigError(f"{path}: coverageZones.{site}.{key}: must be a list")
+            for j, cidr in enumerate(items):
+                try:
+                    net = ipaddress.ip_network(cidr, strict=False)
+                except (ValueError, TypeError):
+                    raise ConfigError(f"{path}: coverageZones.{site}.{key}[{j}]: {cidr!r} is not a prefix") from None
+                if net.version != version:
+                    raise ConfigError(f"{path}: coverageZones.{site}.{key}[{j}]: {cidr} is IPv{net.version}")
+                nets.append(str(net))
+        out[site] = nets
+    return out
+
+
+__all__ = ["SteeringConfig", "load_steering_config", "load_coverage", "parse_steering", "coverage_path", "check_non_negative"]

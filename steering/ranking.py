@@ -1,0 +1,149 @@
+"""The steering decision: which appliances, in which order, for a client and a file.
+
+Nothing here performs I/O. Rules kept here (one numbered step each):
+1. Every prefix containing the client's address is considered, IPv4 and
+   IPv6, from appliance routes and coverage zones. A route reported by an
+   appliance matches that appliance; a coverage-zone prefix matches every
+   appliance of its site.
+2. Candidates are the appliances that serve new clients (up, not draining),
+   hold the content and are matched by at least one prefix. They are sorted
+   by: the length of the longest prefix that matches the appliance (longest
+   first); `embedded` before `ixp`; not overloaded before overloaded;
+   weighted rendezvous hashing of the content id (so one file keeps going to
+   the same appliance, whose page cache stays hot).
+3. The list is filled up to `max_urls`: when the candidates cover only one
+   site, the best appliance of another site that holds the content is
+   added, so that two sites appear when the registry has them; then the
+   fallback sites' appliances, in `fallback_sites` order. When no prefix
+   matched at all, the list is the fallback sites' appliances alone.
+4. The result type: `BGP` when the first appliance's match is an appliance
+   route, `COVERAGE_ZONE` when it is a coverage-zone prefix, `FALLBACK` when
+   the first appliance was not matched by any prefix, `NO_CANDIDATES` when
+   nothing available holds the content.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from oca.rendezvous import hrw_score
+
+BGP = "BGP"
+COVERAGE_ZONE = "COVERAGE_ZONE"
+FALLBACK = "FALLBACK"
+NO_CANDIDATES = "NO_CANDIDATES"
+TIER_ORDER = {"embedded": 0, "ixp": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Appliance:
+    appliance_id: str
+    url: str
+    site: str
+    tier: str = "embedded"
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What the decision needs from the poller about one appliance."""
+
+    serves: bool  # up and not draining
+    overloaded: bool
+    holds: frozenset | set
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    appliance: Appliance
+    prefix: str | None  # the longest prefix matching it, if any
+    kind: str  # "route", "cz" or "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    result: str
+    prefix: str | None
+    picks: tuple[Pick, ...]
+
+
+def _order_key(a: Appliance, content_id: str, live: Mapping[str, Live], match_len: int) -> tuple:
+    lv = live.get(a.appliance_id)
+    return (-match_len, TIER_ORDER.get(a.tier, 2), 1 if lv is not None and lv.overloaded else 0, -hrw_score(a.appliance_id, content_id, a.weight), a.appliance_id)
+
+
+def decide(
+    content_id: str,
+    matches: Sequence,  # PrefixEntry-like: .cidr, .length, .tags (("route", id) | ("cz", site)), longest first
+    registry: Sequence[Appliance],
+    live: Mapping[str, Live],
+    *,
+    max_urls: int,
+    fallback_sites: Sequence[str],
+) -> Decision:
+    by_id = {a.appliance_id: a for a in registry}
+    by_site: dict[str, list[Appliance]] = {}
+    for a in registry:
+        by_site.setdefault(a.site, []).append(a)
+
+    def usable(a: Appliance) -> bool:
+        lv = live.get(a.appliance_id)
+        return lv is not None and lv.serves and content_id in lv.holds
+
+    # Step 1: the longest matching prefix per appliance (a route wins a tie with a zone).
+    best: dict[str, tuple[int, int, str]] = {}  # id -> (length, kind rank, cidr)
+    for entry in matches:
+        for tag in entry.tags:
+            kind, target = tag
+            if kind == "route":
+                targets = [target] if target in by_id else []
+                rank = 1
+            elif kind == "cz":
+                targets = [a.appliance_id for a in by_site.get(target, ())]
+                rank = 0
+            else:
+                continue
+            for aid in targets:
+                cur = best.get(aid)
+                if cur is None or (entry.length, rank) > (cur[0], cur[1]):
+                    best[aid] = (entry.length, rank, entry.cidr)
+    any_match = bool(matches)
+
+    # Step 2: candidates, sorted.
+    candidates = [by_id[aid] for aid in best if usable(by_id[aid])]
+    candidates.sort(key=lambda a: _order_key(a, content_id, live, best[a.appliance_id][0]))
+    picks: list[Pick] = []
+    chosen: set[str] = set()
+
+    def add(a: Appliance, kind: str, prefix: str | None) -> None:
+        if len(picks) < max_urls and a.appliance_id not in chosen:
+            picks.append(Pick(a, prefix, kind))
+            chosen.add(a.appliance_id)
+
+    for a in candidates:
+        length, rank, cidr = best[a.appliance_id]
+        add(a, "route" if rank == 1 else "cz", cidr)
+
+    # Step 3: a second site, then the fallback sites.
+    if any_match:
+        sites = {p.appliance.site for p in picks}
+        if len(sites) == 1 and len(by_site) > 1:
+            others = [a for a in registry if a.site not in sites and usable(a) and a.appliance_id not in chosen]
+            if others:
+                others.sort(key=lambda a: _order_key(a, content_id, live, best.get(a.appliance_id, (0, 0, ""))[0]))
+                a = others[0]
+                m = best.get(a.appliance_id)
+                add(a, ("route" if m[1] == 1 else "cz") if m else "fallback", m[2] if m else None)
+    for site in fallback_sites:
+        members = [a for a in by_site.get(site, ()) if usable(a) and a.appliance_id not in chosen]
+        members.sort(key=lambda a: _order_key(a, content_id, live, 0))
+        for a in members:
+            add(a, "fallback", None)
+
+    # Step 4: the result type.
+    if not picks:
+        return Decision(NO_CANDIDATES, None, ())
+    first = picks[0]
+    result = {"route": BGP, "cz": COVERAGE_ZONE}.get(first.kind, FALLBACK)
+    return Decision(result, first.prefix, tuple(picks))
