@@ -94,6 +94,11 @@ class Worker:
         if self.args.ready_fd >= 0:
             try:
                 os.write(self.args.ready_fd, b"R")
+            except BrokenPipeError:
+                # The parent is not waiting (a restart after a crash spawns with
+                # wait_ready=False and closes its end; or it gave up waiting).
+                # Nothing to report: keep serving instead of dying in a loop.
+                pass
             finally:
                 os.close(self.args.ready_fd)
         await self.done
