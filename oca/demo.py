@@ -177,8 +177,9 @@ class DemoSystem:
             '[trust]\ncallers = ["127.0.0.0/8"]\n'
         )
 
-    def make_content(self, titles=TITLES) -> bool:
-        use_ffmpeg = shutil.which("ffmpeg") is not None
+    def make_content(self, titles=TITLES, *, use_ffmpeg: bool | None = None) -> bool:
+        if use_ffmpeg is None:
+            use_ffmpeg = shutil.which("ffmpeg") is not None
         for i, (name, seconds, _pop) in enumerate(titles):
             make_title(self.content / name, seconds, i, use_ffmpeg)
         return use_ffmpeg
@@ -227,7 +228,10 @@ class DemoSystem:
         d.mkdir(parents=True, exist_ok=True)
         temps = "".join(f"  {k}_temp_path {d / k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         (d / "nginx.conf").write_text(
-            f"worker_processes 1;\npid {d / 'nginx.pid'};\nerror_log {d / 'error.log'};\ndaemon off;\n"
+            ""
+            # As root, nginx's workers would run as nobody and could not read a private directory.
+            + ("user root root;\n" if os.geteuid() == 0 else "")
+            + f"worker_processes 1;\npid {d / 'nginx.pid'};\nerror_log {d / 'error.log'};\ndaemon off;\n"
             "events { worker_connections 1024; }\n"
             "http {\n  default_type application/octet-stream;\n  sendfile on;\n  tcp_nopush on;\n"
             f"  access_log {d / 'access.log'};\n{temps}"
@@ -248,7 +252,8 @@ class DemoSystem:
     def fill(self, node: Node) -> dict:
         proc = subprocess.run([str(self.bin / "oca-fill"), "--config", str(node.config), "run", "--ignore-window"],
                               capture_output=True, text=True, timeout=600)
-        (node.dir / "fill.log").open("a").write(proc.stderr)
+        with (node.dir / "fill.log").open("a") as fh:
+            fh.write(proc.stderr)
         status = json.loads(subprocess.run([str(self.bin / "oca-fill"), "--config", str(node.config), "status"],
                                            capture_output=True, text=True, check=True).stdout)
         return {"code": proc.returncode, "status": status["last"], "stderr": proc.stderr}
