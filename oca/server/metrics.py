@@ -90,16 +90,17 @@ class _Collector:
         yield GaugeMetricFamily("oca_index_generation", "Inventory generation", value=app.store.index.generation())
         yield GaugeMetricFamily("oca_draining", "1 while drained by the operator", value=1 if app.store.index.get_flag("drain") is not None else 0)
         fill = app.store.index.get_flag("fill_status")
-        if fill:
-            try:
-                doc = json.loads(fill)
-            except ValueError:
-                doc = {}
-            last = doc.get("last") or {}
-            for key, help_ in (("bytes_filled", "Bytes filled by the last fill run"), ("files_added", "Files added by the last fill run"),
-                               ("files_deleted", "Files deleted by the last fill run"), ("files_failed", "Files that failed in the last fill run")):
-                if isinstance(last.get(key), (int, float)):
-                    yield GaugeMetricFamily(f"oca_fill_last_{key}", help_, value=last[key])
+        try:
+            last = (json.loads(fill) if fill else {}).get("last") or {}
+        except ValueError:
+            last = {}
+        # Always exported (0 before the first run), so dashboards have a series.
+        for key, help_ in (("bytes_filled", "Bytes filled by the last fill run"), ("files_added", "Files added by the last fill run"),
+                           ("files_deleted", "Files deleted by the last fill run"), ("files_failed", "Files that failed in the last fill run")):
+            value = last.get(key)
+            yield GaugeMetricFamily(f"oca_fill_last_{key}", help_, value=value if isinstance(value, (int, float)) else 0)
+        ended = last.get("ended_s")
+        yield GaugeMetricFamily("oca_fill_last_end_timestamp_seconds", "When the last fill run ended (0: never)", value=ended if isinstance(ended, (int, float)) else 0)
 
 
 def render(app: "App") -> bytes:
