@@ -51,7 +51,7 @@ def setting(default: Any = REQUIRED, *, doc: str, check: Callable[[Any], Any] | 
 
 def mapping_setting(*, doc: str, check: Callable[[Any], Any] | None = None) -> Any:
     """A table-valued field (key → value) that defaults to empty."""
-    return field(default_factory=dict, metadata={"doc": doc, "check": check})
+    return field(default_factory=lambda: types.MappingProxyType({}), metadata={"doc": doc, "check": check})
 
 
 # ---------------------------------------------------------------- validators

@@ -179,6 +179,9 @@ class Index:
         except lmdb.CorruptedError as exc:
             self.env.close()
             raise IndexCorruptError(f"{path}: index is corrupt ({exc}); run oca-admin rebuild-index") from None
+        except IndexError_:
+            self.env.close()  # a refused index must not stay open in this process
+            raise
         self._stores_version: object = -1
         self._stores_cache: dict[str, StoreRecord] = {}
         self._working: dict[bytes, tuple[str, str]] = {}
