@@ -22,6 +22,21 @@ from collections import OrderedDict
 from typing import Callable
 
 
+def _close(fd: int) -> None:
+    """Close `fd`, ignoring the error close() may return (found by tests/fault).
+
+    On a failing store (EIO from a FUSE or NFS flush) os.close raised in the
+    middle of the error path: the client connection was never aborted, the
+    store never marked failed, and the worker's shutdown crashed. Linux
+    releases the descriptor whatever close() returns, so there is nothing to
+    retry; the I/O error itself is seen and reported where the file is read.
+    """
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 class CachedFile:
     __slots__ = ("fd", "size", "block", "etag", "last_modified", "last_modified_s", "store_uuid", "used", "refs", "content_type")
 
@@ -64,10 +79,10 @@ class FdCache:
         try:
             size = os.fstat(fd).st_size
         except OSError:
-            os.close(fd)
+            _close(fd)
             raise
         if size != expected_size:
-            os.close(fd)
+            _close(fd)
             raise SizeMismatch(f"{path}: {size} bytes on disk, index says {expected_size}")
         entry = make(fd, size)
         if self.max_entries == 0:
@@ -84,13 +99,13 @@ class FdCache:
         entry.refs -= 1
         if entry.refs <= 0 and entry in self._retired:
             self._retired.remove(entry)
-            os.close(entry.fd)
+            _close(entry.fd)
 
     def _retire(self, entry: CachedFile) -> None:
         if entry.refs > 0:
             self._retired.append(entry)
         else:
-            os.close(entry.fd)
+            _close(entry.fd)
 
     def sweep(self, now: float) -> None:
         stale = [p for p, e in self._entries.items() if now - e.used > self.inactive_s]
