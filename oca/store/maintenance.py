@@ -29,7 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-import xxhash
+from oca.checksum import hash_file
 
 from oca.store.content import ContentStore
 from oca.store.disks import Disk
@@ -43,7 +43,6 @@ from oca.store.layout import (
     parse_tmp_pid,
 )
 
-HASH_CHUNK_BYTES = 4 << 20
 
 
 @dataclass
@@ -207,19 +206,6 @@ class VerifyReport:
     unreadable: list[str] = field(default_factory=list)
 
 
-def hash_file(path: str) -> tuple[str, int]:
-    h = xxhash.xxh3_128()
-    n = 0
-    buf = bytearray(HASH_CHUNK_BYTES)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            got = fh.readinto(buf)
-            if not got:
-                break
-            h.update(view[:got])
-            n += got
-    return h.hexdigest(), n
 
 
 def verify(cs: ContentStore) -> VerifyReport:
