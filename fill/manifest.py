@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
-import xxhash
+from oca.checksum import hash_file
 
 from oca.errors import OcaError
 from oca.ids import is_valid_id
@@ -52,7 +52,6 @@ VERSION = 1
 _FILE_KEYS = {"id", "size", "xxh128", "mtime", "popularity", "sources"}
 _TOP_KEYS = {"format", "version", "generated_s", "files", "sites", "signature"}
 _APPLIANCE_KEYS = {"id", "url", "weight"}
-HASH_CHUNK = 4 << 20
 
 
 class ManifestError(OcaError):
@@ -238,16 +237,6 @@ def _check_signature(doc: dict, keys: Mapping[str, bytes], required: bool) -> st
     return sig["key_id"]
 
 
-def hash_file(path: str) -> tuple[str, int]:
-    h = xxhash.xxh3_128()
-    size = 0
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return h.hexdigest(), size
 
 
 def read_popularity(path: str) -> dict[str, float]:
