@@ -8,16 +8,24 @@ Rules kept here:
   move. Score = -weight / ln(u), u uniform in (0, 1) from xxh3-64 of
   "<appliance id>\\0<content id>" (Schindelhauer and Schomaker's weighted
   form, so an appliance of weight 2 gets twice the files).
-- The number of copies grows with popularity (`CopyPolicy`): the head of
-  the catalogue is on every appliance of the site, the tail on one.
-- Of what is placed here, the most popular files that fit in the capacity
-  are chosen (greedy by popularity; a file that does not fit is skipped and
-  smaller ones after it may still fit).
-- The plan: additions most popular first; a held file the manifest no
-  longer lists is deleted at once; a held file still listed but no longer
-  chosen is deleted least popular first only when space is needed, or once
-  it has been unchosen for the grace period. A held file whose checksum
-  differs from the manifest's is replaced (it is an addition).
+- The number of copies grows with popularity (`CopyPolicy`): by default a
+  file carrying share s of the site's predicted bytes gets ceil(4 n s)
+  copies (so one file never loads an appliance past a quarter of its even
+  share), at least one, at most n; a rank rule (head of the catalogue on
+  every appliance) can be added.
+- Of what is placed here, the most valuable files that fit in the capacity
+  are chosen, greedily: by default by predicted bytes per day per stored
+  byte (`order="density"`, the knapsack order), else by popularity; a file
+  that does not fit is skipped and smaller ones after it may still fit.
+- The plan: additions most valuable first, first copies before extra ones
+  (`extra_copy_weight`), since the nightly budget may stop the run early; a
+  held file the manifest no longer lists is deleted at once; a held file
+  still listed but no longer chosen is deleted least valuable first only
+  when space is needed, or once it has been unchosen for the grace period.
+  A held file whose checksum differs from the manifest's is replaced (it is
+  an addition).
+- `predict_popularity` is the recommended way to turn a file's past daily
+  bytes into the manifest's popularity (an exponentially weighted mean).
 - Without a site list, or when this appliance is not in its site's list,
   the site is this appliance alone.
 """
@@ -33,26 +41,56 @@ from oca.rendezvous import hrw_score
 
 @dataclass(frozen=True, slots=True)
 class CopyPolicy:
-    """How many copies a file gets in a site of n appliances, by popularity rank.
+    """How many copies a file gets in a site of n appliances, and in which order files are taken.
 
-    The top `head_share` of files (by popularity) go on every appliance, the
-    next `mid_share` on `ceil(n * mid_copies_share)`, the rest on one.
-    Files of zero popularity always get one copy.
+    Copies, the larger of two rules:
+    - by rank: the top `head_share` of files (by popularity) go on every
+      appliance, the next `mid_share` on `ceil(n * mid_copies_share)`, the
+      rest on one;
+    - by load: a file whose share of the site's predicted bytes is `share`
+      gets `ceil(n * share * load_headroom)` copies (0 turns this off), so no
+      appliance has to carry more than `1 / load_headroom` of its even share
+      of the site's load because of one file.
+    Copies are bounded by 1 and n; files of zero popularity get one.
+
+    Order (`order`): "popularity" takes files by predicted bytes per day;
+    "density" by predicted bytes per day per stored byte (plays per day), the
+    greedy order of a knapsack, so storage and the fill budget go where they
+    serve the most bytes. `keep_bonus`: a file already held counts
+    (1 + keep_bonus) times as valuable when choosing, so noise in the
+    prediction does not swap files in and out at the cost of the nightly
+    budget. `extra_copy_weight`: when ordering the additions (the nightly
+    budget may not cover them all), an extra copy (this appliance is not the
+    file's first rendezvous holder) counts this many times its value: 1 keeps
+    the choice order, 0 adds every first copy before any extra one.
     """
 
-    head_share: float = 0.05
-    mid_share: float = 0.20
+    # Defaults tuned with benchmarks/offload.py (the rank rule, order "popularity"
+    # and extra_copy_weight 1 were the earlier defaults; see that file's report).
+    head_share: float = 0.0
+    mid_share: float = 0.0
     mid_copies_share: float = 0.5
+    load_headroom: float = 4.0
+    order: str = "density"
+    keep_bonus: float = 0.0
+    extra_copy_weight: float = 0.25
 
-    def copies(self, rank: int, total: int, n: int, popularity: float) -> int:
+    def __post_init__(self) -> None:
+        if self.order not in ("popularity", "density"):
+            raise ValueError(f"order must be 'popularity' or 'density', not {self.order!r}")
+
+    def copies(self, rank: int, total: int, n: int, popularity: float, share: float | None = None) -> int:
         if n <= 1 or popularity <= 0 or total <= 0:
             return 1
+        k = 1
         position = rank / total
         if position < self.head_share:
-            return n
-        if position < self.head_share + self.mid_share:
-            return max(1, min(n, math.ceil(n * self.mid_copies_share)))
-        return 1
+            k = n
+        elif position < self.head_share + self.mid_share:
+            k = max(1, min(n, math.ceil(n * self.mid_copies_share)))
+        if share is not None and self.load_headroom > 0:
+            k = max(k, min(n, math.ceil(n * share * self.load_headroom - 1e-9)))
+        return k
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,23 +151,45 @@ def placement(manifest: Manifest, appliances: Sequence[SiteAppliance], policy: C
     """content id → the appliances of the site that should hold it."""
     ordered = by_popularity(manifest.files)
     total = len(ordered)
+    total_pop = sum(f.popularity for f in ordered)
     n = len(appliances)
     out = {}
     for rank, f in enumerate(ordered):
-        k = policy.copies(rank, total, n, f.popularity)
+        share = f.popularity / total_pop if total_pop > 0 else 0.0
+        k = policy.copies(rank, total, n, f.popularity, share)
         out[f.content_id] = tuple(rank_appliances(f.content_id, appliances)[:k])
     return out
 
 
-def choose(files: Sequence[ManifestFile], capacity_bytes: int) -> list[ManifestFile]:
-    """The most popular files that fit, in popularity order."""
+def value_order(files: Iterable[ManifestFile], policy: CopyPolicy = CopyPolicy(), held: Mapping[str, "Held"] | None = None) -> list[ManifestFile]:
+    """Most valuable first under `policy.order` (and its `keep_bonus` for files in `held`); ties by id."""
+    held = held or {}
+    return sorted(files, key=lambda f: (-_value(f, policy, held), f.content_id))
+
+
+def _value(f: ManifestFile, policy: CopyPolicy, held: Mapping[str, "Held"]) -> float:
+    v = f.popularity
+    if policy.order == "density":
+        v = v / f.size if f.size > 0 else (math.inf if v > 0 else 0.0)
+    h = held.get(f.content_id)
+    if policy.keep_bonus and h is not None and h.checksum == f.checksum:
+        v *= 1.0 + policy.keep_bonus
+    return v
+
+
+def _fill_greedy(ordered: Iterable[ManifestFile], capacity_bytes: int) -> list[ManifestFile]:
     chosen = []
     used = 0
-    for f in by_popularity(files):
+    for f in ordered:
         if used + f.size <= capacity_bytes:
             chosen.append(f)
             used += f.size
     return chosen
+
+
+def choose(files: Sequence[ManifestFile], capacity_bytes: int) -> list[ManifestFile]:
+    """The most popular files that fit, in popularity order."""
+    return _fill_greedy(by_popularity(files), capacity_bytes)
 
 
 def plan_fill(
@@ -149,9 +209,21 @@ def plan_fill(
     placed = placement(manifest, appliances, policy)
     listed = manifest.by_id()
     mine = [f for f in manifest.files if me in placed[f.content_id]]
-    chosen = choose(mine, capacity_bytes)
+    if policy.order == "popularity" and not policy.keep_bonus:
+        chosen = choose(mine, capacity_bytes)
+    else:
+        chosen = _fill_greedy(value_order(mine, policy, held), capacity_bytes)
     chosen_ids = {f.content_id for f in chosen}
     adds = tuple(f for f in chosen if f.content_id not in held or held[f.content_id].checksum != f.checksum)
+    if policy.extra_copy_weight != 1.0:
+        rank = {f.content_id: i for i, f in enumerate(value_order(adds, policy))}
+        w = policy.extra_copy_weight
+
+        def key(f: ManifestFile) -> tuple[float, int]:
+            v = _value(f, policy, {})
+            return (-(v if placed[f.content_id][0] == me else v * w), rank[f.content_id])
+
+        adds = tuple(sorted(adds, key=key))
     delete_now: list[str] = []
     if_needed: list[Held] = []
     keep: list[str] = []
@@ -169,7 +241,10 @@ def plan_fill(
             else:
                 new_since[cid] = since
                 if_needed.append(Held(cid, h.size, h.checksum, f.popularity))
-    if_needed.sort(key=lambda h: (h.popularity, h.content_id))
+    if policy.order == "density":
+        if_needed.sort(key=lambda h: (h.popularity / h.size if h.size > 0 else math.inf, h.content_id))
+    else:
+        if_needed.sort(key=lambda h: (h.popularity, h.content_id))
     held_bytes = sum(h.size for h in held.values())
     return Plan(
         adds=adds,
@@ -185,6 +260,26 @@ def plan_fill(
         placed_here=len(mine),
         site_size=len(appliances),
     )
+
+
+POPULARITY_ALPHA = 0.5  # tuned with benchmarks/offload.py
+POPULARITY_WINDOW_DAYS = 14
+
+
+def predict_popularity(daily_bytes: Sequence[float], alpha: float = POPULARITY_ALPHA) -> float:
+    """Predicted bytes per day from the bytes served on the past days the file was available, oldest first.
+
+    An exponentially weighted mean seeded with the oldest day: weight `alpha`
+    on the newest day, so a release's spike and decay are followed within a
+    day or two while the tail's day-to-day noise is damped. Callers pass at
+    most `POPULARITY_WINDOW_DAYS` days; with none it is 0.0 (use a forecast).
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], not {alpha}")
+    est = 0.0
+    for i, b in enumerate(daily_bytes):
+        est = float(b) if i == 0 else est + alpha * (b - est)
+    return est
 
 
 def make_room(need_bytes: int, free_bytes: int, candidates: Sequence[str], sizes: Mapping[str, int]) -> list[str]:
