@@ -1,0 +1,844 @@
+#!/usr/bin/env python3
+"""Serving benchmark: oca-server against nginx on the same files, same load.
+
+Run: ``.venv/bin/python benchmarks/serve.py [--quick] [--rounds N]
+[--duration S] [--connections C] [--idle N] [--hold S] [--dir DIR]``.
+
+Rules kept here:
+- Every figure printed is measured in this run; nothing is typed in or
+  carried over. Targets are checked and reported PASS/MISS; the exit status
+  is 0 either way (non-zero only if the benchmark itself breaks).
+- Content: 4 files of random bytes (256 MiB each, 64 MiB with --quick) in a
+  temporary directory under ``--dir`` (default /var/tmp). They are ingested
+  into an oca appliance with two stores, and the same files are put in an
+  nginx root under the same URL path (``/content/<id>``), so one wrk script
+  drives both. Both servers get their page cache warmed by reading every
+  file they serve once.
+- nginx 1.22: its own config in the temp dir (2 workers, sendfile on,
+  tcp_nopush on, access_log off, keepalive_requests 100000), run in the
+  foreground (``daemon off``) as our child. A second nginx, identical but
+  with ``tcp_nopush off`` ("nginx-nocork"), is measured too: with
+  tcp_nopush on, nginx 1.22 was seen (strace) to cork and uncork but never
+  set TCP_NODELAY, so under Nagle a response ending one small segment past
+  a full one (64 KiB + head on loopback's 64 KiB MSS) waits for the
+  client's delayed ACK (~40 ms). Targets are reported against both. oca-server: 2 workers,
+  uvloop, access log off. Each server on its own loopback port.
+- Load: wrk, 1 thread, ``--connections`` connections (64), ``--latency``,
+  with a generated Lua script that asks for a random range of fixed length
+  (2 MiB, then 64 KiB) of a random file at a random offset. Within a round
+  all servers get the same request sequence (same seed); the order rotates
+  between rounds because the machine is shared and noisy. Figures come from
+  wrk's `done()` hook (exact byte and request counts, latency percentiles in
+  microseconds), and the worker processes' CPU time is read from /proc
+  around each run. One unmeasured 1 s run per server and workload comes
+  first.
+- Ratios are oca / nginx, computed per round (the runs of a round are
+  seconds apart) and summarised by their median; the ratio of the medians is
+  shown too.
+- Correctness is checked once before the load: a handful of ranges (random,
+  first and last bytes, one of 2 MiB) fetched from every server must be 206
+  with the same Content-Range and body as the source file, byte for byte.
+- Idle connections: ``--idle`` (10,000) keep-alive connections are opened to
+  a server, each sends one small range request and reads the response, then
+  all stay idle for ``--hold`` seconds; the VmRSS of each worker (children of
+  the server's parent, by ``pgrep -P``) is read at the end of the hold. The
+  client binds several 127.0.0.x source addresses so ephemeral ports do not
+  run short. oca first (the target), then nginx for reference.
+- Cleanup (wrk, the servers, idle sockets, the temp dir) runs on normal
+  exit, on error, on Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+MIB = 1 << 20
+MB = 1_000_000
+
+# Targets (from the issue).
+TARGET_2M_BYTES_RATIO = 0.9  # oca bytes/s ÷ nginx bytes/s, 2 MiB ranges, at least
+TARGET_64K_REQS_RATIO = 0.7  # oca req/s ÷ nginx req/s, 64 KiB ranges, at least
+TARGET_P99_RATIO = 2.0  # oca p99 ÷ nginx p99, at most (each workload)
+TARGET_RSS_MIB = 150.0  # VmRSS of each oca worker holding the idle connections, below
+
+WORKLOADS = (("2 MiB", 2 * MIB), ("64 KiB", 64 * 1024))
+SOURCE_ADDRS = tuple(f"127.0.0.{i}" for i in range(2, 10))
+FILE_COUNT = 4
+
+
+# ---------------------------------------------------------------- processes and cleanup
+
+
+class Cleanup:
+    """Everything started or created, undone in reverse order by `run()`."""
+
+    def __init__(self) -> None:
+        self._first: list[tuple[str, object]] = []  # run first, in order added
+        self._actions: list[tuple[str, object]] = []  # then these, last added first
+
+    def add(self, name: str, fn, first: bool = False) -> None:
+        (self._first if first else self._actions).append((name, fn))
+
+    def run(self) -> None:
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave things behind
+        try:
+            while self._first or self._actions:
+                name, fn = self._first.pop(0) if self._first else self._actions.pop()
+                try:
+                    fn()  # type: ignore[operator]
+                except BaseException as exc:  # keep cleaning, whatever happened
+                    print(f"cleanup: {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGINT, old)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0, children: bool = True) -> None:
+    if proc.poll() is not None:
+        return
+    kids = child_pids(proc.pid) if children else []
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        for pid in kids + (child_pids(proc.pid) if children else []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
+def child_pids(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return sorted(int(x) for x in out.split())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {tail(log)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port} after {timeout}s: {tail(log)}")
+
+
+def tail(path: Path, n: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+def raise_nofile(want: int = 200_000) -> int:
+    """Raise our open-files limit (children inherit it: each server holds ~10k sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want and os.geteuid() == 0:
+        try:
+            cap = int(Path("/proc/sys/fs/nr_open").read_text())
+            hard = min(want, cap)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of `pids`, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def socket_fds(pid: int) -> int:
+    n = 0
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    n += 1
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+# ---------------------------------------------------------------- content and servers
+
+
+@dataclass
+class Content:
+    ids: list[str]
+    sizes: list[int]
+    sources: list[Path]
+
+
+def make_content(base: Path, size: int) -> Content:
+    src = base / "www" / "content"
+    src.mkdir(parents=True)
+    ids, sizes, paths = [], [], []
+    chunk = 16 * MIB
+    for i in range(FILE_COUNT):
+        content_id = f"bench-{i}.bin"
+        path = src / content_id
+        with open(path, "wb") as fh:
+            left = size
+            while left:
+                n = min(chunk, left)
+                fh.write(os.urandom(n))
+                left -= n
+        ids.append(content_id)
+        sizes.append(size)
+        paths.append(path)
+    return Content(ids, sizes, paths)
+
+
+def write_oca_config(base: Path, port: int) -> Path:
+    stores = [base / "store0", base / "store1"]
+    for p in stores:
+        p.mkdir()
+    lines = [
+        "[appliance]",
+        'id = "oca-bench-1"',
+        'site = "bench"',
+        "[server]",
+        f'listen = ["127.0.0.1:{port}"]',
+        "workers = 2",
+        'event_loop = "uvloop"',
+        'access_log = ""',
+        "max_connections = 16384",
+        "shutdown_timeout_s = 5",
+        "[index]",
+        f'path = "{base / "index"}"',
+        "map_size_gb = 1",
+    ]
+    for p in stores:
+        lines += ["[[stores]]", f'path = "{p}"']
+    cfg = base / "oca.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def ingest(cfg: Path, content: Content) -> None:
+    for content_id, path in zip(content.ids, content.sources):
+        proc = subprocess.run(
+            [PY, "-m", "oca.admin", "--config", str(cfg), "ingest", str(path), "--id", content_id],
+            capture_output=True, text=True, cwd=ROOT, timeout=600,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"oca-admin ingest {content_id} exited {proc.returncode}: {proc.stderr}")
+
+
+def write_nginx_config(base: Path, name: str, port: int, nopush: bool) -> Path:
+    tmp = base / f"{name}-tmp"
+    tmp.mkdir()
+    user = "user root;\n" if os.geteuid() == 0 else ""  # files live in a 0700 temp dir
+    conf = base / f"{name}.conf"
+    conf.write_text(
+        f"""{user}worker_processes 2;
+pid {base / (name + ".pid")};
+error_log {base / (name + "-error.log")} warn;
+worker_rlimit_nofile 65536;
+events {{
+    worker_connections 16384;
+}}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush {"on" if nopush else "off"};
+    keepalive_requests 100000;
+    keepalive_timeout 75s;
+    default_type application/octet-stream;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {base / "www"};
+        location / {{ }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+    parent_pid: int = 0  # the process whose children are the workers
+
+    def workers(self) -> list[int]:
+        return child_pids(self.parent_pid or self.proc.pid)
+
+
+def start_nginx(base: Path, name: str, port: int, nopush: bool, cleanup: Cleanup) -> Server:
+    conf = write_nginx_config(base, name, port, nopush)
+    log = base / f"{name}-error.log"
+    out = open(base / f"{name}-stdout.log", "ab")
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(base), "-e", str(log), "-c", str(conf), "-g", "daemon off;"],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    cleanup.add(name, lambda: (stop_process(proc, signal.SIGTERM), out.close()))
+    wait_port(port, proc, log)
+    srv = Server(name, port, proc, log)
+    _wait_workers(srv, 2)
+    return srv
+
+
+def start_oca(base: Path, cfg: Path, port: int, cleanup: Cleanup) -> Server:
+    log = base / "oca-server.log"
+    out = open(log, "ab")
+    proc = subprocess.Popen(
+        [PY, "-m", "oca.server.main", "--config", str(cfg)],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+    )
+    cleanup.add("oca-server", lambda: (stop_process(proc, signal.SIGTERM, timeout=20), out.close()))
+    wait_port(port, proc, log)
+    srv = Server("oca", port, proc, log)
+    _wait_workers(srv, 2)
+    return srv
+
+
+def _wait_workers(srv: Server, n: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(srv.workers()) >= n:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{srv.name}: expected {n} workers, found {srv.workers()}")
+
+
+def warm(paths: list[Path]) -> int:
+    total = 0
+    for p in paths:
+        with open(p, "rb", buffering=0) as fh:
+            while True:
+                b = fh.read(8 * MIB)
+                if not b:
+                    break
+                total += len(b)
+    return total
+
+
+def store_files(base: Path) -> list[Path]:
+    out = []
+    for store in ("store0", "store1"):
+        for dirpath, _dirs, files in os.walk(base / store):
+            for f in files:
+                p = Path(dirpath) / f
+                if p.is_file() and p.stat().st_size >= MIB:
+                    out.append(p)
+    return out
+
+
+# ---------------------------------------------------------------- correctness
+
+
+def fetch(port: int, path: str, first: int, last: int) -> tuple[int, str | None, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Range": f"bytes={first}-{last}"})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Content-Range"), resp.read()
+    finally:
+        conn.close()
+
+
+def verify(servers: list[Server], content: Content, rng: random.Random) -> int:
+    """Ranges from both servers against the source, byte for byte; returns how many were checked."""
+    cases = []
+    for i, size in enumerate(content.sizes):
+        cases.append((i, 0, 99))
+        cases.append((i, size - 1000, size - 1))
+    for _ in range(6):
+        i = rng.randrange(len(content.ids))
+        first = rng.randrange(content.sizes[i] - 70_000)
+        cases.append((i, first, first + rng.randrange(1, 70_000)))
+    i = rng.randrange(len(content.ids))
+    first = rng.randrange(content.sizes[i] - 2 * MIB)
+    cases.append((i, first, first + 2 * MIB - 1))
+    for i, first, last in cases:
+        with open(content.sources[i], "rb") as fh:
+            fh.seek(first)
+            want = fh.read(last - first + 1)
+        want_range = f"bytes {first}-{last}/{content.sizes[i]}"
+        for srv in servers:
+            status, crange, body = fetch(srv.port, f"/content/{content.ids[i]}", first, last)
+            if status != 206 or crange != want_range or body != want:
+                raise RuntimeError(
+                    f"{srv.name}: /content/{content.ids[i]} bytes={first}-{last}: status {status}, "
+                    f"Content-Range {crange!r} (want {want_range!r}), body {'ok' if body == want else f'{len(body)} bytes, differs'}"
+                )
+    return len(cases)
+
+
+# ---------------------------------------------------------------- wrk
+
+
+LUA = """-- generated by benchmarks/serve.py
+local paths = {%(paths)s}
+local sizes = {%(sizes)s}
+local span = %(span)d
+local n = #paths
+math.randomseed(%(seed)d)
+
+request = function()
+    local i = math.random(n)
+    local first = math.random(0, sizes[i] - span)
+    return wrk.format("GET", paths[i], {["Range"] = "bytes=" .. first .. "-" .. (first + span - 1)})
+end
+
+done = function(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format(
+        "BENCH requests=%%.0f bytes=%%.0f duration_us=%%.0f p50_us=%%.0f p99_us=%%.0f mean_us=%%.1f max_us=%%.0f " ..
+        "err_connect=%%.0f err_read=%%.0f err_write=%%.0f err_status=%%.0f err_timeout=%%.0f\\n",
+        summary.requests, summary.bytes, summary.duration, latency:percentile(50), latency:percentile(99),
+        latency.mean, latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+@dataclass
+class Run:
+    server: str
+    workload: str
+    round: int
+    reqs_s: float
+    bytes_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    bytes_per_req: float
+    errors: dict
+    cpu_us_per_req: float
+    cpu_s_per_gb: float
+    text: str = ""
+
+
+def write_lua(base: Path, content: Content, span: int, seed: int) -> Path:
+    script = base / f"ranges-{span}-{seed}.lua"
+    script.write_text(LUA % {
+        "paths": ", ".join(f'"/content/{c}"' for c in content.ids),
+        "sizes": ", ".join(str(s) for s in content.sizes),
+        "span": span,
+        "seed": seed,
+    })
+    return script
+
+
+def run_wrk(srv: Server, script: Path, args: argparse.Namespace, workload: str, rnd: int, cleanup_box: list) -> Run:
+    cmd = [
+        "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "--timeout", "10s",
+        "-s", str(script), f"http://127.0.0.1:{srv.port}/",
+    ]
+    workers = srv.workers()
+    cpu0 = cpu_seconds(workers)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cleanup_box.append(proc)
+    try:
+        out, _ = proc.communicate(timeout=args.duration + 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cleanup_box.remove(proc)
+    cpu1 = cpu_seconds(workers)
+    line = next((l for l in out.splitlines() if l.startswith("BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk against {srv.name} failed ({proc.returncode}):\n{out}")
+    f = {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+    seconds = f["duration_us"] / 1e6
+    requests = int(f["requests"])
+    errors = {k[4:]: int(v) for k, v in f.items() if k.startswith("err_") and v}
+    non2xx = next((l for l in out.splitlines() if "Non-2xx" in l), None)
+    if non2xx:
+        errors["non-2xx"] = int(non2xx.split(":")[1])
+    cpu = cpu1 - cpu0
+    return Run(
+        server=srv.name, workload=workload, round=rnd,
+        reqs_s=requests / seconds, bytes_s=f["bytes"] / seconds,
+        p50_ms=f["p50_us"] / 1000, p99_ms=f["p99_us"] / 1000,
+        requests=requests, bytes_per_req=f["bytes"] / max(1, requests), errors=errors,
+        cpu_us_per_req=cpu / max(1, requests) * 1e6, cpu_s_per_gb=cpu / max(1e-9, f["bytes"] / 1e9),
+        text=out,
+    )
+
+
+# ---------------------------------------------------------------- idle connections
+
+
+class IdleHolder:
+    def __init__(self) -> None:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.readers: list[asyncio.StreamReader] = []
+
+    async def open(self, port: int, n: int, path: str) -> tuple[int, list[str]]:
+        req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-1023\r\n\r\n".encode()
+        sem = asyncio.Semaphore(200)
+        failures: list[str] = []
+
+        async def one(i: int) -> None:
+            async with sem:
+                try:
+                    r, w = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", port, local_addr=(SOURCE_ADDRS[i % len(SOURCE_ADDRS)], 0), limit=1 << 16),
+                        20,
+                    )
+                except (OSError, asyncio.TimeoutError) as exc:
+                    failures.append(f"connect: {exc}")
+                    return
+                self.writers.append(w)
+                self.readers.append(r)
+                try:
+                    w.write(req)
+                    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 20)
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":", 1)[1])
+                    await asyncio.wait_for(r.readexactly(length), 20)
+                    if not head.startswith(b"HTTP/1.1 206"):
+                        failures.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
+                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                    failures.append(f"request: {type(exc).__name__}: {exc}")
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return len(self.writers), failures
+
+    def alive(self) -> int:
+        return sum(1 for r, w in zip(self.readers, self.writers) if not r.at_eof() and not w.is_closing())
+
+    async def close(self) -> None:
+        for w in self.writers:
+            w.close()
+        await asyncio.sleep(0)
+        self.writers.clear()
+        self.readers.clear()
+
+
+def drop_idle(loop: asyncio.AbstractEventLoop, holders: list[IdleHolder]) -> None:
+    """After an interruption: abort the idle connections without running the loop again.
+
+    Running it could re-raise the KeyboardInterrupt stored in an interrupted
+    task; the sockets themselves close when the process exits, right after
+    the servers are stopped.
+    """
+    loop.set_exception_handler(lambda _loop, _context: None)  # no "Task was destroyed" noise
+    warnings.simplefilter("ignore")  # nor "coroutine ... was never awaited"
+    for holder in holders:
+        for w in holder.writers:
+            try:
+                w.transport.abort()
+            except Exception:
+                pass
+        holder.writers.clear()
+        holder.readers.clear()
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+@dataclass
+class IdleResult:
+    server: str
+    opened: int
+    failures: list[str]
+    alive: int
+    open_s: float
+    rss_before_mib: list[float] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)
+    sockets: list[int] = field(default_factory=list)
+
+
+async def idle_test(srv: Server, n: int, hold: float, path: str, holder_box: list) -> IdleResult:
+    workers = srv.workers()
+    before = [vm_rss_kib(p) / 1024 for p in workers]
+    holder = IdleHolder()
+    holder_box.append(holder)  # if interrupted, `drop_idle` aborts what is open (no await in a finally here)
+    t0 = time.monotonic()
+    opened, failures = await holder.open(srv.port, n, path)
+    open_s = time.monotonic() - t0
+    await asyncio.sleep(hold)
+    alive = holder.alive()
+    rss = [vm_rss_kib(p) / 1024 for p in workers]
+    socks = [socket_fds(p) for p in workers]
+    await holder.close()
+    holder_box.remove(holder)
+    return IdleResult(srv.name, opened, failures, alive, open_s, before, rss, socks)
+
+
+# ---------------------------------------------------------------- report
+
+
+def fmt_row(label: str, values: list[float], fmt: str, median: float | None = None) -> str:
+    med = statistics.median(values) if median is None and values else median
+    cells = "".join(f"{fmt.format(v):>10}" for v in values)
+    return f"  {label:<28}{cells}{fmt.format(med) if med is not None else '':>12}"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def report(runs: list[Run], idle: list[IdleResult], args: argparse.Namespace, meta: dict) -> None:
+    rounds = args.rounds
+    print()
+    print("=" * 104)
+    print(f"oca-server vs nginx, measured {time.strftime('%Y-%m-%d %H:%M:%S')}  ({meta['cmd']}, seed {meta['seed']})")
+    print(f"  {meta['cpus']} CPUs, load average at start {meta['load0']}, at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+          f"{FILE_COUNT} files x {meta['file_mib']} MiB")
+    print(f"  wrk 1 thread, {args.connections} connections, {args.duration}s per run, {rounds} round(s), order rotating each round")
+    print(f"  {NGINX}: sendfile on, tcp_nopush on (as specified); {NGINX_NOCORK}: the same with tcp_nopush off")
+    print(f"  correctness: {meta['verified']} ranges identical from all servers and the source files")
+    head = "".join(f"{'r' + str(r + 1):>10}" for r in range(rounds))
+    ratios: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for workload, _span in WORKLOADS:
+        print()
+        print(f"random {workload} ranges{'':<13}{head}{'median':>12}")
+        by = {s: sorted((r for r in runs if r.server == s and r.workload == workload), key=lambda r: r.round) for s in CONTENDERS}
+        for s in CONTENDERS:
+            rs = by[s]
+            print(f" {s}")
+            print(fmt_row("requests/s", [r.reqs_s for r in rs], "{:.0f}"))
+            print(fmt_row("MB/s (10^6 bytes)", [r.bytes_s / MB for r in rs], "{:.0f}"))
+            print(fmt_row("p50 latency ms", [r.p50_ms for r in rs], "{:.2f}"))
+            print(fmt_row("p99 latency ms", [r.p99_ms for r in rs], "{:.2f}"))
+            print(fmt_row("worker CPU us/request", [r.cpu_us_per_req for r in rs], "{:.0f}"))
+            print(fmt_row("worker CPU s/GB", [r.cpu_s_per_gb for r in rs], "{:.2f}"))
+            print(fmt_row("bytes/response", [r.bytes_per_req for r in rs], "{:.0f}"))
+            errs = [(r.round + 1, r.errors) for r in rs if r.errors]
+            if errs:
+                print(f"  errors (round, kind: count): {errs}")
+        for ref in (NGINX, NGINX_NOCORK):
+            print(f" oca / {ref} (per round)")
+            pairs = list(zip(by[ref], by["oca"]))
+            rr = {
+                "reqs": [o.reqs_s / n.reqs_s for n, o in pairs],
+                "bytes": [o.bytes_s / n.bytes_s for n, o in pairs],
+                "p50": [o.p50_ms / n.p50_ms for n, o in pairs],
+                "p99": [o.p99_ms / n.p99_ms for n, o in pairs],
+            }
+            ratios[(workload, ref)] = rr
+
+            def med(attr: str) -> float:
+                return statistics.median(getattr(r, attr) for r in by["oca"]) / statistics.median(getattr(r, attr) for r in by[ref])
+
+            print(fmt_row("requests/s ratio", rr["reqs"], "{:.3f}") + f"   (ratio of medians {med('reqs_s'):.3f})")
+            print(fmt_row("bytes/s ratio", rr["bytes"], "{:.3f}") + f"   (ratio of medians {med('bytes_s'):.3f})")
+            print(fmt_row("p50 latency ratio", rr["p50"], "{:.3f}"))
+            print(fmt_row("p99 latency ratio", rr["p99"], "{:.3f}") + f"   (ratio of medians {med('p99_ms'):.3f})")
+    print()
+    print(f"idle keep-alive connections (one 1 KiB range request each, then idle {args.hold:g}s)")
+    for res in idle:
+        print(f" {res.server}: opened {res.opened}/{args.idle} in {res.open_s:.1f}s, {res.alive} still open after the hold, "
+              f"{len(res.failures)} failures{(' e.g. ' + res.failures[0]) if res.failures else ''}")
+        for i, (b, a, s) in enumerate(zip(res.rss_before_mib, res.rss_mib, res.sockets)):
+            print(f"   worker {i + 1}: VmRSS {b:.1f} MiB before -> {a:.1f} MiB holding, {s} socket fds")
+    print()
+    print(f"targets (median of per-round ratios){'':<15}{'vs ' + NGINX:>19}{'vs ' + NGINX_NOCORK:>20}")
+    oca_idle = next((r for r in idle if r.server == "oca"), None)
+    rss_max = max(oca_idle.rss_mib) if oca_idle and oca_idle.rss_mib else float("nan")
+    idle_ok = oca_idle is not None and oca_idle.opened == args.idle and not oca_idle.failures and oca_idle.alive == args.idle
+    checks = [
+        ("2 MiB ranges, bytes/s oca/nginx", f">= {TARGET_2M_BYTES_RATIO}", "2 MiB", "bytes", lambda v: v >= TARGET_2M_BYTES_RATIO),
+        ("64 KiB ranges, req/s oca/nginx", f">= {TARGET_64K_REQS_RATIO}", "64 KiB", "reqs", lambda v: v >= TARGET_64K_REQS_RATIO),
+        ("2 MiB ranges, p99 oca/nginx", f"<= {TARGET_P99_RATIO}", "2 MiB", "p99", lambda v: v <= TARGET_P99_RATIO),
+        ("64 KiB ranges, p99 oca/nginx", f"<= {TARGET_P99_RATIO}", "64 KiB", "p99", lambda v: v <= TARGET_P99_RATIO),
+    ]
+    for label, target, workload, key, ok in checks:
+        cells = ""
+        for ref in (NGINX, NGINX_NOCORK):
+            v = statistics.median(ratios[(workload, ref)][key])
+            cells += f"{v:>14.3f} {verdict(ok(v))}"
+        print(f"  {label:<34} target {target:<7}{cells}")
+    rss_ok = idle_ok and rss_max < TARGET_RSS_MIB
+    print(f"  {'RSS per oca worker, ' + str(args.idle) + ' idle':<34} target < {TARGET_RSS_MIB:.0f} {rss_max:>11.1f} MiB {verdict(rss_ok)}")
+    if oca_idle is not None and not idle_ok:
+        print(f"  (idle test incomplete: {oca_idle.opened} opened, {oca_idle.alive} alive, {len(oca_idle.failures)} failures)")
+    print("=" * 104)
+
+
+# ---------------------------------------------------------------- main
+
+NGINX = "nginx"
+NGINX_NOCORK = "nginx-nocork"
+CONTENDERS = (NGINX, "oca", NGINX_NOCORK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 round of 3 s, 64 MiB files, 3 s hold")
+    p.add_argument("--rounds", type=int, help="rotating rounds (default 3, --quick 1)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 10, --quick 3)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections to hold (default 10000)")
+    p.add_argument("--hold", type=float, help="seconds to hold them (default 10, --quick 3)")
+    p.add_argument("--file-mib", type=int, help="size of each of the 4 files (default 256, --quick 64)")
+    p.add_argument("--dir", default="/var/tmp", help="where the temporary directory goes (default /var/tmp)")
+    p.add_argument("--seed", type=int, help="random seed (default: random)")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (3 if args.quick else 10)
+    args.hold = args.hold if args.hold is not None else (3.0 if args.quick else 10.0)
+    file_mib = args.file_mib or (64 if args.quick else 256)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    rng = random.Random(seed)
+    for tool in ("wrk", "nginx", "pgrep"):
+        if shutil.which(tool) is None:
+            print(f"serve.py: {tool} is not installed", file=sys.stderr)
+            return 2
+
+    def on_term(signum, frame):  # SIGTERM: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (`cmd &`)
+    nofile = raise_nofile()
+    if nofile < args.idle + 1000:
+        print(f"serve.py: open-files limit {nofile} is too low for {args.idle} idle connections", file=sys.stderr)
+        return 2
+    cleanup = Cleanup()
+    wrk_box: list[subprocess.Popen] = []
+    holder_box: list[IdleHolder] = []
+    loop = asyncio.new_event_loop()
+    cleanup.add("wrk", lambda: [(w.kill(), w.wait()) for w in list(wrk_box)], first=True)
+    cleanup.add("idle sockets", lambda: drop_idle(loop, holder_box), first=True)
+    # Closed only when nothing is pending: after an interruption, tasks left behind
+    # finish their `finally` blocks at exit and need an open (idle) loop for that.
+    cleanup.add("event loop", lambda: None if asyncio.all_tasks(loop) else loop.close(), first=True)
+    meta = {
+        "cmd": " ".join([".venv/bin/python", "benchmarks/serve.py", *(argv if argv is not None else sys.argv[1:])]),
+        "cpus": os.cpu_count(),
+        "load0": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "file_mib": file_mib,
+        "seed": seed,
+    }
+    try:
+        base = Path(tempfile.mkdtemp(prefix="oca-serve-bench-", dir=args.dir))
+        cleanup.add("temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
+        print(f"seed {seed}; temp dir {base}", flush=True)
+
+        t0 = time.monotonic()
+        content = make_content(base, file_mib * MIB)
+        print(f"wrote {FILE_COUNT} x {file_mib} MiB of random bytes in {time.monotonic() - t0:.1f}s", flush=True)
+        ports: list[int] = []
+        while len(ports) < 3:
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        cfg = write_oca_config(base, ports[0])
+        t0 = time.monotonic()
+        ingest(cfg, content)
+        print(f"ingested into the oca appliance in {time.monotonic() - t0:.1f}s", flush=True)
+
+        servers = {
+            NGINX: start_nginx(base, NGINX, ports[1], True, cleanup),
+            NGINX_NOCORK: start_nginx(base, NGINX_NOCORK, ports[2], False, cleanup),
+            "oca": start_oca(base, cfg, ports[0], cleanup),
+        }
+        for name, srv in servers.items():
+            print(f"{name} on :{srv.port}, workers {srv.workers()}", flush=True)
+        t0 = time.monotonic()
+        warmed = warm(content.sources) + warm(store_files(base))
+        print(f"page cache warmed: read {warmed / MIB:.0f} MiB in {time.monotonic() - t0:.1f}s", flush=True)
+
+        meta["verified"] = verify(list(servers.values()), content, rng)
+        print(f"correctness: {meta['verified']} ranges identical from all servers and the source", flush=True)
+
+        runs: list[Run] = []
+        # A short unmeasured warm-up of each server and workload (descriptor caches, code paths).
+        warm_args = argparse.Namespace(**{**vars(args), "duration": 1})
+        for name in CONTENDERS:
+            for workload, span in WORKLOADS:
+                run_wrk(servers[name], write_lua(base, content, span, rng.randrange(1 << 30)), warm_args, workload, -1, wrk_box)
+        for rnd in range(args.rounds):
+            k = rnd % len(CONTENDERS)
+            order = CONTENDERS[k:] + CONTENDERS[:k]
+            for workload, span in WORKLOADS:
+                script = write_lua(base, content, span, rng.randrange(1 << 30))
+                for name in order:
+                    r = run_wrk(servers[name], script, args, workload, rnd, wrk_box)
+                    runs.append(r)
+                    print(f"round {rnd + 1} {workload:>6} {name:<12}: {r.reqs_s:9.0f} req/s {r.bytes_s / MB:8.0f} MB/s "
+                          f"p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:5.0f} us/req"
+                          f"{'  errors ' + str(r.errors) if r.errors else ''}", flush=True)
+
+        idle: list[IdleResult] = []
+        asyncio.set_event_loop(loop)
+        for name in ("oca", NGINX):
+            res = loop.run_until_complete(idle_test(servers[name], args.idle, args.hold, f"/content/{content.ids[0]}", holder_box))
+            idle.append(res)
+            print(f"idle {name}: {res.opened} opened in {res.open_s:.1f}s, {res.alive} alive after {args.hold:g}s, "
+                  f"VmRSS per worker {', '.join(f'{x:.1f}' for x in res.rss_mib)} MiB, {len(res.failures)} failures", flush=True)
+            time.sleep(1.0)  # let the server close its side
+
+        report(runs, idle, args, meta)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        cleanup.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
