@@ -10,8 +10,9 @@ Rules kept here:
   segment follows so the head and the first body bytes leave together
   (nginx's tcp_nopush). uvloop implements neither `loop.sendfile` nor
   `sock_sendfile` (STACK-NOTES), so the transport is used for reading only
-  and all writes go to a `dup()` of its socket, which is also what is polled
-  for writability (the transport's own fd cannot take `add_writer`).
+  and all writes go straight to its socket; writability is polled on a
+  `dup()` made only while a response waits (the transport's own fd cannot
+  take `add_writer` under uvloop).
 - Exactly one response is in flight per connection. Pipelined requests
   queue in order; reading pauses when `max_pipelined` are waiting.
 - Limits: request line (414), header bytes and count (431), a header read
@@ -137,6 +138,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[Request] = deque()
         self._paused = False
         self._fd = -1
+        self._family = socket.AF_INET
         self._sock: socket.socket | None = None
         self._writer_fd = -1
         self._current: Request | None = None
@@ -155,6 +157,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer = peer[0] if peer else ""
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno()
+        self._family = sock.family
         self.registry.add(self)
         self.deadline = self.loop.time() + self.limits.header_timeout_s
         self.deadline_kind = "header"
@@ -351,17 +354,20 @@ class HttpConnection(asyncio.Protocol):
         self._segments = deque(resp.segments)
         self._segments.appendleft(resp.head)
         if self._sock is None:
-            try:
-                self._sock = socket.socket(fileno=os.dup(self._fd))
-            except OSError:
-                self._abort()
+            if self.transport is None or self.transport.is_closing():
                 return
+            # A second socket object on the transport's own descriptor (for
+            # send with MSG_MORE), not a dup: an idle keep-alive connection then
+            # costs one descriptor, not two. It is detached before the transport
+            # closes the descriptor (`_detach`), and never used once the
+            # transport is closing, so it can never write to a reused number.
+            self._sock = socket.socket(self._family, socket.SOCK_STREAM, 0, self._fd)
         self._pump()
 
     def _pump(self) -> None:
         sock = self._sock
         segments = self._segments
-        if sock is None:
+        if sock is None or self.transport is None or self.transport.is_closing():
             return
         while segments:
             seg = segments[0]
@@ -400,8 +406,14 @@ class HttpConnection(asyncio.Protocol):
         self._response_sent()
 
     def _wait_writable(self) -> None:
-        if self._writer_fd < 0 and self._sock is not None:
-            self._writer_fd = self._sock.fileno()
+        if self._writer_fd < 0:
+            # uvloop refuses add_writer on the transport's own descriptor, so
+            # writability is polled on a dup, made only while a response waits.
+            try:
+                self._writer_fd = os.dup(self._fd)
+            except OSError:
+                self._abort()
+                return
             self.loop.add_writer(self._writer_fd, self._on_writable)
         self.deadline = self.loop.time() + self.limits.send_timeout_s
         self.deadline_kind = "send"
@@ -412,8 +424,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _stop_writer(self) -> None:
         if self._writer_fd >= 0:
-            self.loop.remove_writer(self._writer_fd)
-            self._writer_fd = -1
+            fd, self._writer_fd = self._writer_fd, -1
+            self.loop.remove_writer(fd)
+            os.close(fd)
 
     def _send_failed(self, exc: OSError, file_side: bool) -> None:
         resp = self._response
@@ -486,6 +499,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self._stop_writer()
+        self._detach()
         if self.transport is not None and not self._lost:
             self.transport.close()
 
@@ -502,15 +516,17 @@ class HttpConnection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             except (OSError, AttributeError):
                 pass
+            self._detach()
             self.transport.abort()
 
     def _release_sock(self) -> None:
         self._stop_writer()
+        self._detach()
+
+    def _detach(self) -> None:
+        """Let go of the transport's descriptor without closing it."""
         if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
+            self._sock.detach()
             self._sock = None
 
     def expire(self, now: float) -> str | None:
