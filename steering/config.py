@@ -155,6 +155,10 @@ def load_coverage(path: str) -> dict[str, list[str]]:
                 raise ConfigError(f"{path}: coverageZones.{site}.{key}: must be a list")
             for j, cidr in enumerate(items):
                 try:
+                    # Fix (tests/unit/test_steering_config.py): ip_network() takes an
+                    # int as an address, so a JSON number (7) became 0.0.0.7/32.
+                    if not isinstance(cidr, str):
+                        raise TypeError(cidr)
                     net = ipaddress.ip_network(cidr, strict=False)
                 except (ValueError, TypeError):
                     raise ConfigError(f"{path}: coverageZones.{site}.{key}[{j}]: {cidr!r} is not a prefix") from None

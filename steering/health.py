@@ -19,7 +19,7 @@ arguments. Rules kept here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,10 @@ def step(prev: Availability, result: PollResult, now_s: float, t: Thresholds) ->
         if result.status == "down":
             up = False
             reason = result.reason or "appliance reports down"
+            # Fix (tests/unit/test_health.py): a poll that reports `down` is not a
+            # good poll. It used to extend the good streak, so a single `ok` after a
+            # run of `down` answers brought the appliance straight back (flapping).
+            good = 0
         return replace(
             prev, up=up, reason=reason, good_streak=good, bad_streak=0, last_poll_s=now_s, last_ok_s=now_s,
             status=result.status, draining=draining, overloaded=overloaded, nic_utilisation=util,

@@ -13,9 +13,12 @@ Nothing here performs I/O. Rules kept here (one numbered step each):
    the same appliance, whose page cache stays hot).
 3. The list is filled up to `max_urls`: when the candidates cover only one
    site, the best appliance of another site that holds the content is
-   added, so that two sites appear when the registry has them; then the
+   added (taking the last place if one site filled the list), so that two
+   sites appear when the registry has them; then the
    fallback sites' appliances, in `fallback_sites` order. When no prefix
-   matched at all, the list is the fallback sites' appliances alone.
+   matched at all, the list is the fallback sites' appliances alone. When
+   prefixes matched but neither the matched appliances nor the fallback
+   sites can serve the file, the best available holder anywhere is listed.
 4. The result type: `BGP` when the first appliance's match is an appliance
    route, `COVERAGE_ZONE` when it is a coverage-zone prefix, `FALLBACK` when
    the first appliance was not matched by any prefix, `NO_CANDIDATES` when
@@ -133,12 +136,27 @@ def decide(
             if others:
                 others.sort(key=lambda a: _order_key(a, content_id, live, best.get(a.appliance_id, (0, 0, ""))[0]))
                 a = others[0]
+                # Fix (tests/unit/test_ranking.py): when one site's candidates had
+                # already filled max_urls, `add` dropped the second site silently, so a
+                # site with more appliances than max_urls (the usual case) never got a
+                # second site. Its last place goes to the other site instead.
+                if len(picks) >= max_urls >= 2:
+                    chosen.discard(picks.pop().appliance.appliance_id)
                 m = best.get(a.appliance_id)
                 add(a, ("route" if m[1] == 1 else "cz") if m else "fallback", m[2] if m else None)
     for site in fallback_sites:
         members = [a for a in by_site.get(site, ()) if usable(a) and a.appliance_id not in chosen]
         members.sort(key=lambda a: _order_key(a, content_id, live, 0))
         for a in members:
+            add(a, "fallback", None)
+
+    # A matched client whose appliances and fallback sites all lack the file
+    # still gets the best holder anywhere: NO_CANDIDATES means that nothing
+    # available holds the content, not that nothing near holds it.
+    if not picks and any_match:
+        holders = [a for a in registry if usable(a)]
+        holders.sort(key=lambda a: _order_key(a, content_id, live, 0))
+        for a in holders:
             add(a, "fallback", None)
 
     # Step 4: the result type.

@@ -76,22 +76,30 @@ class Steering:
     # ------------------------------------------------------------ configuration
 
     def _apply_config(self, cfg: SteeringConfig) -> None:
+        # Fix (tests/integration/test_steering.py): the coverage file is read before
+        # anything is assigned. It used to be read after `cfg` and the registry were
+        # already swapped in, so a reload with a bad coverage file was "refused" but
+        # left the new registry (unpolled appliances) running beside the old zones.
+        # The decision log is opened first for the same reason (a refused reload used
+        # to have closed the old descriptor already and kept writing to its number).
+        path = coverage_path(cfg, self.config_path)
+        coverage = load_coverage(path) if path else {}
+        log_fd = self._open_log(cfg.server.decision_log)
+        if self._log_fd > 2 and self._log_fd != log_fd:
+            os.close(self._log_fd)
+        self._log_fd = log_fd
         self.cfg = cfg
         self.registry = [Appliance(a.id, a.url.rstrip("/"), a.site, a.tier, a.weight) for a in cfg.appliances]
         self.thresholds = Thresholds(cfg.health.fail_after, cfg.health.recover_after, cfg.health.overload_percent)
-        path = coverage_path(cfg, self.config_path)
-        self.coverage = load_coverage(path) if path else {}
+        self.coverage = coverage
         self.secrets = cfg.signing.secrets()
         self.proxies = _nets(cfg.trust.proxies)
         self.callers = _nets(cfg.trust.callers)
-        self._open_log()
         self.table_dirty = True
 
-    def _open_log(self) -> None:
-        if self._log_fd > 2:
-            os.close(self._log_fd)
-        target = self.cfg.server.decision_log
-        self._log_fd = 1 if target == "-" else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if target else -1
+    @staticmethod
+    def _open_log(target: str) -> int:
+        return 1 if target == "-" else os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if target else -1
 
     def reload(self) -> None:
         try:
