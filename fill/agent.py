@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,17 @@ from oca.store.disks import StoreError, StoreFullError
 STATUS_FLAG = "fill_status"
 UNCHOSEN_FLAG = "fill_unchosen"
 PEER_URL_TTL_S = 6 * 3600
+# Under a rate cap each connection's TCP receive buffer is bounded. The token
+# bucket paces what the agent reads, but the kernel grows the receive window
+# up to net.ipv4.tcp_rmem's maximum (32 MiB on the test machines) and the
+# sender fills it at line rate: the origin saw 6-7% over an 80 Mb/s cap over
+# 10 s (tests/integration/test_fill.py), and every kill -9 threw a full
+# window away. A tenth of a second of the cap, shared by the downloads (at
+# least 128 KiB each; the kernel doubles it and advertises most of that),
+# keeps the cap reachable at round trips up to 100 ms and the burst at the
+# start to about 2% of 10 s (a quarter second measured 4% here).
+RCVBUF_CAP_S = 0.1
+RCVBUF_MIN_BYTES = 128 << 10
 
 
 class FillError(OcaError):
@@ -168,6 +180,7 @@ class FillRun:
         self.window = None if (ignore_window or self.fc.window is None) else parse_window(self.fc.window)
         self.tz = zone(self.fc.timezone)
         self.stop_reason: str | None = None
+        self.budget_skipped = 0
         self.stop_event = asyncio.Event()
         self._last_status_write = 0.0
 
@@ -210,7 +223,9 @@ class FillRun:
             self.save_status(final=True)
             return 0
         self.save_status()
-        connector = aiohttp.TCPConnector(limit=self.fc.concurrency * 2, force_close=False)
+        rcvbuf = rcvbuf_bytes(self.fc.rate_limit_mbps, self.fc.concurrency)
+        bounded = {} if rcvbuf is None else {"socket_factory": _bounded_rcvbuf(rcvbuf)}  # aiohttp >= 3.11
+        connector = aiohttp.TCPConnector(limit=self.fc.concurrency * 2, force_close=False, **bounded)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             try:
                 manifest = await fetch_manifest(session, self.cfg)
@@ -252,7 +267,11 @@ class FillRun:
                 await asyncio.gather(*workers, return_exceptions=True)
                 watcher.cancel()
                 stopper.cancel()
-        reason = self.stop_reason or "done"
+        # Files left out because the rest of the budget could not hold them
+        # end the run for the budget too; "done" with files silently skipped
+        # told the operator the night's list was complete when it was not
+        # (found by tests/integration/test_fill.py::test_nightly_budget_stops_the_run).
+        reason = self.stop_reason or ("nightly budget reached" if self.budget_skipped else "done")
         return self._finish(reason, 1 if st.files_failed else 0)
 
     def _finish(self, reason: str, code: int) -> int:
@@ -322,6 +341,8 @@ class FillRun:
                 return
             if self.budget is not None and self.status.bytes_filled + f.size > self.budget and self.status.bytes_filled > 0:
                 self.status.files_skipped += 1
+                self.budget_skipped += 1
+                self.progress.log(f"skipped {f.content_id}: {f.size} bytes do not fit in what is left of the nightly budget")
                 continue
             self.status.current.append(f.content_id)
             try:
@@ -394,6 +415,15 @@ class FillRun:
                     st.fail(f"{f.content_id}: {exc}")
                     self.progress.log(f"{f.content_id}: {exc}; partial removed")
                     return
+                except OSError as exc:
+                    # The store side failed (EIO and kin): that disk may be gone.
+                    # Fail this file, let the store decide whether the disk is
+                    # dead, and let the run go on with the other files.
+                    self.cs.report_io_error(disk, exc, "filling")
+                    st.files_failed += 1
+                    st.fail(f"{f.content_id}: store error while writing: {exc.strerror or exc}")
+                    self.progress.log(f"{f.content_id}: store error while writing: {exc.strerror or exc}")
+                    return
                 else:
                     try:
                         self.cs.publish_prepared(disk, partial.data_path, f.content_id, checksum=checksum, mtime_s=f.mtime_s, popularity=f.popularity)
@@ -415,6 +445,23 @@ class FillRun:
         st.files_failed += 1
         st.fail(f"{f.content_id}: every source failed; last: {last_error}")
         self.progress.log(f"failed {f.content_id}: every source failed")
+
+
+def rcvbuf_bytes(rate_limit_mbps: float | None, concurrency: int) -> int | None:
+    """The receive buffer per connection under a rate cap (None: leave the kernel's autotuning)."""
+    if rate_limit_mbps is None:
+        return None
+    return max(RCVBUF_MIN_BYTES, int(rate_limit_mbps * 1e6 / 8 * RCVBUF_CAP_S / concurrency))
+
+
+def _bounded_rcvbuf(rcvbuf: int):
+    def make(addr_info) -> socket.socket:
+        family, type_, proto, _name, _address = addr_info
+        sock = socket.socket(family=family, type=type_, proto=proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: sets the window scale
+        return sock
+
+    return make
 
 
 async def run_fill(cfg: Config, *, ignore_window: bool = False, force: bool = False) -> int:
