@@ -18,6 +18,7 @@ import sys
 import time
 
 from oca.config import DEFAULT_CONFIG_PATH, load_config
+from oca.cli import run_cli
 from oca.errors import OcaError
 
 
@@ -130,7 +131,7 @@ async def _daemon(config_path: str, force: bool) -> int:
                 pass
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await run_fill(cfg)
+        await run_fill(cfg, force=force)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if window is None:
@@ -149,17 +150,7 @@ async def _daemon(config_path: str, force: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        code = run(argv)
-    except OcaError as exc:
-        print(f"oca-fill: error: {exc}", file=sys.stderr)
-        code = 1
-    except OSError as exc:
-        print(f"oca-fill: error: {exc}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+    run_cli("oca-fill", run, argv)
 
 
 if __name__ == "__main__":

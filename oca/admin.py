@@ -18,6 +18,7 @@ import time
 
 from oca import __version__
 from oca.config import DEFAULT_CONFIG_PATH, load_config
+from oca.cli import run_cli
 from oca.errors import OcaError
 
 DRAIN_FLAG = "drain"
@@ -154,19 +155,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        code = run(argv)
-    except OcaError as exc:
-        print(f"oca-admin: error: {exc}", file=sys.stderr)
-        code = 1
-    except OSError as exc:
-        print(f"oca-admin: error: {exc}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        code = 130
-    except BrokenPipeError:
-        code = 0
-    sys.exit(code)
+    run_cli("oca-admin", run, argv)
 
 
 if __name__ == "__main__":
