@@ -33,7 +33,6 @@ import asyncio
 import os
 import socket
 import struct
-import time
 from collections import deque
 from typing import Any, Callable, Protocol
 
@@ -557,11 +556,3 @@ class HttpConnection(asyncio.Protocol):
         self.shutting_down = True
         if self._current is None and not self._queue and self.phase != CLOSING:
             self._close()
-
-    @property
-    def idle(self) -> bool:
-        return self._current is None and not self._queue
-
-
-def monotonic() -> float:
-    return time.monotonic()
