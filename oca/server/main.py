@@ -129,6 +129,7 @@ class Master:
             "--stats-fd", str(self.stats.fd),
             "--listen-fds", ",".join(map(str, fds)),
             "--ready-fd", str(w),
+            "--parent", str(os.getpid()),
         ]
         proc = subprocess.Popen(args, pass_fds=[*fds, self.stats.fd, w], close_fds=True)
         os.close(w)

@@ -52,7 +52,7 @@ class Worker:
         self.conns: set[HttpConnection] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.stopping = False
-        self.parent = os.getppid()
+        self.parent = args.parent
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -169,8 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stats-fd", type=int, required=True)
     p.add_argument("--listen-fds", type=lambda s: [int(x) for x in s.split(",") if x], required=True)
     p.add_argument("--ready-fd", type=int, default=-1)
+    p.add_argument("--parent", type=int, default=0, help="the parent's pid: exit if it is gone")
     args = p.parse_args(argv)
     _die_with_parent()
+    if not args.parent:
+        args.parent = os.getppid()
+    elif os.getppid() != args.parent:
+        # The parent died before prctl took effect (found by
+        # tests/integration/test_server_ops.py): nobody will ever signal us.
+        sys.exit(0)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         worker = Worker(args)
