@@ -82,8 +82,12 @@ def run(argv: list[str] | None = None) -> int:
         cs = ContentStore.open(cfg, writable=False)
         try:
             plan = make_plan(cfg, cs, manifest, time.time())
+            idle = [f"{d.path} ({d.reason})" for d in cs.disks if not d.working]
         finally:
             cs.close()
+        for line in idle:
+            # plan changes nothing, so a new store is not initialised here (oca-admin check or a run does it)
+            print(f"note: store not in service, its space is not counted: {line}")
         by_id = manifest.by_id()
         print(f"site: {plan.site_size} appliance(s); {plan.placed_here} of {len(manifest.files)} files placed here")
         print(f"capacity {plan.capacity_bytes} bytes; chosen {plan.chosen_bytes} bytes; held {plan.held_bytes} bytes")

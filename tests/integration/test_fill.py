@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -535,3 +536,33 @@ def test_peer_fill_from_an_appliance_of_the_same_site_with_signed_urls(tmp_path,
     assert any(x["uri"] == "/inventory" for x in lines)
     assert site.entries() == []  # the origin was never asked for a file
     assert "added p0.mp4" in run.stderr and f"from http://{host_b}:{port_b}/content/p0.mp4" in run.stderr
+
+
+# ---------------------------------------------------------------- daemon mode
+
+
+def test_daemon_fills_in_the_open_window_then_waits_and_stops_on_sigterm(tmp_path, site):
+    sums = make_files(site.files_dir, {"d-0.mp4": 1 * MiB, "d-1.mp4": 2 * MiB}, seed=41)
+    publish(build_manifest(site.files_dir, site.files_url), site.manifest_path)
+    now = time.gmtime()
+    start = (now.tm_hour * 60 + now.tm_min - 1) % 1440
+    end = (start + 5) % 1440  # open from a minute ago for five minutes: crosses midnight when it must
+    window = f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+    cfg = appliance_cfg(tmp_path, site, window=window, timezone="UTC")
+    proc = subprocess.Popen([sys.executable, "-m", "fill.cli", "--config", str(cfg), "run", "--daemon"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (status(cfg).get("last") or {}).get("ended_because") != "done":
+            time.sleep(0.2)
+        assert {cid: checksum for cid, (_size, checksum) in held(cfg).items()} == sums
+        time.sleep(1.0)
+        assert proc.poll() is None, "the daemon must wait for the next window, not exit"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0, err[-2000:]
+
