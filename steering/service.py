@@ -289,7 +289,7 @@ def render_status(s: Steering) -> str:
             st = s.poller.states.get(a.appliance_id)
             k = s.poller.known.get(a.appliance_id)
             state = st.state if st else "unknown"
-            util = "" if st is None or st.nic_utilisation is None else f"{st.nic_utilisation * 100:.1f}%"
+            util = "unknown" if st is None or st.nic_utilisation is None else f"{st.nic_utilisation * 100:.1f}%"
             bps = "" if st is None or st.bytes_per_s is None else f"{st.bytes_per_s * 8 / 1e6:.1f} Mb/s"
             rows.append(
                 f"<tr class='{e(state)}'><td>{e(a.appliance_id)}</td><td>{e(a.tier)}</td><td>{e(state)}</td>"
