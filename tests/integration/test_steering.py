@@ -484,6 +484,7 @@ class _Refs(html.parser.HTMLParser):
 
 def test_status_page_shows_every_appliance_and_the_counts(stack):
     stack.steer("movie-1.mp4", "127.9.9.9")  # at least one FALLBACK decision
+    stack.steer("movie-1.mp4", "127.1.2.3")  # and one BGP decision, whatever ran before
     r = get(stack.base + "/")
     assert r.status == 200 and r.headers["content-type"].startswith("text/html")
     page = r.body.decode()
