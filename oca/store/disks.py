@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -219,8 +220,14 @@ def attach(disks: list[Disk], index: Index, *, now_s: float | None = None, writa
 
 
 def _inspect(disk: Disk) -> tuple[str | None, tuple[str, int] | None]:
-    if not os.path.isdir(disk.path):
+    try:
+        mode = os.stat(disk.path).st_mode
+    except FileNotFoundError:
         return "directory does not exist", None
+    except OSError as exc:  # EIO, ENOTCONN...: a dead disk, not a missing directory
+        return f"cannot reach the store: {os.strerror(exc.errno or 0)}", None
+    if not stat.S_ISDIR(mode):
+        return "not a directory", None
     try:
         return None, disk.read_marker()
     except OSError as exc:

@@ -528,7 +528,10 @@ def test_store_returning_eio_everywhere(fuse_store):
         assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr
     assert ls_ids(cfg) == ["p0"]
-    assert store_line(cfg, mnt).split()[1] == "failed"
+    line = store_line(cfg, mnt)
+    assert line.split()[1] == "failed"
+    # The reason names the I/O error, not a missing directory (a mount point that answers EIO exists).
+    assert "Input/output error" in line and "does not exist" not in line, line
 
 
 @pytest.mark.root
