@@ -131,6 +131,9 @@ def run(argv: list[str] | None = None) -> int:
                 print(f"corrupt: {line}")
             for line in vr.unreadable:
                 print(f"unreadable: {line}")
+            for disk in cs.disks:
+                if not disk.working:  # its files were not verified: say so rather than look complete
+                    print(f"store not verified: {disk.path}: {disk.reason}")
             print(f"verified {vr.checked} objects, {_human(vr.bytes_hashed)}; {len(vr.corrupt)} corrupt, {len(vr.unreadable)} unreadable")
             return 1 if vr.corrupt else 0
         elif args.command == "stores":
