@@ -527,6 +527,8 @@ def test_store_returning_eio_everywhere(fuse_store):
         proc = admin(cfg, command)
         assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr
+        if command == "verify":  # the dead store's files were not checked, and verify says so
+            assert f"store not verified: {mnt}" in proc.stdout, proc.stdout
     assert ls_ids(cfg) == ["p0"]
     line = store_line(cfg, mnt)
     assert line.split()[1] == "failed"
