@@ -89,6 +89,7 @@ def test_pid_file_and_json_access_log(tmp_path):
 def test_workers_exit_when_the_parent_is_killed(tmp_path):
     cfg, host, port = appliance(tmp_path, files={"a.bin": b"a"})
     srv = ServerProcess(cfg, host, port).start()
+    workers: list[int] = []
     try:
         _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
         workers = srv.worker_pids()
@@ -107,6 +108,9 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
 
         _wait(gone, 10, "the orphaned workers to exit")
     finally:
-        for pid in srv.worker_pids() if srv.proc.poll() is None else []:
-            os.kill(pid, signal.SIGKILL)
+        for pid in workers:  # never leave an orphan behind, even when the test fails
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         srv.stop()
