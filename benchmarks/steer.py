@@ -62,6 +62,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 PY = sys.executable
 
+from tests.server_proc import wait_port  # noqa: E402  (the same wait the tests use)
+
 # The issue sets no rate target for /steer: the ratio to the baseline is
 # printed, not judged. The targets judged are about correctness under load.
 TARGET_ERRORS = 0  # errors and non-2xx answers in all measured runs
@@ -187,17 +189,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def wait_port(host: str, port: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout_s} s")
 
 
 def get(url: str, timeout_s: float = 10.0) -> tuple[int, dict, bytes]:

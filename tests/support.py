@@ -64,3 +64,13 @@ def admin(cfg: Path, *args: str, check: bool = False, timeout: float = 120) -> s
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def needs_root(reason: str):
+    """Mark a test `root` and skip it, with `reason`, when not run as root."""
+    import pytest
+
+    def deco(fn):
+        return pytest.mark.root(pytest.mark.skipif(not is_root(), reason=reason)(fn))
+
+    return deco

@@ -45,7 +45,7 @@ from tests.integration.test_fill import (
 from tests.nginx import NginxOrigin, nginx_unavailable_reason
 from tests.origin import OriginProcess
 from tests.server_proc import free_port
-from tests.support import ROOT, admin, is_root, write_config
+from tests.support import ROOT, admin, needs_root, write_config
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -53,19 +53,7 @@ SEED = 20261126
 NGINX_SNDBUF = 64 << 10
 
 needs_nginx = pytest.mark.skipif(nginx_unavailable_reason() is not None, reason=nginx_unavailable_reason() or "")
-root_only = [
-    pytest.mark.root,
-    pytest.mark.skipif(not is_root(), reason="mounting a tmpfs store needs root"),
-]
-
-
-def apply_marks(marks):
-    def deco(fn):
-        for mark in reversed(marks):
-            fn = mark(fn)
-        return fn
-
-    return deco
+root_only = needs_root("mounting a tmpfs store needs root")
 
 
 # ---------------------------------------------------------------- helpers
@@ -361,7 +349,7 @@ def tmpfs():
 
 
 @needs_nginx
-@apply_marks(root_only)
+@root_only
 def test_small_tmpfs_store_takes_what_fits(tmp_path, site, tmpfs):
     store = tmpfs.mount(tmp_path / "store0", "32m")
     # 49 MB for a 32 MiB disk. Which files the plan takes is its own policy
@@ -409,7 +397,7 @@ def fill_up(directory: Path) -> Path:
 
 
 @needs_nginx
-@apply_marks(root_only)
+@root_only
 def test_enospc_mid_download_fails_that_file_cleanly(tmp_path, site, tmpfs):
     store = tmpfs.mount(tmp_path / "store0", "32m")
     make_files(site.files_dir, {"e0.mp4": 12 * MB, "e1.mp4": 12 * MB}, seed=32)

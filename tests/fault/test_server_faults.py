@@ -36,7 +36,7 @@ import pytest
 from oca.config import load_config
 from oca.store.content import ContentStore
 from tests.server_proc import ServerProcess, appliance, free_port
-from tests.support import is_root, write_config
+from tests.support import needs_root, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -59,19 +59,7 @@ TCP_TIME_WAIT = 6
 TCP_CLOSE = 7
 TCP_LISTEN = 10
 
-root_only = [
-    pytest.mark.root,
-    pytest.mark.skipif(not is_root(), reason="FUSE mounts (and dropping the page cache) need root"),
-]
-
-
-def apply_marks(marks):
-    def deco(fn):
-        for mark in reversed(marks):
-            fn = mark(fn)
-        return fn
-
-    return deco
+root_only = needs_root("FUSE mounts (and dropping the page cache) need root")
 
 
 def payload(n: int, seed: int) -> bytes:
@@ -1145,7 +1133,7 @@ def test_kill_9_of_a_worker_under_load(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 4. a store that returns EIO mid-transfer
 
 
-@apply_marks(root_only)
+@root_only
 def test_store_returning_eio_mid_transfer(tmp_path: Path) -> None:
     from tests.fusefs import fuse_mount, set_mode
 
