@@ -1,6 +1,6 @@
 """The steering service's configuration and coverage-zone file.
 
-Same rules as the appliance's config (`oca.config`): frozen dataclasses,
+Same rules as the appliance's config (`oca.settings`): frozen dataclasses,
 unknown keys refused, every error names the key path, every key that is not
 required has a documented default. Required: `[server] listen` and at least
 one `[[appliances]]`.
@@ -17,10 +17,10 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from oca.config import (
+from oca.settings import (
     ConfigError,
-    _in_range,
-    _one_of,
+    in_range,
+    one_of,
     check_cidrs,
     check_fraction,
     check_http_url,
@@ -32,7 +32,7 @@ from oca.config import (
     mapping_setting,
     read_toml,
     setting,
-    _check_keys,
+    check_keys,
 )
 
 DEFAULT_STEERING_CONFIG = "/etc/oca/steering.toml"
@@ -50,7 +50,7 @@ class ApplianceConfig:
     id: str = setting(doc="The appliance's id (its [appliance] id).", check=check_name)
     url: str = setting(doc="Base URL players and steering use, e.g. 'http://192.0.2.10'.", check=check_http_url)
     site: str = setting(doc="Its site.", check=check_name)
-    tier: str = setting("embedded", doc="'embedded' (inside the ISP) or 'ixp' (at an exchange).", check=lambda v: _one_of(v, ("embedded", "ixp")))
+    tier: str = setting("embedded", doc="'embedded' (inside the ISP) or 'ixp' (at an exchange).", check=lambda v: one_of(v, ("embedded", "ixp")))
     weight: float = setting(1.0, doc="Relative capacity for rendezvous hashing.", check=check_positive)
 
 
@@ -63,14 +63,14 @@ class CoverageConfig:
 class HealthConfig:
     interval_s: float = setting(2.0, doc="Seconds between polling rounds.", check=check_positive)
     timeout_s: float = setting(1.5, doc="Seconds one appliance's poll may take.", check=check_positive)
-    fail_after: int = setting(3, doc="Failed polls in a row before an appliance is down.", check=lambda v: _in_range(v, 1, 1000))
-    recover_after: int = setting(2, doc="Good polls in a row before it is up again.", check=lambda v: _in_range(v, 1, 1000))
-    overload_percent: float = setting(85.0, doc="NIC use (percent) at which an appliance is overloaded.", check=lambda v: _in_range(v, 1, 100))
+    fail_after: int = setting(3, doc="Failed polls in a row before an appliance is down.", check=lambda v: in_range(v, 1, 1000))
+    recover_after: int = setting(2, doc="Good polls in a row before it is up again.", check=lambda v: in_range(v, 1, 1000))
+    overload_percent: float = setting(85.0, doc="NIC use (percent) at which an appliance is overloaded.", check=lambda v: in_range(v, 1, 100))
 
 
 @dataclass(frozen=True, slots=True)
 class SteeringSigningConfig:
-    keys: Mapping[str, str] = mapping_setting(doc="Key id → secret, the same form as the appliances'.", check=lambda v: _check_keys(v))
+    keys: Mapping[str, str] = mapping_setting(doc="Key id → secret, the same form as the appliances'.", check=lambda v: check_keys(v))
     key_id: str | None = setting(None, doc="The key URLs are signed with. Unset: URLs are not signed.")
     ttl_s: float = setting(21600, doc="Lifetime of a signed URL, seconds.", check=check_positive)
 
@@ -88,7 +88,7 @@ class TrustConfig:
 class SteeringConfig:
     server: SteeringServerConfig = setting(doc="The HTTP service.")
     appliances: tuple[ApplianceConfig, ...] = setting(doc="One [[appliances]] table per appliance.")
-    max_urls: int = setting(4, doc="URLs in an answer at most (a top-level key).", check=lambda v: _in_range(v, 1, 64))
+    max_urls: int = setting(4, doc="URLs in an answer at most (a top-level key).", check=lambda v: in_range(v, 1, 64))
     fallback_sites: tuple[str, ...] = setting((), doc="Sites tried, in order, after the matched ones (a top-level key).")
     coverage: CoverageConfig = setting(CoverageConfig(), doc="Coverage zones.")
     health: HealthConfig = setting(HealthConfig(), doc="Polling and hysteresis.")

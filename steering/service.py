@@ -32,6 +32,8 @@ from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, His
 
 from oca import __version__
 from oca.ids import is_valid_id
+from oca.sdnotify import notify_systemd
+from oca.settings import parse_host_port
 from oca.signing import sign_query
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
 from steering.health import Thresholds
@@ -329,8 +331,6 @@ async def serve(config_path: str) -> int:
     s = Steering(config_path, cfg)
     runner = web.AppRunner(s.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    from oca.config import parse_host_port
-
     for item in cfg.server.listen:
         host, port = parse_host_port(item)
         await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
@@ -341,8 +341,6 @@ async def serve(config_path: str) -> int:
     loop.add_signal_handler(signal.SIGHUP, s.reload)
     tasks = [asyncio.create_task(s.poller.run()), asyncio.create_task(s.table_keeper())]
     print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
-    from oca.server.main import notify_systemd
-
     notify_systemd("READY=1")
     await stop.wait()
     for t in tasks:

@@ -38,6 +38,7 @@ import psutil
 
 from oca import __version__
 from oca.config import DEFAULT_CONFIG_PATH, Config, load_config, parse_host_port
+from oca.sdnotify import notify_systemd
 from oca.errors import OcaError
 from oca.routes import RoutesManager
 from oca.server import stats as S
@@ -279,21 +280,6 @@ class LoadSampler:
         h[S.H_NIC_UTIL] = -1.0 if cap is None else min(1.0, (nic - self.last_nic) * 8 / dt / cap)
         h[S.H_SAMPLED_AT] = time.time()
         self.last_t, self.last_bytes, self.last_nic = now, total, nic
-
-
-def notify_systemd(message: str) -> None:
-    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(message.encode())
-    except OSError:
-        pass
 
 
 def serve(config_path: str) -> int:

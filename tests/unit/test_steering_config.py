@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from oca.config import REQUIRED, documented_keys
+from oca.settings import REQUIRED, documented_keys
 from oca.errors import ConfigError, OcaError
 from steering import cli
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config, parse_steering
