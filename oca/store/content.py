@@ -49,6 +49,7 @@ from oca.store.disks import (
     fsync_dir,
     is_disk_failure,
 )
+from oca.store import flags
 from oca.store.index import STATE_FAILED, STATE_OK, Entry, Index, StoreRecord
 from oca.store.layout import (
     MARKER_NAME,
@@ -106,6 +107,32 @@ class ContentStore:
 
     def close(self) -> None:
         self.index.close()
+
+    # ------------------------------------------------------------ shared records (oca.store.flags)
+
+    def drain(self) -> flags.Drain | None:
+        return flags.read_drain(self.index)
+
+    def set_drain(self, drain: flags.Drain | None) -> None:
+        flags.write_drain(self.index, drain)
+
+    def routes(self) -> flags.Routes:
+        return flags.read_routes(self.index)
+
+    def fill_status(self) -> flags.FillStatus:
+        return flags.read_fill_status(self.index)
+
+    def set_fill_status(self, status: flags.FillStatus) -> None:
+        flags.write_fill_status(self.index, status)
+
+    def unchosen(self) -> flags.Unchosen:
+        return flags.read_unchosen(self.index)
+
+    def set_unchosen(self, unchosen: flags.Unchosen) -> None:
+        flags.write_unchosen(self.index, unchosen)
+
+    def generation(self) -> int:
+        return self.index.generation()
 
     # ------------------------------------------------------------ lookups
 
