@@ -11,9 +11,12 @@ arguments. Rules kept here:
   NIC use is at or above `overload_percent` is overloaded: it stays in
   answers, ranked after equal matches that are not.
 - Every state keeps its reason and the time of the last poll.
-- The blip guard (Traffic Monitor's lesson): when every appliance fails its
-  poll in the same round, the likelier cause is steering's own network, so
-  that round's failures are not counted and the last good states stand. The
+- The blip guard (Traffic Monitor's lesson): when every appliance that was
+  up fails its poll in the same round, the likelier cause is steering's own
+  network, so that round's failures are not counted and the last good states
+  stand. A round is a blip only when at least two appliances were up before
+  it and all of them failed; appliances already down count neither way (a
+  long-dead appliance must not make one real failure look fleet-wide). The
   guard's state is reported.
 """
 
@@ -88,9 +91,8 @@ def step(prev: Availability, result: PollResult, now_s: float, t: Thresholds) ->
         if result.status == "down":
             up = False
             reason = result.reason or "appliance reports down"
-            # Fix (tests/unit/test_health.py): a poll that reports `down` is not a
-            # good poll. It used to extend the good streak, so a single `ok` after a
-            # run of `down` answers brought the appliance straight back (flapping).
+            # A poll that reports `down` is not a good poll: it ends the good
+            # streak, so one `ok` after `down` answers does not bring it back.
             good = 0
         return replace(
             prev, up=up, reason=reason, good_streak=good, bad_streak=0, last_poll_s=now_s, last_ok_s=now_s,
@@ -114,10 +116,11 @@ class RoundOutcome:
 
 def apply_round(prev: dict[str, Availability], results: dict[str, PollResult], now_s: float, t: Thresholds) -> RoundOutcome:
     """Apply one polling round to every appliance, with the blip guard."""
-    if len(results) >= 2 and all(not r.ok for r in results.values()):
-        # Every appliance failed at once: keep the last good states, note when we polled.
+    was_up = [aid for aid in results if aid in prev and prev[aid].up]
+    if len(was_up) >= 2 and all(not results[aid].ok for aid in was_up):
+        # Every appliance that was up failed at once: keep the last good states, note when we polled.
         kept = {aid: replace(st, last_poll_s=now_s) for aid, st in prev.items()}
-        return RoundOutcome(kept, True, f"all {len(results)} appliances failed their polls at once; keeping the last good state")
+        return RoundOutcome(kept, True, f"all {len(was_up)} appliances failed their polls at once (every one that was up); keeping the last good state")
     out = dict(prev)
     for aid, result in results.items():
         out[aid] = step(prev.get(aid, Availability()), result, now_s, t)

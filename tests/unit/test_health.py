@@ -229,3 +229,37 @@ def test_blip_guard_keeps_states_that_were_already_down():
 def test_new_appliance_in_a_round_starts_from_not_polled():
     out = apply_round({}, {"new": OK, "other": OK}, T0, T)
     assert not out.states["new"].up and out.states["new"].good_streak == 1
+
+
+# Issue 10 defect 3: appliances already down count neither way.
+BLIP_CASES = [
+    # (name, up before the round, results this round, blip?)
+    ("two up, both fail", {"a": True, "b": True}, {"a": False, "b": False}, True),
+    ("A long dead, B up and failing: B's own failure", {"a": False, "b": True}, {"a": False, "b": False}, False),
+    ("A long dead, B up and answering", {"a": False, "b": True}, {"a": False, "b": True}, False),
+    ("two dead, one up failing", {"a": False, "b": False, "c": True}, {"a": False, "b": False, "c": False}, False),
+    ("two up failing, one dead answering", {"a": True, "b": True, "c": False}, {"a": False, "b": False, "c": True}, True),
+    ("two up failing, one dead failing", {"a": True, "b": True, "c": False}, {"a": False, "b": False, "c": False}, True),
+    ("three up, one answers", {"a": True, "b": True, "c": True}, {"a": False, "b": False, "c": True}, False),
+    ("nobody up, all fail", {"a": False, "b": False}, {"a": False, "b": False}, False),
+    ("new appliances only", {}, {"a": False, "b": False}, False),
+]
+
+
+@pytest.mark.parametrize("name,up_before,ok,blip", BLIP_CASES, ids=[c[0] for c in BLIP_CASES])
+def test_blip_needs_two_appliances_that_were_up_and_all_of_them_failing(name, up_before, ok, blip):
+    down = run([FAIL] * T.fail_after, start=up_state())[-1]
+    prev = {aid: (up_state() if up else down) for aid, up in up_before.items()}
+    out = apply_round(prev, {aid: OK if good else FAIL for aid, good in ok.items()}, T0 + 1000, T)
+    assert out.blip is blip, out.blip_reason
+
+
+def test_one_live_appliance_beside_a_long_dead_one_goes_down():
+    down = run([FAIL] * T.fail_after, start=up_state())[-1]
+    prev = {"dead": down, "live": up_state()}
+    clock = Clock(T0 + 1000)
+    for _ in range(T.fail_after):
+        out = apply_round(prev, {"dead": FAIL, "live": FAIL}, clock.tick(), T)
+        assert not out.blip
+        prev = out.states
+    assert not prev["live"].up and "failed poll" in prev["live"].reason
