@@ -38,11 +38,24 @@ from oca.settings import (
 DEFAULT_STEERING_CONFIG = "/etc/oca/steering.toml"
 
 
+def check_token(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError("must be printable ASCII without spaces")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class SteeringServerConfig:
     listen: tuple[str, ...] = setting(doc="Addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
     decision_log: str = setting("", doc="Where each decision is logged as one JSON line: '' off, '-' stdout, or a file.")
     decision_log_sample: float = setting(1.0, doc="Share of decisions logged (0..1).", check=check_fraction)
+    control_allow: tuple[str, ...] = setting(
+        (), doc="CIDRs, besides loopback, allowed to use the control endpoints (/, /health, /metrics); '0.0.0.0/0' and '::/0' open them to everyone.",
+        check=lambda v: check_cidrs(v))
+    control_token: str | None = setting(
+        None, doc="When set, control endpoints also require 'Authorization: Bearer <token>' (at least 16 characters).", check=lambda v: check_token(v))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +65,9 @@ class ApplianceConfig:
     site: str = setting(doc="Its site.", check=check_name)
     tier: str = setting("embedded", doc="'embedded' (inside the ISP) or 'ixp' (at an exchange).", check=lambda v: one_of(v, ("embedded", "ixp")))
     weight: float = setting(1.0, doc="Relative capacity for rendezvous hashing.", check=check_positive)
+    allowed_prefixes: tuple[str, ...] | None = setting(
+        None, doc="CIDRs this appliance may claim on /routes; a route outside them is dropped and counted. Unset: any.",
+        check=lambda v: check_cidrs(v))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +82,13 @@ class HealthConfig:
     fail_after: int = setting(3, doc="Failed polls in a row before an appliance is down.", check=lambda v: in_range(v, 1, 1000))
     recover_after: int = setting(2, doc="Good polls in a row before it is up again.", check=lambda v: in_range(v, 1, 1000))
     overload_percent: float = setting(85.0, doc="NIC use (percent) at which an appliance is overloaded.", check=lambda v: in_range(v, 1, 100))
+    max_prefixes_per_appliance: int = setting(
+        100_000, doc="Prefixes one appliance may claim on /routes; over it, its routes are refused whole.", check=lambda v: in_range(v, 1, 10_000_000))
+    max_response_mb: float = setting(
+        64.0, doc="Largest answer (MB) read from an appliance; a bigger one is a failed poll.", check=lambda v: in_range(v, 0.001, 4096))
+    appliance_token: str | None = setting(
+        None, doc="Sent to every appliance as 'Authorization: Bearer <token>' (their [server] control_token). Unset: no header.",
+        check=lambda v: check_token(v))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +178,7 @@ def load_coverage(path: str) -> dict[str, list[str]]:
                 raise ConfigError(f"{path}: coverageZones.{site}.{key}: must be a list")
             for j, cidr in enumerate(items):
                 try:
-                    # Fix (tests/unit/test_steering_config.py): ip_network() takes an
-                    # int as an address, so a JSON number (7) became 0.0.0.7/32.
+                    # Only strings: ip_network() would take a JSON number (7) as 0.0.0.7/32.
                     if not isinstance(cidr, str):
                         raise TypeError(cidr)
                     net = ipaddress.ip_network(cidr, strict=False)

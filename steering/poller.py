@@ -2,48 +2,87 @@
 
 Rules kept here:
 - Every appliance is polled in its own task with its own deadline
-  (`[health] timeout_s`); a dead or hanging appliance never delays the
-  others or the round.
+  (`[health] timeout_s`, for the whole poll); a dead, hanging or trickling
+  appliance never delays the others or the round.
 - Inventory is fetched with `?since=<generation>`, so an unchanged appliance
   costs one small answer; routes likewise.
+- Every answer is read with a size bound (`[health] max_response_mb`,
+  checked against Content-Length and again while reading; no compressed
+  bodies) and parsed by the pure validators in `steering.messages`, in a
+  thread, off the loop that answers clients. A poll is applied whole or not
+  at all: any failure (connection, status, size, a malformed answer, or
+  anything else raised) makes it a failed poll of that appliance, with the
+  reason, logged when the reason changes. Nothing an appliance sends can end
+  the poller.
+- Routes outside the appliance's `allowed_prefixes` are dropped and
+  counted; more than `[health] max_prefixes_per_appliance` refuses them
+  whole (a failed poll).
 - The round's results go through the pure hysteresis (`steering.health`),
   which also applies the fleet-wide blip guard.
-- When routes change, the prefix table is rebuilt in a thread and swapped in.
+- When the admitted routes change, `on_routes_changed` is called; the prefix
+  table is rebuilt by the service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import aiohttp
 
 from steering.health import Availability, PollResult, Thresholds, apply_round
+from steering.messages import MessageError, PollAnswers, read_poll
 from steering.ranking import Appliance
+
+READ_CHUNK_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PollLimits:
+    max_response_bytes: int = 64 * 1_000_000
+    max_prefixes: int = 100_000
+    token: str | None = None  # sent as Authorization: Bearer
+
+
+class PollFailure(Exception):
+    """A poll failed for a reason stated in the message."""
 
 
 @dataclass
 class Knowledge:
     """What steering knows about one appliance beyond its availability."""
 
-    inventory: set = field(default_factory=set)
+    inventory: frozenset = frozenset()
     inventory_generation: int = 0
-    routes: list = field(default_factory=list)
+    routes: tuple = ()
     routes_generation: int = 0
+    routes_dropped: tuple = ()  # outside allowed_prefixes, from the last routes answer
     polls: int = 0
     failures: int = 0
+    last_failure: str = ""
+
+
+@dataclass
+class _Settings:
+    thresholds: Thresholds
+    interval_s: float
+    timeout_s: float
+    limits: PollLimits = field(default_factory=PollLimits)
+    allowed: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
 
 
 class Poller:
     def __init__(self, registry: list[Appliance], thresholds: Thresholds, interval_s: float, timeout_s: float,
-                 on_routes_changed: Callable[[], None]):
+                 on_routes_changed: Callable[[], None], limits: PollLimits = PollLimits(),
+                 allowed: Mapping[str, tuple[str, ...] | None] | None = None,
+                 log: Callable[[str], None] | None = None):
         self.registry = registry
-        self.thresholds = thresholds
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
         self.on_routes_changed = on_routes_changed
+        self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}))
+        self.log = log or (lambda line: print(f"oca-steering: {line}", file=sys.stderr, flush=True))
         self.states: dict[str, Availability] = {a.appliance_id: Availability() for a in registry}
         self.known: dict[str, Knowledge] = {a.appliance_id: Knowledge() for a in registry}
         self.blip = False
@@ -53,31 +92,40 @@ class Poller:
         self.last_round_s: float | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    def reconfigure(self, registry: list[Appliance], thresholds: Thresholds, interval_s: float, timeout_s: float) -> None:
-        """New registry: keep what is known about appliances that stay."""
+    @property
+    def thresholds(self) -> Thresholds:
+        return self._s.thresholds
+
+    def reconfigure(self, registry: list[Appliance], thresholds: Thresholds, interval_s: float, timeout_s: float,
+                    limits: PollLimits = PollLimits(), allowed: Mapping[str, tuple[str, ...] | None] | None = None) -> None:
+        """New registry: keep what is known about appliances that stay (routes are admitted again next poll)."""
         self.registry = registry
-        self.thresholds = thresholds
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
+        old_allowed = self._s.allowed
+        self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}))
         ids = {a.appliance_id for a in registry}
         self.states = {aid: self.states.get(aid, Availability()) for aid in ids}
         self.known = {aid: self.known.get(aid, Knowledge()) for aid in ids}
+        for aid, k in self.known.items():
+            if old_allowed.get(aid) != self._s.allowed.get(aid):
+                k.routes_generation = 0  # fetch the full routes again, to admit them under the new list
         self.on_routes_changed()
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout_s, sock_read=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, force_close=True)) as session:
+        s = self._s
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.timeout_s, sock_read=s.timeout_s)
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
             self._session = session
             while True:
                 started = time.monotonic()
                 await self.poll_round()
-                await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+                await asyncio.sleep(max(0.0, self._s.interval_s - (time.monotonic() - started)))
 
     async def poll_round(self) -> None:
         registry = list(self.registry)
         results = await asyncio.gather(*(self._poll_bounded(a) for a in registry))
         now = time.time()
-        outcome = apply_round(self.states, {a.appliance_id: r for a, r in zip(registry, results)}, now, self.thresholds)
+        outcome = apply_round(self.states, {a.appliance_id: r for a, r in zip(registry, results)}, now, self._s.thresholds)
         self.states = outcome.states
         if outcome.blip and not self.blip:
             self.blip_since = now
@@ -91,57 +139,73 @@ class Poller:
     async def _poll_bounded(self, a: Appliance) -> PollResult:
         k = self.known.setdefault(a.appliance_id, Knowledge())
         k.polls += 1
+        timeout_s = self._s.timeout_s
         try:
-            result = await asyncio.wait_for(self._poll(a, k), timeout=self.timeout_s)
+            result = await asyncio.wait_for(self._poll(a, k), timeout=timeout_s)
         except asyncio.TimeoutError:
-            result = PollResult(False, f"no answer within {self.timeout_s:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            result = PollResult(False, f"{type(exc).__name__}: {exc}"[:200])
-        except (ValueError, KeyError, TypeError) as exc:
-            result = PollResult(False, f"bad answer: {type(exc).__name__}: {exc}"[:200])
+            result = PollResult(False, f"no answer within {timeout_s:g} s")
+        except MessageError as exc:
+            result = PollResult(False, f"bad answer: {exc}"[:300])
+        except PollFailure as exc:
+            result = PollResult(False, str(exc)[:300])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever an appliance causes is its failed poll, never the poller's end
+            result = PollResult(False, f"{type(exc).__name__}: {exc}"[:300])
         if not result.ok:
             k.failures += 1
+            if result.reason != k.last_failure:
+                self.log(f"appliance {a.appliance_id}: poll failed: {result.reason}")
+        elif k.last_failure:
+            self.log(f"appliance {a.appliance_id}: polls again")
+        k.last_failure = "" if result.ok else result.reason
         return result
 
-    async def _get_json(self, url: str) -> tuple[int, dict]:
+    async def _fetch(self, base: str, path: str, statuses: tuple[int, ...] = (200,)) -> bytes:
         assert self._session is not None
-        async with self._session.get(url) as resp:
-            body = await resp.json(content_type=None)
-            if not isinstance(body, dict):
-                raise ValueError("answer is not a JSON object")
-            return resp.status, body
+        limit = self._s.limits.max_response_bytes
+        headers = {"Accept-Encoding": "identity"}
+        if self._s.limits.token is not None:
+            headers["Authorization"] = f"Bearer {self._s.limits.token}"
+        what = path.partition("?")[0]
+        async with self._session.get(base + path, headers=headers, allow_redirects=False) as resp:
+            if resp.status not in statuses:
+                raise PollFailure(f"{what} answered HTTP {resp.status}")
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise PollFailure(f"{what}: Content-Encoding {encoding[:30]!r} was not asked for")
+            size = resp.content_length
+            if size is not None and size > limit:
+                raise PollFailure(f"{what}: answer of {size} bytes is over [health] max_response_mb ({limit / 1e6:g} MB)")
+            body = bytearray()
+            while chunk := await resp.content.read(READ_CHUNK_BYTES):
+                body += chunk
+                if len(body) > limit:
+                    raise PollFailure(f"{what}: answer is over [health] max_response_mb ({limit / 1e6:g} MB)")
+            return bytes(body)
 
     async def _poll(self, a: Appliance, k: Knowledge) -> PollResult:
         base = a.url
-        status_code, health = await self._get_json(base + "/health")
-        if status_code not in (200, 503):
-            return PollResult(False, f"/health answered HTTP {status_code}")
-        status = str(health.get("status", "ok"))
-        load = health.get("load") or {}
-        util = load.get("nic_utilisation")
-        bps = load.get("bytes_per_s")
-        reasons = [c.get("reason", "") for c in health.get("conditions", []) if isinstance(c, dict)]
-        _, inv = await self._get_json(f"{base}/inventory?since={k.inventory_generation}")
-        kind = inv.get("kind")
-        if kind == "full":
-            k.inventory = set(inv["ids"])
-        elif kind == "delta":
-            k.inventory |= set(inv.get("added", []))
-            k.inventory -= set(inv.get("removed", []))
-        elif kind != "unchanged":
-            raise ValueError(f"inventory kind {kind!r}")
-        k.inventory_generation = int(inv.get("generation", 0))
-        _, routes = await self._get_json(f"{base}/routes?since={k.routes_generation}")
-        if routes.get("kind") == "full":
-            prefixes = list(routes.get("prefixes", []))
-            changed = prefixes != k.routes
-            k.routes = prefixes
-            k.routes_generation = int(routes.get("generation", 0))
+        health = await self._fetch(base, "/health", (200, 503))
+        since = k.inventory_generation
+        inventory = await self._fetch(base, f"/inventory?since={since}")
+        routes = await self._fetch(base, f"/routes?since={k.routes_generation}")
+        loop = asyncio.get_running_loop()
+        answers: PollAnswers = await loop.run_in_executor(
+            None, read_poll, health, inventory, since, routes, self._s.limits.max_prefixes, self._s.allowed.get(a.appliance_id))
+        # Applied whole: nothing above changed `k`.
+        inv = answers.inventory
+        if inv.kind == "full":
+            k.inventory = inv.ids
+        elif inv.kind == "delta":
+            k.inventory = (k.inventory | inv.added) - inv.removed
+        k.inventory_generation = inv.generation
+        if answers.routes is not None:
+            changed = answers.routes.prefixes != k.routes
+            k.routes = answers.routes.prefixes
+            k.routes_dropped = answers.routes.dropped
+            k.routes_generation = answers.routes_generation
             if changed:
                 self.on_routes_changed()
-        return PollResult(
-            True, "; ".join(r for r in reasons if r), status,
-            float(util) if isinstance(util, (int, float)) else None,
-            float(bps) if isinstance(bps, (int, float)) else None,
-            len(k.inventory), len(k.routes),
-        )
+        h = answers.health
+        return PollResult(True, "; ".join(h.reasons), h.status, h.nic_utilisation, h.bytes_per_s, len(k.inventory), len(k.routes))

@@ -1,15 +1,22 @@
 """The steering service's HTTP shell: /steer, /content/<id>, /health, /metrics, /.
 
 Rules kept here:
-- The client's address is the connection's peer. `X-Forwarded-For` is
-  believed only from `[trust] proxies` (the rightmost address that is not a
-  trusted proxy is the client); `?client=` only from `[trust] callers`.
+- Who the client is, and who may use which path, is decided by the pure
+  `steering.access` (`client_address`, `is_public_path`,
+  `control_refusal`); this shell only gathers the peer, headers and query.
+  A control path refused is 403 with the reason.
 - Each answer comes from the pure `steering.ranking.decide` over the current
   prefix table and poll states; URLs are absolute and signed with the shared
   `oca.signing` code, so the appliances accept them.
-- A malformed content id is 400 with a reason; no candidates is 503 with
-  the result type in the JSON.
+- A malformed content id or client address is 400 with a reason; no
+  candidates is 503 with the result type in the JSON.
 - Every decision is logged as one JSON line (sampled) and counted by result.
+- The poller and the table keeper run under `oca.supervise.Supervisor`:
+  one that raises is logged, counted (`steering_task_failures_total`) and
+  restarted; while one is down, `/health` says `degraded` and names it.
+- The prefix table is rebuilt, in a thread, when an event says the routes
+  or coverage changed; changes that arrive during a build coalesce into one
+  more build. A keeper that restarts rebuilds.
 - SIGHUP reloads the registry, coverage zones and keys without dropping
   poll state; a config that does not load is reported and the old one stays.
 """
@@ -17,7 +24,6 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
-import html
 import ipaddress
 import json
 import os
@@ -31,23 +37,46 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, Histogram, generate_latest
 
 from oca import __version__
-from oca.ids import is_valid_id
 from oca.sdnotify import notify_systemd
 from oca.settings import parse_host_port
 from oca.signing import sign_query
+from oca.supervise import Supervisor
+from steering.access import client_address, control_refusal, is_public_path, networks
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
 from steering.health import Thresholds
 from steering.lpm import PrefixTable
-from steering.poller import Poller
+from steering.messages import MessageError, parse_steer_query
+from steering.poller import Knowledge, PollLimits, Poller
 from steering.ranking import NO_CANDIDATES, Appliance, Live, decide
+from steering.status_page import render_status
+
+POLLER_TASK = "poller"
+TABLE_TASK = "table-keeper"
 
 
-def _nets(cidrs) -> list:
-    return [ipaddress.ip_network(c) for c in cidrs]
+def _log(line: str) -> None:
+    print(f"oca-steering: {line}", file=sys.stderr, flush=True)
 
 
-def _in(addr, nets) -> bool:
-    return any(addr.version == n.version and addr in n for n in nets)
+def table_items(known: dict[str, Knowledge], coverage: dict[str, list[str]]) -> list:
+    """(cidr, tag) pairs for the prefix table: admitted appliance routes, then coverage zones."""
+    items = []
+    for aid, k in known.items():
+        for p in k.routes:
+            items.append((p, ("route", aid)))
+    for site, nets in coverage.items():
+        for p in nets:
+            items.append((p, ("cz", site)))
+    return items
+
+
+def overall_status(serving: int, appliances: int, tasks_down: dict[str, str]) -> str:
+    """`ok`, `degraded` (an appliance or a task is down) or `down` (nothing serves)."""
+    if serving == 0:
+        return "down"
+    if serving < appliances or tasks_down:
+        return "degraded"
+    return "ok"
 
 
 class Steering:
@@ -56,13 +85,15 @@ class Steering:
         self.cfg = cfg
         self.table = PrefixTable.build([])
         self.table_built_s: float | None = None
-        self.table_dirty = True
+        self.table_error = ""
+        self._table_wanted = asyncio.Event()
         self.recent: deque = deque(maxlen=50)
         self.results: Counter = Counter()
         self._rng = random.Random()
         self._log_fd = -1
         self._apply_config(cfg)
-        self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty)
+        self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
+                             self.limits, self.allowed, log=_log)
         self.registry_metrics = CollectorRegistry()
         r = self.registry_metrics
         self.m_decisions = PCounter("steering_decisions", "Decisions by result type", ["result"], registry=r)
@@ -71,19 +102,23 @@ class Steering:
         self.m_up = Gauge("steering_appliance_up", "1 when the appliance serves new clients", ["appliance", "site"], registry=r)
         self.m_state = Gauge("steering_appliance_available", "1 when up (draining included)", ["appliance", "site"], registry=r)
         self.m_polls = Gauge("steering_appliance_poll_failures", "Failed polls since start", ["appliance"], registry=r)
+        self.m_dropped = Gauge("steering_routes_dropped", "Routes in the last answer outside the appliance's allowed_prefixes",
+                               ["appliance"], registry=r)
         self.m_blip = Gauge("steering_blip_guard", "1 while every appliance fails at once and the last good state is kept", registry=r)
         self.m_prefixes = Gauge("steering_prefixes", "Prefixes in the matching table", registry=r)
         self.m_build = Gauge("steering_table_build_seconds", "Time the last table build took", registry=r)
+        self.m_task_failures = PCounter("steering_task_failures", "Failures of supervised tasks (each was restarted)", ["task"], registry=r)
+        self.m_task_down = Gauge("steering_task_down", "1 while a supervised task waits to be restarted", ["task"], registry=r)
+        for name in (POLLER_TASK, TABLE_TASK):
+            self.m_task_failures.labels(name)
+        self.supervisor = Supervisor(_log, on_failure=lambda name: self.m_task_failures.labels(name).inc())
 
     # ------------------------------------------------------------ configuration
 
     def _apply_config(self, cfg: SteeringConfig) -> None:
-        # Fix (tests/integration/test_steering.py): the coverage file is read before
-        # anything is assigned. It used to be read after `cfg` and the registry were
-        # already swapped in, so a reload with a bad coverage file was "refused" but
-        # left the new registry (unpolled appliances) running beside the old zones.
-        # The decision log is opened first for the same reason (a refused reload used
-        # to have closed the old descriptor already and kept writing to its number).
+        # Everything that can fail (the coverage file, the decision log) is
+        # done before anything is assigned, so a refused reload leaves the
+        # running config whole.
         path = coverage_path(cfg, self.config_path)
         coverage = load_coverage(path) if path else {}
         log_fd = self._open_log(cfg.server.decision_log)
@@ -92,12 +127,16 @@ class Steering:
         self._log_fd = log_fd
         self.cfg = cfg
         self.registry = [Appliance(a.id, a.url.rstrip("/"), a.site, a.tier, a.weight) for a in cfg.appliances]
+        self.allowed = {a.id: a.allowed_prefixes for a in cfg.appliances}
+        self.limits = PollLimits(int(cfg.health.max_response_mb * 1_000_000), cfg.health.max_prefixes_per_appliance,
+                                 cfg.health.appliance_token)
         self.thresholds = Thresholds(cfg.health.fail_after, cfg.health.recover_after, cfg.health.overload_percent)
         self.coverage = coverage
         self.secrets = cfg.signing.secrets()
-        self.proxies = _nets(cfg.trust.proxies)
-        self.callers = _nets(cfg.trust.callers)
-        self.table_dirty = True
+        self.proxies = networks(cfg.trust.proxies)
+        self.callers = networks(cfg.trust.callers)
+        self.control_allow = networks(cfg.server.control_allow)
+        self.mark_dirty()
 
     @staticmethod
     def _open_log(target: str) -> int:
@@ -108,69 +147,36 @@ class Steering:
             cfg = load_steering_config(self.config_path)
             self._apply_config(cfg)
         except Exception as exc:
-            print(f"oca-steering: reload refused, keeping the running config: {exc}", file=sys.stderr, flush=True)
+            _log(f"reload refused, keeping the running config: {exc}")
             return
-        self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s)
-        print(f"oca-steering: reloaded {self.config_path}: {len(self.registry)} appliances", file=sys.stderr, flush=True)
+        self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed)
+        _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
 
     def mark_dirty(self) -> None:
-        self.table_dirty = True
-
-    def _items(self) -> list:
-        items = []
-        for aid, k in self.poller.known.items():
-            for p in k.routes:
-                items.append((p, ("route", aid)))
-        for site, nets in self.coverage.items():
-            for p in nets:
-                items.append((p, ("cz", site)))
-        return items
+        """The routes or the coverage changed: the table keeper rebuilds."""
+        self._table_wanted.set()
 
     async def table_keeper(self) -> None:
         loop = asyncio.get_running_loop()
+        self._table_wanted.set()  # a (re)started keeper builds once: a change may have come while it was down
         while True:
-            if self.table_dirty:
-                self.table_dirty = False
-                items = self._items()
-                started = time.monotonic()
-                try:
-                    table = await loop.run_in_executor(None, PrefixTable.build, items)
-                except ValueError as exc:
-                    print(f"oca-steering: prefix table not rebuilt: {exc}", file=sys.stderr, flush=True)
-                else:
-                    self.table = table
-                    self.table_built_s = time.time()
-                    self.m_build.set(time.monotonic() - started)
-                    self.m_prefixes.set(len(table))
-            await asyncio.sleep(0.2)
-
-    # ------------------------------------------------------------ deciding
-
-    def client_address(self, request: web.Request) -> tuple[str | None, str]:
-        peer = request.remote or ""
-        try:
-            peer_addr = ipaddress.ip_address(peer.split("%")[0])
-        except ValueError:
-            return None, "peer"
-        if peer_addr.version == 6 and peer_addr.ipv4_mapped is not None:
-            peer_addr = peer_addr.ipv4_mapped
-        q = request.query.get("client")
-        if q is not None and _in(peer_addr, self.callers):
+            await self._table_wanted.wait()
+            self._table_wanted.clear()
+            items = table_items(self.poller.known, self.coverage)
+            started = time.monotonic()
             try:
-                return str(ipaddress.ip_address(q)), "query"
-            except ValueError:
-                return None, "query"
-        xff = request.headers.get("X-Forwarded-For")
-        if xff and _in(peer_addr, self.proxies):
-            hops = [h.strip() for h in xff.split(",") if h.strip()]
-            for hop in reversed(hops):
-                try:
-                    addr = ipaddress.ip_address(hop)
-                except ValueError:
-                    break
-                if not _in(addr, self.proxies):
-                    return str(addr), "x-forwarded-for"
-        return str(peer_addr), "peer"
+                table = await loop.run_in_executor(None, PrefixTable.build, items)
+            except ValueError as exc:
+                # Inputs are validated before they get here; this keeps the last
+                # good table and says why on /health.
+                self.table_error = f"prefix table not rebuilt: {exc}"[:300]
+                _log(self.table_error)
+                continue
+            self.table = table
+            self.table_error = ""
+            self.table_built_s = time.time()
+            self.m_build.set(time.monotonic() - started)
+            self.m_prefixes.set(len(table))
 
     def decide(self, client: str, content_id: str) -> dict:
         started = time.perf_counter()
@@ -213,21 +219,19 @@ class Steering:
         return web.json_response({"error": reason, **extra}, status=status, headers={"Cache-Control": "no-store"})
 
     async def steer(self, request: web.Request) -> web.Response:
-        content_id = request.query.get("content")
-        if content_id is None:
-            return self._bad(400, "missing ?content=<id>")
-        return self._answer(request, content_id, redirect=False)
+        return self._answer(request, None, redirect=False)
 
     async def redirect(self, request: web.Request) -> web.Response:
         return self._answer(request, request.match_info["content_id"], redirect=True)
 
-    def _answer(self, request: web.Request, content_id: str, redirect: bool) -> web.Response:
-        if not is_valid_id(content_id):
-            return self._bad(400, "malformed content id: it must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-        client, source = self.client_address(request)
-        if client is None:
-            return self._bad(400, f"client address from {source} is not an IP address")
-        doc = self.decide(client, content_id)
+    def _answer(self, request: web.Request, content_in_path: str | None, redirect: bool) -> web.Response:
+        try:
+            q = parse_steer_query(request.query.items(), content_in_path)
+            client, source = client_address(request.remote or "", q.client, request.headers.getall("X-Forwarded-For", ()),
+                                             self.proxies, self.callers)
+        except MessageError as exc:
+            return self._bad(400, str(exc))
+        doc = self.decide(client, q.content)
         doc["client_from"] = source
         if doc["result"] == NO_CANDIDATES:
             return web.json_response(doc, status=503, headers={"Cache-Control": "no-store"})
@@ -238,13 +242,25 @@ class Steering:
     def health_doc(self) -> dict:
         states = self.poller.states
         serving = sum(1 for s in states.values() if s.serves_new_clients)
-        status = "ok" if serving == len(states) else "degraded" if serving else "down"
+        tasks_down = self.supervisor.down()
+        by_appliance = {}
+        for a in self.registry:
+            st = self.poller.states.get(a.appliance_id)
+            k = self.poller.known.get(a.appliance_id)
+            if st is None or k is None:
+                continue
+            by_appliance[a.appliance_id] = {
+                "state": st.state, "reason": st.reason, "last_poll": st.last_poll_s, "polls": k.polls,
+                "failed_polls": k.failures, "last_failure": k.last_failure, "routes": len(k.routes),
+                "routes_dropped": len(k.routes_dropped), "dropped_examples": list(k.routes_dropped[:5]),
+            }
         return {
-            "status": status, "version": __version__, "appliances": len(states), "serving": serving,
+            "status": overall_status(serving, len(states), tasks_down), "version": __version__,
+            "appliances": len(states), "serving": serving, "tasks_down": tasks_down,
             "blip_guard": {"active": self.poller.blip, "reason": self.poller.blip_reason, "since": self.poller.blip_since},
             "rounds": self.poller.rounds, "last_round": self.poller.last_round_s,
-            "prefixes": len(self.table), "table_built": self.table_built_s,
-            "decisions": dict(self.results),
+            "prefixes": len(self.table), "table_built": self.table_built_s, "table_error": self.table_error,
+            "decisions": dict(self.results), "by_appliance": by_appliance,
         }
 
     async def health(self, request: web.Request) -> web.Response:
@@ -254,76 +270,38 @@ class Steering:
     async def metrics(self, request: web.Request) -> web.Response:
         for a in self.registry:
             st = self.poller.states.get(a.appliance_id)
+            k = self.poller.known.get(a.appliance_id)
             self.m_up.labels(a.appliance_id, a.site).set(1 if st and st.serves_new_clients else 0)
             self.m_state.labels(a.appliance_id, a.site).set(1 if st and st.up else 0)
-            self.m_polls.labels(a.appliance_id).set(self.poller.known[a.appliance_id].failures if a.appliance_id in self.poller.known else 0)
+            self.m_polls.labels(a.appliance_id).set(k.failures if k else 0)
+            self.m_dropped.labels(a.appliance_id).set(len(k.routes_dropped) if k else 0)
+        down = self.supervisor.down()
+        for name in (POLLER_TASK, TABLE_TASK):
+            self.m_task_down.labels(name).set(1 if name in down else 0)
         self.m_blip.set(1 if self.poller.blip else 0)
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
         return web.Response(text=render_status(self), content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
+    @web.middleware
+    async def access(self, request: web.Request, handler) -> web.StreamResponse:
+        """Public paths for everyone; the rest only for control peers (steering.access)."""
+        if not is_public_path(request.path):
+            refusal = control_refusal(request.remote or "", request.headers.get("Authorization"), self.control_allow,
+                                      self.cfg.server.control_token)
+            if refusal is not None:
+                return self._bad(403, refusal)
+        return await handler(request)
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self.access])
         app.router.add_get("/steer", self.steer)
         app.router.add_get("/content/{content_id}", self.redirect)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/", self.status_page)
         return app
-
-
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    return f"{time.time() - ts:.1f} s ago"
-
-
-def render_status(s: Steering) -> str:
-    e = html.escape
-    rows = []
-    by_site: dict[str, list[Appliance]] = {}
-    for a in s.registry:
-        by_site.setdefault(a.site, []).append(a)
-    for site in sorted(by_site):
-        rows.append(f"<tr class='site'><th colspan='9'>site {e(site)}</th></tr>")
-        for a in by_site[site]:
-            st = s.poller.states.get(a.appliance_id)
-            k = s.poller.known.get(a.appliance_id)
-            state = st.state if st else "unknown"
-            util = "unknown" if st is None or st.nic_utilisation is None else f"{st.nic_utilisation * 100:.1f}%"
-            bps = "" if st is None or st.bytes_per_s is None else f"{st.bytes_per_s * 8 / 1e6:.1f} Mb/s"
-            rows.append(
-                f"<tr class='{e(state)}'><td>{e(a.appliance_id)}</td><td>{e(a.tier)}</td><td>{e(state)}</td>"
-                f"<td>{e(st.reason if st else '')}</td><td>{_ago(st.last_poll_s if st else None)}</td>"
-                f"<td>{bps}</td><td>{util}</td><td>{len(k.inventory) if k else 0}</td><td>{len(k.routes) if k else 0}</td></tr>"
-            )
-    recent = "".join(
-        f"<tr><td>{time.strftime('%H:%M:%S', time.localtime(t))}</td><td>{e(c)}</td><td>{e(cid)}</td><td>{e(r)}</td><td>{e(', '.join(aps))}</td></tr>"
-        for t, c, cid, r, aps in reversed(s.recent)
-    )
-    counts = "".join(f"<li>{e(k)}: {v}</li>" for k, v in sorted(s.results.items())) or "<li>none yet</li>"
-    blip = (f"<p class='blip'>Blip guard active since {_ago(s.poller.blip_since)}: {e(s.poller.blip_reason)}</p>"
-            if s.poller.blip else "")
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5"><title>oca steering</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; }} table {{ border-collapse: collapse; margin-bottom: 2em; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }} tr.site th {{ background: #eee; }}
-tr.up td:nth-child(3) {{ color: #070; }} tr.down td:nth-child(3) {{ color: #b00; font-weight: bold; }}
-tr.draining td:nth-child(3), tr.overloaded td:nth-child(3) {{ color: #a60; }} .blip {{ background: #fdd; padding: 0.5em; }}
-</style></head><body>
-<h1>oca steering</h1>
-<p>version {e(__version__)} &middot; {len(s.registry)} appliances &middot; {len(s.table)} prefixes &middot; polling round {s.poller.rounds}, last {_ago(s.poller.last_round_s)}</p>
-{blip}
-<h2>Appliances</h2>
-<table><tr><th>appliance</th><th>tier</th><th>state</th><th>reason</th><th>last poll</th><th>sending</th><th>NIC</th><th>content</th><th>routes</th></tr>
-{''.join(rows)}</table>
-<h2>Decisions by result</h2><ul>{counts}</ul>
-<h2>Recent decisions</h2>
-<table><tr><th>time</th><th>client</th><th>content</th><th>result</th><th>appliances</th></tr>{recent}</table>
-</body></html>
-"""
 
 
 async def serve(config_path: str) -> int:
@@ -339,12 +317,11 @@ async def serve(config_path: str) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, s.reload)
-    tasks = [asyncio.create_task(s.poller.run()), asyncio.create_task(s.table_keeper())]
+    s.supervisor.start(POLLER_TASK, s.poller.run)
+    s.supervisor.start(TABLE_TASK, s.table_keeper)
     print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await s.supervisor.stop()
     await runner.cleanup()
     return 0
