@@ -137,6 +137,8 @@ def _number(doc: dict, key: str, where: str, low: float, high: float) -> float |
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MessageError(f"{where}: must be a number, not {_kind(value)}")
+    if isinstance(value, int) and not low <= value <= high:
+        raise MessageError(f"{where}: must be from {low:g} to {high:g}, not an integer of {len(str(value))} digits")
     value = float(value)
     if not math.isfinite(value) or not low <= value <= high:
         raise MessageError(f"{where}: must be from {low:g} to {high:g}, not {value!r}")
