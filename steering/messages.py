@@ -39,6 +39,11 @@ MAX_REASON_CHARS = 200
 MAX_CONDITIONS = 64
 MAX_IDS = 2_000_000  # 33 times a full appliance (60,000 files); the body size bounds it first
 STATUSES = ("ok", "degraded", "draining", "down")
+# An appliance's /health is about 2 KB; 64 stores with long paths and reasons stay under 100 KB.
+MAX_HEALTH_BYTES = 1_000_000
+# The longest prefix text ("ffff:...:ffff/128", 43 bytes) with its quotes and ", ", rounded up.
+MAX_BYTES_PER_PREFIX = 64
+ROUTES_OVERHEAD_BYTES = 64 * 1024
 
 
 class MessageError(ValueError):
@@ -73,6 +78,24 @@ class RoutesMessage:
 class AdmittedRoutes:
     prefixes: tuple[str, ...]
     dropped: tuple[str, ...]  # outside allowed_prefixes
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    health: int
+    inventory: int
+    routes: int
+
+
+def body_limits(max_response_bytes: int, max_prefixes: int) -> BodyLimits:
+    """The most steering reads of each answer: `[health] max_response_mb`, and less where the message is bounded.
+
+    A routes answer can hold no more than `max_prefixes` prefixes, so a body
+    bigger than that many can take is refused before it is parsed (a million
+    prefixes is 17 MB of JSON and some 80 MB once parsed).
+    """
+    routes = max_prefixes * MAX_BYTES_PER_PREFIX + ROUTES_OVERHEAD_BYTES
+    return BodyLimits(min(max_response_bytes, MAX_HEALTH_BYTES), max_response_bytes, min(max_response_bytes, routes))
 
 
 # ---------------------------------------------------------------- JSON

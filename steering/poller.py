@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 import aiohttp
 
 from steering.health import Availability, PollResult, Thresholds, apply_round
-from steering.messages import MessageError, PollAnswers, read_poll
+from steering.messages import BodyLimits, MessageError, PollAnswers, body_limits, read_poll
 from steering.ranking import Appliance
 
 READ_CHUNK_BYTES = 256 * 1024
@@ -161,9 +161,11 @@ class Poller:
         k.last_failure = "" if result.ok else result.reason
         return result
 
-    async def _fetch(self, base: str, path: str, statuses: tuple[int, ...] = (200,)) -> bytes:
+    def body_limits(self) -> BodyLimits:
+        return body_limits(self._s.limits.max_response_bytes, self._s.limits.max_prefixes)
+
+    async def _fetch(self, base: str, path: str, limit: int, why: str, statuses: tuple[int, ...] = (200,)) -> bytes:
         assert self._session is not None
-        limit = self._s.limits.max_response_bytes
         headers = {"Accept-Encoding": "identity"}
         if self._s.limits.token is not None:
             headers["Authorization"] = f"Bearer {self._s.limits.token}"
@@ -176,20 +178,25 @@ class Poller:
                 raise PollFailure(f"{what}: Content-Encoding {encoding[:30]!r} was not asked for")
             size = resp.content_length
             if size is not None and size > limit:
-                raise PollFailure(f"{what}: answer of {size} bytes is over [health] max_response_mb ({limit / 1e6:g} MB)")
-            body = bytearray()
+                raise PollFailure(f"{what}: answer of {size} bytes is over {limit / 1e6:g} MB ({why})")
+            chunks = []
+            read = 0
             while chunk := await resp.content.read(READ_CHUNK_BYTES):
-                body += chunk
-                if len(body) > limit:
-                    raise PollFailure(f"{what}: answer is over [health] max_response_mb ({limit / 1e6:g} MB)")
-            return bytes(body)
+                chunks.append(chunk)
+                read += len(chunk)
+                if read > limit:
+                    raise PollFailure(f"{what}: answer is over {limit / 1e6:g} MB ({why})")
+            return b"".join(chunks)
 
     async def _poll(self, a: Appliance, k: Knowledge) -> PollResult:
         base = a.url
-        health = await self._fetch(base, "/health", (200, 503))
+        limits = self.body_limits()
+        most = f"[health] max_response_mb = {self._s.limits.max_response_bytes / 1e6:g}"
+        health = await self._fetch(base, "/health", limits.health, f"{most}, and a /health answer is never that big", (200, 503))
         since = k.inventory_generation
-        inventory = await self._fetch(base, f"/inventory?since={since}")
-        routes = await self._fetch(base, f"/routes?since={k.routes_generation}")
+        inventory = await self._fetch(base, f"/inventory?since={since}", limits.inventory, most)
+        routes = await self._fetch(base, f"/routes?since={k.routes_generation}", limits.routes,
+                                   f"{most}; [health] max_prefixes_per_appliance = {self._s.limits.max_prefixes} prefixes take less")
         loop = asyncio.get_running_loop()
         answers: PollAnswers = await loop.run_in_executor(
             None, read_poll, health, inventory, since, routes, self._s.limits.max_prefixes, self._s.allowed.get(a.appliance_id))
