@@ -136,10 +136,9 @@ def decide(
             if others:
                 others.sort(key=lambda a: _order_key(a, content_id, live, best.get(a.appliance_id, (0, 0, ""))[0]))
                 a = others[0]
-                # Fix (tests/unit/test_ranking.py): when one site's candidates had
-                # already filled max_urls, `add` dropped the second site silently, so a
-                # site with more appliances than max_urls (the usual case) never got a
-                # second site. Its last place goes to the other site instead.
+                # A second site is listed even when one site's candidates fill
+                # max_urls: it takes the last place (a site usually has more
+                # appliances than max_urls).
                 if len(picks) >= max_urls >= 2:
                     chosen.discard(picks.pop().appliance.appliance_id)
                 m = best.get(a.appliance_id)

@@ -1,0 +1,53 @@
+"""Steering's imports go one way (issue 15 section 2), checked by parsing the source.
+
+- `steering` imports neither `oca.server` nor `oca.store` (nor `fill`).
+- The pure modules (decisions and validators) import no I/O module: no
+  sockets servers or clients, no files, no clock, no subprocesses; only the
+  standard library's pure parts, the shared pure pieces of `oca`, and each
+  other.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+STEERING = Path(__file__).resolve().parents[2] / "steering"
+PURE = ("lpm", "ranking", "health", "messages", "access")
+# What a pure module may import (a module or any submodule of it).
+PURE_ALLOWED = (
+    "__future__", "array", "bisect", "dataclasses", "typing", "ipaddress", "json", "math", "hmac", "collections",
+    "socket",  # only inet_pton/inet_ntop (lpm): text <-> bytes, no sockets are opened
+    "oca.ids", "oca.rendezvous", "oca.errors",
+    "steering.lpm", "steering.ranking", "steering.health", "steering.messages", "steering.access",
+)
+FORBIDDEN_EVERYWHERE = ("oca.server", "oca.store", "fill")
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def _under(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("path", sorted(STEERING.glob("*.py")), ids=lambda p: p.name)
+def test_steering_reaches_into_neither_the_server_nor_the_store(path):
+    bad = sorted(n for n in imports(path) if _under(n, FORBIDDEN_EVERYWHERE))
+    assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_pure_modules_import_no_io(name):
+    bad = sorted(n for n in imports(STEERING / f"{name}.py") if not _under(n, PURE_ALLOWED))
+    assert not bad, f"steering/{name}.py imports {bad}"
