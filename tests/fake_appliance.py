@@ -38,6 +38,7 @@ class Fake:
     inventory_generation: int = 1
     hostile: dict[str, Answer] = field(default_factory=dict)  # path -> answer
     requests: int = 0
+    authorization: str | None = None  # the last request's Authorization header
 
     def set_routes(self, routes: list) -> None:
         self.routes = routes
@@ -124,6 +125,7 @@ class FakeFleet:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         fake = self.fakes[sockname[0]]
         fake.requests += 1
+        fake.authorization = request.headers.get("Authorization")
         return fake
 
     async def _health(self, request: web.Request) -> web.StreamResponse:

@@ -337,8 +337,10 @@ def test_defect9_every_forwarded_line_is_read_right_to_left(tmp_path):
 def test_defect10_control_endpoints_need_the_token_and_public_paths_do_not(tmp_path):
     """Issue 10 #10: the status page (client addresses), /metrics and /health were open to everyone."""
     a = Fake("a", "127.0.0.91", "alpha", routes=["127.91.0.0/16"], holds=[MOVIE])
-    with running(tmp_path, [a], interval_s=0.3, timeout_s=1.0, extra_server=f'control_token = "{TOKEN}"') as (s, fleet):
+    with running(tmp_path, [a], interval_s=0.3, timeout_s=1.0, extra_server=f'control_token = "{TOKEN}"',
+                 extra_health='appliance_token = "appliance-token-0123456789"') as (s, fleet):
         _wait_state(s, "a", "up", headers=AUTH)
+        assert a.authorization == "Bearer appliance-token-0123456789"  # steering's own polls carry [health] appliance_token
         for path in ("/", "/health", "/metrics", "/nonexistent", "/steer/../health"):
             r = get(f"{s.base}{path}")
             assert r.status == 403 and "control" in r.json()["error"], (path, r.status)
