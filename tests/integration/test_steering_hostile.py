@@ -254,7 +254,7 @@ def test_defect1_a_health_answer_of_the_wrong_shape_takes_that_appliance_down_an
         _wait_state(s, "b", "up")
         a.hostile["/health"] = json_answer({"status": "ok", "conditions": [], "load": 1})
         _wait_state(s, "a", "down")
-        assert listed(s, MOVIE, "127.51.0.9")[1] == ["b"]
+        wait_for(lambda: listed(s, MOVIE, "127.51.0.9")[1] == ["b"], 20, "a out of the answers")
         # The poller still runs: a change on b is seen.
         b.set_routes(["127.52.0.0/16", "127.53.0.0/16"])
         wait_for(lambda: listed(s, MOVIE, "127.53.1.1") == ("BGP", ["b"]), 20, "b's new route in answers")
@@ -285,9 +285,8 @@ def test_defect2_routes_outside_allowed_prefixes_are_dropped_and_over_the_cap_re
     c = Fake("c", "127.0.0.73", "gamma", routes=[f"127.73.{i}.0/24" for i in range(11)], holds=[MOVIE])
     with running(tmp_path, [a, b, c], interval_s=0.3, timeout_s=1.0, extra_health="max_prefixes_per_appliance = 10",
                  extra_appliance={"a": 'allowed_prefixes = ["127.71.0.0/16"]'}) as (s, fleet):
-        _wait_state(s, "a", "up")
-        _wait_state(s, "b", "up")
-        assert listed(s, MOVIE, "127.72.0.1")[1][0] == "b"
+        wait_for(lambda: listed(s, MOVIE, "127.72.0.1") == ("BGP", ["b", "a"]), 20, "a and b up, b's route in the table")
+        wait_for(lambda: listed(s, MOVIE, "127.71.0.1")[0] == "BGP", 20, "a's allowed route in the table")
         assert listed(s, MOVIE, "127.99.0.1")[0] != "BGP"  # nobody is captured by a's default route
         result, order = listed(s, MOVIE, "127.71.0.1")
         assert result == "BGP" and order[0] == "a"
