@@ -14,6 +14,10 @@ Rules kept here:
   anything else raised) makes it a failed poll of that appliance, with the
   reason, logged when the reason changes. Nothing an appliance sends can end
   the poller.
+- At most `CHECKERS` answers are parsed at once, and one per appliance: a
+  poll that finds its appliance's previous answer still being parsed (its
+  deadline passed, but a thread cannot be stopped) fails at once, so a slow
+  or huge answer cannot pile up threads or memory.
 - Routes outside the appliance's `allowed_prefixes` are dropped and
   counted; more than `[health] max_prefixes_per_appliance` refuses them
   whole (a failed poll).
@@ -26,6 +30,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +43,7 @@ from steering.messages import BodyLimits, MessageError, PollAnswers, body_limits
 from steering.ranking import Appliance
 
 READ_CHUNK_BYTES = 256 * 1024
+CHECKERS = 2  # threads parsing answers; parsing holds the GIL, more would only queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class Knowledge:
     polls: int = 0
     failures: int = 0
     last_failure: str = ""
+    checking: concurrent.futures.Future | None = None  # the parse of this appliance's last answers
 
 
 @dataclass
@@ -91,6 +98,7 @@ class Poller:
         self.rounds = 0
         self.last_round_s: float | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._checker: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def thresholds(self) -> Thresholds:
@@ -114,12 +122,16 @@ class Poller:
         s = self._s
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.timeout_s, sock_read=s.timeout_s)
         connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
-            self._session = session
-            while True:
-                started = time.monotonic()
-                await self.poll_round()
-                await asyncio.sleep(max(0.0, self._s.interval_s - (time.monotonic() - started)))
+        self._checker = concurrent.futures.ThreadPoolExecutor(CHECKERS, thread_name_prefix="steering-check")
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
+                self._session = session
+                while True:
+                    started = time.monotonic()
+                    await self.poll_round()
+                    await asyncio.sleep(max(0.0, self._s.interval_s - (time.monotonic() - started)))
+        finally:
+            self._checker.shutdown(wait=False, cancel_futures=True)
 
     async def poll_round(self) -> None:
         registry = list(self.registry)
@@ -189,6 +201,8 @@ class Poller:
             return b"".join(chunks)
 
     async def _poll(self, a: Appliance, k: Knowledge) -> PollResult:
+        if k.checking is not None and not k.checking.done():
+            raise PollFailure("its previous answer is still being checked (too big or too slow to parse)")
         base = a.url
         limits = self.body_limits()
         most = f"[health] max_response_mb = {self._s.limits.max_response_bytes / 1e6:g}"
@@ -197,9 +211,10 @@ class Poller:
         inventory = await self._fetch(base, f"/inventory?since={since}", limits.inventory, most)
         routes = await self._fetch(base, f"/routes?since={k.routes_generation}", limits.routes,
                                    f"{most}; [health] max_prefixes_per_appliance = {self._s.limits.max_prefixes} prefixes take less")
-        loop = asyncio.get_running_loop()
-        answers: PollAnswers = await loop.run_in_executor(
-            None, read_poll, health, inventory, since, routes, self._s.limits.max_prefixes, self._s.allowed.get(a.appliance_id))
+        assert self._checker is not None
+        k.checking = self._checker.submit(read_poll, health, inventory, since, routes, self._s.limits.max_prefixes,
+                                          self._s.allowed.get(a.appliance_id))
+        answers: PollAnswers = await asyncio.wrap_future(k.checking)
         # Applied whole: nothing above changed `k`.
         inv = answers.inventory
         if inv.kind == "full":
