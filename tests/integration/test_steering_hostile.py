@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Iterator
 
 import psutil
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_appliance import (
