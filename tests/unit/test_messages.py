@@ -348,3 +348,20 @@ def test_steer_query(name, pairs, path_id, expected):
         with pytest.raises(MessageError) as e:
             parse_steer_query(pairs, path_id)
         assert str(e.value).startswith(expected + ":"), str(e.value)
+
+
+# ---------------------------------------------------------------- body sizes (issue 10 #21)
+
+
+def test_body_limits():
+    from steering.messages import MAX_HEALTH_BYTES, BodyLimits, body_limits
+
+    mb64 = 64 * 1_000_000
+    assert body_limits(mb64, 100_000) == BodyLimits(MAX_HEALTH_BYTES, mb64, 100_000 * 64 + 64 * 1024)
+    assert body_limits(mb64, 10_000_000).routes == mb64  # never more than max_response_mb
+    assert body_limits(500_000, 100_000) == BodyLimits(500_000, 500_000, 500_000)
+    # A full routes answer at the cap, IPv6 at its longest, fits its limit; one of a million prefixes does not.
+    at_cap = j({"generation": 1, "kind": "full", "prefixes": ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:0/112"] * 1000})
+    assert len(at_cap) <= body_limits(mb64, 1000).routes
+    million = j({"generation": 1, "kind": "full", "prefixes": ["10.0.0.0/32"] * 1_000_000})
+    assert len(million) > body_limits(mb64, 100_000).routes
