@@ -28,16 +28,22 @@ Rules kept here:
   bytes into the manifest's popularity (an exponentially weighted mean).
 - Without a site list, or when this appliance is not in its site's list,
   the site is this appliance alone.
+- An intra-day pass (`plan_pass`) only adds what was requested since the
+  night and is missing from the whole site, on the file's first rendezvous
+  holder, within what is left of the budget; it deletes only to make room,
+  and only files worth less than the addition by a margin. The night's plan
+  stays the one that shapes the site.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from fill.manifest import Manifest, ManifestFile, SiteAppliance
 from oca.rendezvous import hrw_score
+
 
 @dataclass(frozen=True, slots=True)
 class CopyPolicy:
@@ -300,3 +306,110 @@ def holders_with(content_id: str, appliances: Sequence[SiteAppliance], inventori
     order = rank_appliances(content_id, appliances)
     by_id = {a.appliance_id: a for a in appliances}
     return [by_id[a] for a in order if a != me and content_id in inventories.get(a, set())]
+
+
+# --- intra-day passes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PassPolicy:
+    """How an intra-day fill pass turns the requests seen since the night into additions.
+
+    A file's value is plays per day: the larger of the manifest's prediction
+    (popularity / size) and the rate observed since the night (requests /
+    `observed_share`). `min_requests`: a missing file needs at least this many
+    requests before it is worth a transfer (one or two plays in the morning
+    are noise). `margin`: a held file is deleted to make room only when the
+    addition is worth more than (1 + margin) times it, so a pass does not swap
+    files of about equal value at the cost of the budget.
+    """
+
+    min_requests: int = 2
+    margin: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.min_requests < 1:
+            raise ValueError(f"min_requests must be >= 1, not {self.min_requests}")
+        if not self.margin >= 0:
+            raise ValueError(f"margin must be >= 0, not {self.margin}")
+
+
+@dataclass(frozen=True, slots=True)
+class PassPlan:
+    """An intra-day pass: delete `deletes` (to make room), then add `adds`, most valuable first."""
+
+    adds: tuple[ManifestFile, ...]
+    deletes: tuple[str, ...]
+    add_bytes: int
+    delete_bytes: int
+
+
+def plan_pass(
+    manifest: Manifest,
+    me: str,
+    my_site: str,
+    held: Mapping[str, Held],
+    site_held: Collection[str],
+    observed: Mapping[str, float],
+    observed_share: float,
+    capacity_bytes: int,
+    budget_bytes: int,
+    policy: PassPolicy = PassPolicy(),
+) -> PassPlan:
+    """What a pass inside the fill window adds: files requested since the night that no appliance of the site holds.
+
+    `site_held`: content ids some appliance of the site holds (the site's
+    inventories, this one's included); `observed`: requests per content id
+    since the night; `observed_share`: the share of a day's requests the
+    observation period is expected to hold (from the daily profile), so
+    counts become plays per day. Only files whose first rendezvous holder in
+    the site is this appliance are added here, so the appliances of a site
+    never fetch the same file in the same pass. Additions are taken most
+    valuable first while they fit in `budget_bytes` (what is left of the
+    night's budget and window; a file that does not fit is skipped and a
+    smaller one may still fit); room is made from held files worth less than
+    the addition by `policy.margin`, least valuable first. The plan never
+    exceeds `capacity_bytes` or `budget_bytes`.
+    """
+    if not 0 < observed_share <= 1:
+        raise ValueError(f"observed_share must be in (0, 1], not {observed_share}")
+    appliances = site_of(manifest, me, my_site)
+    listed = manifest.by_id()
+
+    def value(cid: str, size: int) -> float:
+        f = listed.get(cid)
+        predicted = f.popularity / size if f is not None and size > 0 else 0.0
+        return max(predicted, observed.get(cid, 0.0) / observed_share)
+
+    candidates = []
+    for cid, n in observed.items():
+        f = listed.get(cid)
+        if f is None or n < policy.min_requests or cid in site_held or cid in held or f.size <= 0:
+            continue
+        if rank_appliances(cid, appliances)[0] != me:
+            continue
+        candidates.append((value(cid, f.size), f))
+    candidates.sort(key=lambda t: (-t[0], t[1].content_id))
+    victims = sorted(((value(cid, h.size), cid, h.size) for cid, h in held.items()), key=lambda t: (t[0], t[1]))
+    free = capacity_bytes - sum(h.size for h in held.values())
+    next_victim = 0
+    adds: list[ManifestFile] = []
+    deletes: list[str] = []
+    add_bytes = delete_bytes = 0
+    for v, f in candidates:
+        if add_bytes + f.size > budget_bytes:
+            continue
+        room, take = free, next_victim
+        while room < f.size and take < len(victims) and victims[take][0] * (1 + policy.margin) < v:
+            room += victims[take][2]
+            take += 1
+        if room < f.size:
+            continue
+        for _v, cid, size in victims[next_victim:take]:
+            deletes.append(cid)
+            delete_bytes += size
+        next_victim = take
+        free = room - f.size
+        adds.append(f)
+        add_bytes += f.size
+    return PassPlan(tuple(adds), tuple(deletes), add_bytes, delete_bytes)

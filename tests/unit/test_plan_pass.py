@@ -1,0 +1,95 @@
+"""fill.plan.plan_pass: an intra-day pass adds what was requested since the night and is missing from the site.
+
+Pure: a table of cases, each a site, what is held, what was observed, and the expected plan.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fill.manifest import Manifest, ManifestFile, SiteAppliance
+from fill.plan import Held, PassPolicy, plan_pass, rank_appliances
+
+SITE = (SiteAppliance("oca-0", "", 1.0), SiteAppliance("oca-1", "", 1.0))
+
+
+def mf(cid: str, size: int, pop: float = 0.0) -> ManifestFile:
+    return ManifestFile(cid, size, "0" * 32, 0, float(pop), (f"https://origin.example/{cid}",))
+
+
+def first_on(me: str, prefix: str) -> str:
+    """A content id whose first rendezvous holder in SITE is `me`."""
+    return next(f"{prefix}{i}" for i in range(1000) if rank_appliances(f"{prefix}{i}", SITE)[0] == me)
+
+
+MINE = first_on("oca-0", "m")
+THEIRS = first_on("oca-1", "t")
+# Sizes 10; the manifest's popularity is bytes per day, so value = pop / 10 plays per day.
+FILES = {
+    "new": mf("new", 10),  # not predicted (a release without forecast)
+    "hot": mf("hot", 10),
+    "big": mf("big", 50),
+    "cold": mf("cold", 10, pop=10.0),  # 1 play a day
+    "warm": mf("warm", 10, pop=100.0),  # 10 plays a day
+}
+
+
+def held(*cids: str) -> dict[str, Held]:
+    return {c: Held(c, FILES[c].size, "0" * 32, FILES[c].popularity) for c in cids}
+
+
+# (case, held, site_held beyond held, observed, observed_share, capacity, budget, policy, adds, deletes)
+CASES = [
+    ("free room: requested and missing is added", (), (), {"new": 3}, 0.5, 100, 100, PassPolicy(), ["new"], []),
+    ("most valuable first", (), (), {"new": 3, "hot": 9}, 0.5, 100, 100, PassPolicy(), ["hot", "new"], []),
+    ("too few requests", (), (), {"new": 1}, 0.5, 100, 100, PassPolicy(min_requests=2), [], []),
+    ("held elsewhere in the site: not missing", (), ("new",), {"new": 5}, 0.5, 100, 100, PassPolicy(), [], []),
+    ("already held here", ("new",), (), {"new": 5}, 0.5, 100, 100, PassPolicy(), [], []),
+    ("not in the manifest", (), (), {"gone": 5}, 0.5, 100, 100, PassPolicy(), [], []),
+    ("budget: the big file is skipped, the small one still fits", (), (), {"big": 50, "new": 3}, 0.5, 100, 20, PassPolicy(), ["new"], []),
+    ("budget: nothing fits", (), (), {"new": 3}, 0.5, 100, 5, PassPolicy(), [], []),
+    # Full storage: "cold" (1 play a day) makes room for "new" (3 / 0.5 = 6 a day > 1.5).
+    ("full: a cold file makes room", ("cold", "warm"), (), {"new": 3}, 0.5, 20, 100, PassPolicy(), ["new"], ["cold"]),
+    # "warm" (10 a day) is worth more than "new" (6): it is not deleted, "new" is not added.
+    ("full: a warm file stays", ("warm",), (), {"new": 3}, 0.5, 10, 100, PassPolicy(), [], []),
+    # The margin: "new" at 6 a day against "cold" at 1: passes with margin 4 (1 * 5 < 6), not with 5 (6 !< 6).
+    ("margin 4", ("cold",), (), {"new": 3}, 0.5, 10, 100, PassPolicy(margin=4.0), ["new"], ["cold"]),
+    ("margin 5", ("cold",), (), {"new": 3}, 0.5, 10, 100, PassPolicy(margin=5.0), [], []),
+    # A held file requested today counts at its observed rate: "cold" seen 4 times in half a day is 8 a day.
+    ("held but busy today", ("cold",), (), {"new": 3, "cold": 4}, 0.5, 10, 100, PassPolicy(), [], []),
+    # Observation over a smaller share of the day means a higher rate: 3 in 0.1 of a day is 30 a day.
+    ("early pass: higher rate", ("warm",), (), {"new": 3}, 0.1, 10, 100, PassPolicy(), ["new"], ["warm"]),
+]
+
+
+@pytest.mark.parametrize("case,held_ids,elsewhere,observed,share,capacity,budget,policy,adds,deletes", CASES, ids=[c[0] for c in CASES])
+def test_plan_pass_cases(case, held_ids, elsewhere, observed, share, capacity, budget, policy, adds, deletes):
+    m = Manifest(1, tuple(FILES.values()), {})  # no site list: a site of one
+    h = held(*held_ids)
+    plan = plan_pass(m, "oca-0", "s", h, set(h) | set(elsewhere), observed, share, capacity, budget, policy)
+    assert [f.content_id for f in plan.adds] == adds
+    assert list(plan.deletes) == deletes
+    assert plan.add_bytes == sum(FILES[c].size for c in adds) <= budget
+    after = sum(x.size for c, x in h.items() if c not in plan.deletes) + plan.add_bytes
+    assert after <= capacity or not adds
+
+
+def test_only_the_first_rendezvous_holder_adds():
+    m = Manifest(1, (mf(MINE, 10), mf(THEIRS, 10)), {"s": SITE})
+    observed = {MINE: 5, THEIRS: 5}
+    mine = plan_pass(m, "oca-0", "s", {}, set(), observed, 0.5, 100, 100)
+    theirs = plan_pass(m, "oca-1", "s", {}, set(), observed, 0.5, 100, 100)
+    assert [f.content_id for f in mine.adds] == [MINE]
+    assert [f.content_id for f in theirs.adds] == [THEIRS]
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
+def test_observed_share_must_be_a_share_of_the_day(share):
+    with pytest.raises(ValueError):
+        plan_pass(Manifest(1, (), {}), "oca-0", "s", {}, set(), {}, share, 10, 10)
+
+
+@pytest.mark.parametrize("kwargs", [{"min_requests": 0}, {"margin": -1.0}, {"margin": float("nan")}])
+def test_bad_pass_policy_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        PassPolicy(**kwargs)
