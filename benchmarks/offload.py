@@ -143,6 +143,7 @@ def _profile() -> tuple[float, ...]:
 
 
 HOURS = _profile()
+NOISE_SD = 0.5  # log-sd of the oracle forecast's noise in the catalogue's draws (the earlier fixed model)
 
 # Encodes of a title: (bitrate Mb/s, share of the title's plays, name). The 4K
 # encode exists for some titles only; elsewhere its share goes to 1080p.
@@ -167,7 +168,8 @@ class Title:
     base: float  # long-run Zipf weight
     spike: float  # extra weight on release day, as a multiple of base
     decay_days: float  # e-folding time of the spike
-    forecast_noise: float  # the studio forecast's multiplicative error
+    forecast_noise: float  # the studio forecast's multiplicative error at log-sd 0.5 (NOISE_SD)
+    series: bool = False  # an episode of a series (else a movie): what `history` forecasts know of a title
 
 
 @dataclass
@@ -179,6 +181,7 @@ class Catalogue:
     requests_per_day: int
     seed: int
     files_of: list[list[int]] = field(default_factory=list)
+    pre_drift: list[float] = field(default_factory=list)  # per title: the drift of the day before day 0
 
     @property
     def total_bytes(self) -> int:
@@ -207,14 +210,28 @@ class Catalogue:
         total = sum(w)
         return [self.requests_per_day * x / total for x in w] if total else [0.0] * len(w)
 
-    def announced_bytes(self, day: int) -> dict[str, float]:
-        """The forecast of each available file's bytes on `day`: expectation times the title's noise."""
+    def announced_bytes(self, day: int, noise_sd: float = 0.5) -> dict[str, float]:
+        """The oracle forecast of each available file's bytes on `day`: expectation times the title's noise.
+
+        The noise is log-normal of log-sd `noise_sd`: the title's draw at NOISE_SD
+        rescaled (exp(sd * z) = noise ** (sd / NOISE_SD)), so every level uses
+        the same draws and 0.5 is exactly the earlier model.
+        """
         exp = self.expected_requests(day)
+        scale = noise_sd / NOISE_SD
         out = {}
         for i, f in enumerate(self.files):
             if exp[i] > 0:
-                out[f.cid] = exp[i] * f.size * self.titles[f.title].forecast_noise
+                out[f.cid] = exp[i] * f.size * self.titles[f.title].forecast_noise ** scale
         return out
+
+    def pre_run_counts(self) -> Counter:
+        """Requests per content id on the day before day 0: what the fleet saw of the back catalogue before the run."""
+        rng = random.Random(f"{self.seed}:demand:pre-run")
+        w = [0.0 if t.release > 0 else t.base * self.pre_drift[k] for k, t in enumerate(self.titles)]
+        fw = [w[f.title] * f.share for f in self.files]
+        idx = rng.choices(range(len(self.files)), weights=fw, k=self.requests_per_day)
+        return Counter(self.files[i].cid for i in idx)
 
     def day_requests(self, day: int) -> list[str]:
         """The requests of `day` in arrival order: content ids, sampled from the day's popularity."""
@@ -271,7 +288,7 @@ def make_catalogue(
         base = ranks[s] ** -zipf * (0.8**e)  # later episodes are watched less
         spike, decay = show_spike[s]
         name = f"s{s:05d}e{e:02d}"
-        titles.append(Title(name, show_release[s], base, spike, decay, rng.lognormvariate(0.0, 0.5)))
+        titles.append(Title(name, show_release[s], base, spike, decay, rng.lognormvariate(0.0, NOISE_SD), len(shows[s]) > 1))
         has_uhd = rng.random() < 0.3
         for mbps, share, tag in ENCODES:
             if tag == "uhd" and not has_uhd:
@@ -282,18 +299,73 @@ def make_catalogue(
             files.append(File(f"{name}.{tag}.mp4", size, t, share))
     # Drift: a mean-reverting log random walk per title.
     drift = []
+    pre_drift = []
     for _t in titles:
         x = rng.gauss(0.0, 0.2)
+        pre_drift.append(math.exp(x))
         row = []
         for _d in range(days):
             x = 0.85 * x + rng.gauss(0.0, 0.12)
             row.append(math.exp(x))
         drift.append(row)
-    cat = Catalogue(files, titles, drift, days, requests_per_day, seed)
+    cat = Catalogue(files, titles, drift, days, requests_per_day, seed, pre_drift=pre_drift)
     cat.files_of = [[] for _ in titles]
     for i, f in enumerate(files):
         cat.files_of[f.title].append(i)
     return cat
+
+
+def make_stationary_catalogue(seed: int, n_files: int = 20_000, days: int = 2, zipf: float = 0.8, requests_per_day: int = 200_000, size: int = 1_000_000) -> Catalogue:
+    """The stationary self-check's catalogue: one file per title, equal sizes, Zipf over files, no drift, no releases.
+
+    Independent requests from fixed popularity (the independent reference
+    model), where Che's approximation of LRU is known to be accurate and the
+    best static placement is the most popular files that fit.
+    """
+    titles = [Title(f"f{r:06d}", -30, r ** -zipf, 0.0, 1.0, 1.0) for r in range(1, n_files + 1)]
+    files = [File(f"{t.name}.mp4", size, k, 1.0) for k, t in enumerate(titles)]
+    cat = Catalogue(files, titles, [[1.0] * days for _ in titles], days, requests_per_day, seed, pre_drift=[1.0] * n_files)
+    cat.files_of = [[k] for k in range(n_files)]
+    return cat
+
+
+def che_hit_ratio(probs: Sequence[float], capacity_files: float) -> float:
+    """Che's approximation of an LRU cache's hit ratio under independent requests of equal-size files.
+
+    The characteristic time T solves sum_i (1 - exp(-p_i T)) = C; file i is a
+    hit with probability 1 - exp(-p_i T). (Che, Tung, Wang 2002; Fricker,
+    Robert, Roberts 2012 on its accuracy.)
+    """
+    total = sum(probs)
+    p = [x / total for x in probs if x > 0]
+    if capacity_files >= len(p):
+        return 1.0
+    lo, hi = 0.0, 1.0
+    while sum(1 - math.exp(-x * hi) for x in p) < capacity_files:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if sum(1 - math.exp(-x * mid) for x in p) < capacity_files:
+            lo = mid
+        else:
+            hi = mid
+    t = (lo + hi) / 2
+    return sum(x * (1 - math.exp(-x * t)) for x in p)
+
+
+def hour_bounds(n_requests: int, hours: Sequence[float] = HOURS) -> list[int]:
+    """Where each hour starts in a day's request list (and where the day ends): the list is in arrival order.
+
+    Requests are drawn independently, so cutting the list into blocks of the
+    profile's sizes gives each file the day's profile, as the accounting assumes.
+    """
+    out = [0]
+    acc = 0.0
+    for w in hours:
+        acc += w
+        out.append(min(n_requests, round(acc * n_requests)))
+    out[-1] = n_requests
+    return out
 
 
 # --- accounting (pure) --------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,65 @@ def test_an_unknown_order_is_refused():
     with pytest.raises(ValueError):
         CopyPolicy(order="random")
     assert math.isfinite(CopyPolicy().load_headroom)
+
+
+# --- the stationary self-check ------------------------------------------------------------------
+# Equal sizes, no drift, no releases, no budget, unlimited serving, 20,000 files: the simulator's LRU
+# must match Che's approximation, and its bound on realised demand the best static placement (the most
+# popular files that fit), each within 0.01.
+
+STATIONARY = [(z, c) for z in (0.6, 0.8, 1.0) for c in (0.05, 0.20)]
+UNLIMITED = [math.inf]
+
+
+@pytest.mark.parametrize("zipf,capacity", STATIONARY)
+def test_stationary_lru_matches_ches_approximation(zipf, capacity):
+    cat = ob.make_stationary_catalogue(11, n_files=20_000, days=2, zipf=zipf, requests_per_day=200_000)
+    sizes = {f.cid: f.size for f in cat.files}
+    slots = int(capacity * len(cat.files))
+    caches = [ob.Lru(slots * cat.files[0].size)]
+    route = dict.fromkeys(sizes, 0)
+    ob.serve_lru_day(caches, route, cat.day_requests(0), sizes, UNLIMITED)  # warm-up: the cache turns over several times
+    st = ob.serve_lru_day(caches, route, cat.day_requests(1), sizes, UNLIMITED)
+    che = ob.che_hit_ratio([t.base for t in cat.titles], slots)
+    assert st.health_miss_bytes == pytest.approx(0, abs=1e-6 * st.bytes)  # unlimited serving (float rounding aside)
+    assert st.byte_offload == pytest.approx(che, abs=0.01)
+
+
+@pytest.mark.parametrize("zipf,capacity", STATIONARY)
+def test_stationary_bound_matches_the_static_optimum(zipf, capacity):
+    # The bound on realised demand knows the day's sample, so it exceeds the optimum by the sampling noise:
+    # up to 0.018 with 200,000 requests a day over 20,000 files, under 0.004 with 1,000,000.
+    cat = ob.make_stationary_catalogue(12, n_files=20_000, days=1, zipf=zipf, requests_per_day=1_000_000)
+    sizes = {f.cid: f.size for f in cat.files}
+    slots = int(capacity * len(cat.files))
+    storage = [slots * cat.files[0].size]
+    expected = cat.expected_requests(0)
+    optimum = sum(sorted(expected, reverse=True)[:slots]) / sum(expected)
+    requests = cat.day_requests(0)
+    realised = ob.offline_bound(Counter(requests), sizes, storage, UNLIMITED) / (len(requests) * cat.files[0].size)
+    assert realised == pytest.approx(optimum, abs=0.01)
+    assert realised >= optimum - 0.002  # above it but for sampling noise
+    # On expected demand the bound is the optimum exactly.
+    by_cid = {f.cid: e for f, e in zip(cat.files, expected)}
+    assert ob.offline_bound(by_cid, sizes, storage, UNLIMITED) / sum(e * s for e, s in zip(expected, sizes.values())) == pytest.approx(optimum, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "probs,slots,ratio",
+    [
+        ([1.0] * 10, 10, 1.0),  # everything fits
+        ([1.0] * 10, 0, 0.0),
+        # Two equal files, one slot: T solves 2 (1 - exp(-T/2)) = 1, T = 2 ln 2; hit = 1 - exp(-ln 2) = 1/2.
+        ([1.0, 1.0], 1, 0.5),
+    ],
+)
+def test_che_by_hand(probs, slots, ratio):
+    assert ob.che_hit_ratio(probs, slots) == pytest.approx(ratio, abs=1e-9)
+
+
+def test_hour_bounds_cut_the_day_by_the_profile():
+    b = ob.hour_bounds(1000)
+    assert len(b) == 25 and b[0] == 0 and b[-1] == 1000 and b == sorted(b)
+    assert b[21] - b[20] == pytest.approx(1000 * ob.HOURS[20], abs=1)
+    assert ob.hour_bounds(0) == [0] * 25
