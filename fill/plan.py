@@ -30,7 +30,8 @@ Rules kept here:
   the site is this appliance alone.
 - An intra-day pass (`plan_pass`) only adds what was requested since the
   night and is missing from the whole site, on the file's first rendezvous
-  holder, within what is left of the budget; it deletes only to make room,
+  holder, and what the night's plan chose but left to the passes, within
+  what is left of the budget; it deletes only to make room,
   and only files worth less than the addition by a margin. The night's plan
   stays the one that shapes the site.
 """
@@ -355,6 +356,7 @@ def plan_pass(
     capacity_bytes: int,
     budget_bytes: int,
     policy: PassPolicy = PassPolicy(),
+    planned: Sequence[ManifestFile] = (),
 ) -> PassPlan:
     """What a pass inside the fill window adds: files requested since the night that no appliance of the site holds.
 
@@ -369,7 +371,12 @@ def plan_pass(
     night's budget and window; a file that does not fit is skipped and a
     smaller one may still fit); room is made from held files worth less than
     the addition by `policy.margin`, least valuable first. The plan never
-    exceeds `capacity_bytes` or `budget_bytes`.
+    exceeds `capacity_bytes` or `budget_bytes`. `planned`: the night plan's
+    additions for this appliance that the night left to the passes (its
+    budget held back for them); they compete with the requested files on
+    the same value, so budget the day does not need still fills them (they
+    make room without the margin: the night's plan already chose them over
+    what they displace).
     """
     if not 0 < observed_share <= 1:
         raise ValueError(f"observed_share must be in (0, 1], not {observed_share}")
@@ -388,7 +395,12 @@ def plan_pass(
             continue
         if rank_appliances(cid, appliances)[0] != me:
             continue
-        candidates.append((value(cid, f.size), f))
+        candidates.append((value(cid, f.size), f, policy.margin))
+    seen = {f.content_id for _v, f, _m in candidates}
+    for f in planned:
+        if f.content_id not in held and f.content_id not in seen and f.size > 0:
+            seen.add(f.content_id)
+            candidates.append((value(f.content_id, f.size), f, 0.0))  # the night already weighed it against what is held
     candidates.sort(key=lambda t: (-t[0], t[1].content_id))
     victims = sorted(((value(cid, h.size), cid, h.size) for cid, h in held.items()), key=lambda t: (t[0], t[1]))
     free = capacity_bytes - sum(h.size for h in held.values())
@@ -396,11 +408,11 @@ def plan_pass(
     adds: list[ManifestFile] = []
     deletes: list[str] = []
     add_bytes = delete_bytes = 0
-    for v, f in candidates:
+    for v, f, margin in candidates:
         if add_bytes + f.size > budget_bytes:
             continue
         room, take = free, next_victim
-        while room < f.size and take < len(victims) and victims[take][0] * (1 + policy.margin) < v:
+        while room < f.size and take < len(victims) and victims[take][0] * (1 + margin) < v:
             room += victims[take][2]
             take += 1
         if room < f.size:

@@ -408,3 +408,130 @@ def test_hour_bounds_cut_the_day_by_the_profile():
     assert len(b) == 25 and b[0] == 0 and b[-1] == 1000 and b == sorted(b)
     assert b[21] - b[20] == pytest.approx(1000 * ob.HOURS[20], abs=1)
     assert ob.hour_bounds(0) == [0] * 25
+
+
+# --- forecasts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,kind,sd",
+    [("oracle-noise:0.5", "oracle-noise", 0.5), ("oracle-noise:0", "oracle-noise", 0.0), ("oracle-noise:1.25", "oracle-noise", 1.25),
+     ("none", "none", 0.5), ("history", "history", 0.5)],
+)
+def test_parse_forecast(text, kind, sd):
+    fc = ob.parse_forecast(text)
+    assert (fc.kind, fc.noise_sd) == (kind, sd)
+    assert ob.parse_forecast(fc.name) == fc
+
+
+@pytest.mark.parametrize("text", ["oracle", "oracle-noise:", "oracle-noise:-1", "oracle-noise:nan", "oracle-noise:x", "History", ""])
+def test_parse_forecast_refuses(text):
+    with pytest.raises(ValueError):
+        ob.parse_forecast(text)
+
+
+def test_oracle_noise_rescales_the_same_draws():
+    cat = ob.make_catalogue(5, n_files=80, days=6, zipf=0.8, requests_per_day=300)
+    day = next(d for d in range(1, 6) if any(t.release == d for t in cat.titles))
+    exact = cat.announced_bytes(day, 0.0)
+    half = cat.announced_bytes(day, 0.5)
+    double = cat.announced_bytes(day, 1.0)
+    expected = cat.expected_requests(day)
+    for i, f in enumerate(cat.files):
+        if expected[i] > 0:
+            assert exact[f.cid] == pytest.approx(expected[i] * f.size)
+            noise = cat.titles[f.title].forecast_noise
+            assert half[f.cid] == pytest.approx(exact[f.cid] * noise)
+            assert double[f.cid] == pytest.approx(exact[f.cid] * noise**2)
+
+
+def test_history_forecast_is_the_mean_first_day_of_earlier_releases_of_that_kind_and_encode():
+    # Two series episodes released on day 1 (hd720 asked 4 and 2 times on day 1), a movie on day 2.
+    titles = [ob.Title("s0e0", 1, 1.0, 5.0, 2.0, 1.0, True), ob.Title("s0e1", 1, 1.0, 5.0, 2.0, 1.0, True), ob.Title("m1", 2, 1.0, 5.0, 2.0, 1.0, False)]
+    files = [ob.File("s0e0.hd720.mp4", 100, 0, 1.0), ob.File("s0e1.hd720.mp4", 100, 1, 1.0), ob.File("m1.hd720.mp4", 300, 2, 1.0)]
+    cat = ob.Catalogue(files, titles, [[1.0] * 4] * 3, 4, 10, 0, files_of=[[0], [1], [2]])
+    rh = ob.ReleaseHistory()
+    assert rh.forecast_bytes(True, "s9e0.hd720.mp4", 50) == 0.0  # nothing released yet
+    rh.observe(cat, 0, {"s0e0.hd720.mp4": 9})  # day 0: no release that day, nothing learnt
+    assert rh.forecast_bytes(True, "s9e0.hd720.mp4", 50) == 0.0
+    rh.observe(cat, 1, {"s0e0.hd720.mp4": 4, "s0e1.hd720.mp4": 2, "m1.hd720.mp4": 0})
+    assert rh.forecast_bytes(True, "s9e0.hd720.mp4", 50) == pytest.approx(3 * 50)  # mean of 4 and 2, times its size
+    assert rh.forecast_bytes(False, "m9.hd720.mp4", 50) == 0.0  # no movie released yet
+    assert rh.forecast_bytes(True, "s9e0.uhd.mp4", 50) == 0.0  # no earlier release in that encode
+    rh.observe(cat, 2, {"m1.hd720.mp4": 7, "s0e0.hd720.mp4": 100})  # day 2: only the movie's first day counts
+    assert rh.forecast_bytes(False, "m9.hd720.mp4", 10) == pytest.approx(70)
+    assert rh.forecast_bytes(True, "s9e0.hd720.mp4", 50) == pytest.approx(150)
+
+
+def test_pre_run_counts_see_only_the_back_catalogue():
+    cat = ob.make_catalogue(5, n_files=200, days=6, zipf=0.8, requests_per_day=500)
+    counts = cat.pre_run_counts()
+    assert sum(counts.values()) == 500 and counts == cat.pre_run_counts()
+    release = {f.cid: cat.titles[f.title].release for f in cat.files}
+    assert all(release[cid] <= 0 for cid in counts)
+
+
+# --- passes and the overflow LRU ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("passes,hours", [(1, []), (2, [3]), (3, [3, 8]), (4, [3, 6, 9]), (12, list(range(3, 14)))])
+def test_pass_hours_spread_over_the_window(passes, hours):
+    assert ob.pass_hours(passes) == hours
+
+
+def test_overflow_lru_sends_a_saturated_appliances_request_to_the_second():
+    # a on appliance 0 first, 1 second. Capacity 25 bytes an hour each; one hour.
+    # a(10) miss on 0; a hit on 0 (load 10); a hit on 0 (20); a: 0 would go to 30 > 25, so appliance 1: miss, kept;
+    # a hit on 1 (10).
+    caches = [ob.Lru(100), ob.Lru(100)]
+    st = ob.serve_lru_overflow_day(caches, {"a": (0, 1)}, list("aaaaa"), SIZES, [25.0, 25.0], ONE_HOUR)
+    assert (st.hit_requests, st.hit_bytes) == (3, 30)
+    assert (st.content_miss_requests, st.content_miss_bytes) == (2, 20)
+    assert st.health_miss_bytes == 0
+    assert "a" in caches[1].items
+
+
+def test_overflow_lru_with_one_appliance_is_the_plain_lru_with_health_misses_per_request():
+    caches = [ob.Lru(60)]
+    st = ob.serve_lru_overflow_day(caches, {"a": (0,), "b": (0,), "c": (0,)}, list("abcaba"), SIZES, [1000.0], ONE_HOUR)
+    assert (st.hit_requests, st.hit_bytes, st.content_miss_bytes) == (1, 10, 100)
+    caches = [ob.Lru(60)]
+    st = ob.serve_lru_overflow_day(caches, {"a": (0,)}, list("aaaa"), SIZES, [15.0], ONE_HOUR)
+    assert (st.hit_bytes, st.health_miss_bytes, st.content_miss_bytes) == (10, 20, 10)  # second hit would pass 15
+
+
+@pytest.mark.parametrize("forecast", ["oracle-noise:0.5", "none", "history"])
+@pytest.mark.parametrize("passes", [1, 3])
+def test_runs_with_passes_balance_their_books_and_respect_the_budget(forecast, passes):
+    setup = ob.replace(ob.AFTER, forecast=ob.parse_forecast(forecast), passes=passes, reserve=0.3 if passes > 1 else 0.0)
+    cat = ob.make_catalogue(3, TINY.files, TINY.warmup + TINY.days, TINY.zipf, TINY.requests)
+    demand = [cat.day_requests(d) for d in range(TINY.warmup + TINY.days)]
+    site = ob.make_site(TINY, cat)
+    pr = ob.run_planner(TINY, setup, cat, demand)
+    largest = max(f.size for f in cat.files)
+    for day, (st, filled) in enumerate(zip(pr.days, pr.filled)):
+        parts = st.hit_bytes + st.content_miss_bytes + st.budget_miss_bytes + st.health_miss_bytes
+        assert parts == pytest.approx(st.bytes) and st.requests == TINY.requests
+        if day > 0:
+            assert all(b <= site.budget + largest for b in filled)  # the night's first file may cross; passes never do
+    r = ob.run(TINY, setup, seed=3, cat=cat, demand=demand)
+    assert r.bound_expected_offload > 0 and r.lru_overflow.bytes == r.lru.bytes
+
+
+def test_one_pass_never_beats_the_static_bound():
+    # One pass a day is one static placement a day: never above the bound on realised demand (passes inside the day may be).
+    r = ob.run(TINY, ob.TODAY, seed=3)
+    assert r.ratio <= 1 + 1e-9
+    for d in r.days:
+        assert d["ours"].hit_bytes <= d["bound"] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("text,seeds", [("7", [7]), ("2..6", [2, 3, 4, 5, 6]), ("3..3", [3])])
+def test_parse_seeds(text, seeds):
+    assert ob.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["6..2", "a..b", "2..", ""])
+def test_parse_seeds_refuses(text):
+    with pytest.raises(ValueError):
+        ob.parse_seeds(text)

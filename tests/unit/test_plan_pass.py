@@ -93,3 +93,16 @@ def test_observed_share_must_be_a_share_of_the_day(share):
 def test_bad_pass_policy_is_refused(kwargs):
     with pytest.raises(ValueError):
         PassPolicy(**kwargs)
+
+
+def test_the_nights_left_over_additions_compete_on_value():
+    # "warm" (10 a day) was chosen by the night but left to the passes; "new" is requested at 6 a day.
+    m = Manifest(1, tuple(FILES.values()), {})
+    plan = plan_pass(m, "oca-0", "s", {}, set(), {"new": 3}, 0.5, 100, 100, planned=[FILES["warm"]])
+    assert [f.content_id for f in plan.adds] == ["warm", "new"]
+    # Only one fits the budget: the more valuable.
+    plan = plan_pass(m, "oca-0", "s", {}, set(), {"new": 3}, 0.5, 100, 10, planned=[FILES["warm"]])
+    assert [f.content_id for f in plan.adds] == ["warm"]
+    # Already held (filled since): not added again.
+    plan = plan_pass(m, "oca-0", "s", held("warm"), {"warm"}, {}, 0.5, 100, 100, planned=[FILES["warm"]])
+    assert plan.adds == ()
