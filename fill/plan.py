@@ -335,6 +335,28 @@ class PassPolicy:
             raise ValueError(f"margin must be >= 0, not {self.margin}")
 
 
+def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reserve: float) -> int:
+    """The part of the day's fill budget the night's pass may spend; the rest waits for the intra-day passes.
+
+    Held back: `max_reserve` of the budget times the share, by bytes, of the
+    new files (listed for the first time) that come without a forecast
+    (popularity 0): the passes will learn from requests which of them
+    matter. New files that come with a forecast are planned at night like
+    any other, so a good forecast loses nothing to the passes; no new files,
+    nothing held back.
+    """
+    if not 0 <= max_reserve <= 1:
+        raise ValueError(f"max_reserve must be in [0, 1], not {max_reserve}")
+    total = unforecast = 0
+    for f in new_files:
+        total += f.size
+        if f.popularity <= 0:
+            unforecast += f.size
+    if total <= 0:
+        return budget_bytes
+    return budget_bytes - int(budget_bytes * max_reserve * unforecast / total)
+
+
 @dataclass(frozen=True, slots=True)
 class PassPlan:
     """An intra-day pass: delete `deletes` (to make room), then add `adds`, most valuable first."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fill.manifest import Manifest, ManifestFile, SiteAppliance
-from fill.plan import Held, PassPolicy, plan_pass, rank_appliances
+from fill.plan import Held, PassPolicy, night_budget, plan_pass, rank_appliances
 
 SITE = (SiteAppliance("oca-0", "", 1.0), SiteAppliance("oca-1", "", 1.0))
 
@@ -106,3 +106,23 @@ def test_the_nights_left_over_additions_compete_on_value():
     # Already held (filled since): not added again.
     plan = plan_pass(m, "oca-0", "s", held("warm"), {"warm"}, {}, 0.5, 100, 100, planned=[FILES["warm"]])
     assert plan.adds == ()
+
+
+@pytest.mark.parametrize(
+    "new,max_reserve,budget",
+    [
+        ([], 0.5, 100),  # nothing new: the night may spend it all
+        ([mf("a", 10, pop=5.0)], 0.5, 100),  # new with a forecast: planned at night
+        ([mf("a", 10)], 0.5, 50),  # new without a forecast: half held back
+        ([mf("a", 10), mf("b", 30, pop=1.0)], 0.8, 80),  # a quarter of the new bytes unforecast: 0.8 * 0.25 held back
+        ([mf("a", 10)], 0.0, 100),
+        ([mf("a", 10)], 1.0, 0),
+    ],
+)
+def test_night_budget_holds_back_for_unforecast_new_files(new, max_reserve, budget):
+    assert night_budget(100, new, max_reserve) == budget
+
+
+def test_night_budget_refuses_a_bad_share():
+    with pytest.raises(ValueError):
+        night_budget(100, [], 1.5)
