@@ -101,7 +101,11 @@ Rules kept here:
   the requests of hours < h, adds per `plan_pass` (requested and missing
   from the site, and what the night's plan chose but left to the passes),
   within what is left of the appliance's daily budget and of the window
-  (budget x hours left / 12), and what it adds serves from hour h + 1. The
+  (budget x hours left / 12), and what it adds serves from hour h + 1. A
+  pass counts every request of the site's clients, those for files the site
+  lacks included: the appliances never see those (steering sends them
+  elsewhere), so the product needs steering's count of them;
+  ``--pass-sees held`` shows what the passes are worth without it. The
   night holds back up to ``--reserve`` of the budget for the passes, in
   proportion to the new bytes without a forecast (`fill.plan.night_budget`).
   With passes, the planner's day is no longer one static placement, so the
@@ -871,6 +875,7 @@ class Setup:
     passes: int = 1  # fill passes a day: the night's, then passes - 1 inside the window (see `pass_hours`)
     reserve: float = 0.0  # at most this share of the day's budget is left to the later passes (fill.plan.night_budget)
     pass_policy: PassPolicy = PassPolicy()
+    pass_sees: str = "site"  # "site": a pass sees every request of the site's clients; "held": only those for files the site holds
 
 
 # Before tuning: the planner's earlier defaults (copies by rank, order by popularity, extra copies not
@@ -1070,6 +1075,8 @@ def run_planner(config: Config, setup: Setup, cat: Catalogue, demand: Sequence[S
                 break
             # The pass at hour h: requests of hours < h, what is left of the budget and of the window.
             observed = Counter(requests[:bounds[h]])
+            if setup.pass_sees == "held":  # an appliance's own counter: steering never sends it a file the site lacks
+                observed = Counter({cid: k for cid, k in observed.items() if cid in holders})
             window_left = site.budget * (WINDOW_END_H - h) / (WINDOW_END_H - WINDOW_START_H)
             for a, aid in enumerate(ids):
                 left = int(min(site.budget - filled[a], window_left))
@@ -1367,7 +1374,10 @@ def parse_seeds(text: str) -> list[int]:
     return list(range(a, b + 1))
 
 
-def make_setups(planner: str, forecasts: Sequence[Forecast], passes: int, reserve: float, policy: PassPolicy, keep_bonus: float = DEFAULT_KEEP_BONUS) -> list[Setup]:
+def make_setups(
+    planner: str, forecasts: Sequence[Forecast], passes: int, reserve: float, policy: PassPolicy, keep_bonus: float = DEFAULT_KEEP_BONUS,
+    pass_sees: str = "site",
+) -> list[Setup]:
     """The planner setups to run: each planner x forecast, with `passes` passes a day; `today`, the setup
     before intra-day passes, first when oracle-noise:0.5 is asked for with any change, to check it is no worse."""
     base = {"before": [BEFORE], "after": [AFTER], "both": [BEFORE, AFTER]}[planner]
@@ -1375,9 +1385,14 @@ def make_setups(planner: str, forecasts: Sequence[Forecast], passes: int, reserv
     for b in base:
         for fc in forecasts:
             prefix = "before " if b is BEFORE else ""
-            name = f"{prefix}{fc.name} p{passes}" + (f" r{reserve:g}" if passes > 1 else "") + (f" k{keep_bonus:g}" if b is AFTER and keep_bonus else "")
+            name = (
+                f"{prefix}{fc.name} p{passes}" + (f" r{reserve:g}" if passes > 1 else "") + (f" k{keep_bonus:g}" if b is AFTER and keep_bonus else "")
+                + (" held" if passes > 1 and pass_sees == "held" else "")
+            )
             cp = replace(b.policy, keep_bonus=keep_bonus) if b is AFTER else b.policy
-            out.append(replace(b, name=name, policy=cp, forecast=fc, passes=passes, reserve=reserve if passes > 1 else 0.0, pass_policy=policy))
+            out.append(
+                replace(b, name=name, policy=cp, forecast=fc, passes=passes, reserve=reserve if passes > 1 else 0.0, pass_policy=policy, pass_sees=pass_sees)
+            )
     if planner != "before" and any(s.forecast == TODAY.forecast and (s.policy, s.passes, s.reserve) != (TODAY.policy, 1, 0.0) for s in out):
         out.insert(0, TODAY)
     return out
@@ -1399,6 +1414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the night's pass leaves this share of the day's fill budget to the later passes, times the share of new bytes that come without a forecast",
     )
     p.add_argument("--keep-bonus", type=float, default=DEFAULT_KEEP_BONUS, help="CopyPolicy.keep_bonus of the planner run with passes")
+    p.add_argument(
+        "--pass-sees", choices=("site", "held"), default="site",
+        help="what the passes count: every request of the site's clients (default; needs steering's count of requests it could not "
+        "send to the site), or only requests for files the site holds (the appliances' own counters)",
+    )
     p.add_argument("--pass-min-requests", type=int, default=PassPolicy().min_requests)
     p.add_argument("--pass-margin", type=float, default=PassPolicy().margin)
     p.add_argument("--capacity", type=float, default=0.20)
@@ -1426,7 +1446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = PassPolicy(args.pass_min_requests, args.pass_margin)
     except ValueError as e:
         p.error(str(e))
-    setups = make_setups(args.planner, forecasts, args.passes, args.reserve, policy, args.keep_bonus)
+    setups = make_setups(args.planner, forecasts, args.passes, args.reserve, policy, args.keep_bonus, args.pass_sees)
     base = Config(args.capacity, args.zipf, args.appliances, args.files, args.days, args.warmup, args.requests, args.budget, args.serve_headroom)
     if args.all:
         configs = [

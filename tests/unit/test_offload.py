@@ -535,3 +535,24 @@ def test_parse_seeds(text, seeds):
 def test_parse_seeds_refuses(text):
     with pytest.raises(ValueError):
         ob.parse_seeds(text)
+
+
+@pytest.mark.parametrize("sees", ["held", "site"])
+def test_what_a_pass_counts(sees, monkeypatch):
+    # "held": the appliances' own counters, so a pass never counts a file the site does not hold (steering sends
+    # those requests elsewhere); "site": every request of the site's clients, missing files included.
+    calls = []
+    real = ob.plan_pass
+
+    def spy(manifest, me, site, held, site_held, observed, share, *rest):
+        calls.append((set(site_held), dict(observed)))
+        return real(manifest, me, site, held, site_held, observed, share, *rest)
+
+    monkeypatch.setattr(ob, "plan_pass", spy)
+    cat = ob.make_catalogue(3, TINY.files, TINY.warmup + TINY.days, TINY.zipf, TINY.requests)
+    demand = [cat.day_requests(d) for d in range(TINY.warmup + TINY.days)]
+    setup = ob.replace(ob.AFTER, forecast=ob.parse_forecast("none"), passes=3, reserve=0.7, pass_sees=sees)
+    ob.run_planner(TINY, setup, cat, demand)
+    assert calls
+    unseen = sum(1 for site_held, observed in calls for cid in observed if cid not in site_held)
+    assert (unseen == 0) == (sees == "held")
