@@ -3,7 +3,7 @@
 
 Run: ``.venv/bin/python benchmarks/offload.py [--seed N | --seeds A..B] [--all]
 [--forecast oracle-noise:SD,none,history] [--passes 4] [--reserve 0.7]
-[--keep-bonus 0.5] [--pass-min-requests 2] [--pass-margin 0.5]
+[--keep-bonus 0] [--pass-sees site|held] [--pass-min-requests 2] [--pass-margin 0.5]
 [--planner before|after|both] [--capacity 0.2] [--zipf 0.8] [--appliances 4]
 [--files 3000] [--days 21] [--warmup 7] [--requests 100000] [--budget 1.0]
 [--serve-headroom 1.0] [--jobs 2] [--per-day] [--png FILE]``.
