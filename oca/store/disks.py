@@ -47,6 +47,10 @@ class StoreFailedError(StoreError):
     """The store's disk failed; it has been taken out of service."""
 
 
+class StoreUnreadableError(StoreError):
+    """A directory of the store cannot be listed: its files are unknown, not missing."""
+
+
 def is_disk_failure(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in DISK_FAILURE_ERRNOS
 
