@@ -45,6 +45,7 @@ from typing import Iterator
 import lmdb
 
 from oca.errors import OcaError
+from oca.store.identity import STATE_FAILED, STATE_OK, StoreRecord
 
 SCHEMA_VERSION = 2
 # Version history:
@@ -69,8 +70,6 @@ _LOCATE = struct.Struct("<16s16sQq")  # the prefix of _RECORD that serving needs
 _current_pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _current_pid.__setitem__(0, os.getpid()))
 
-STATE_OK = "ok"
-STATE_FAILED = "failed"
 
 
 class IndexError_(OcaError):
@@ -203,25 +202,6 @@ class Entry:
             added,
             popularity,
         )
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRecord:
-    uuid: str
-    path: str
-    state: str
-    reason: str = ""
-    since_s: float = 0.0
-
-    def pack(self) -> bytes:
-        return json.dumps(
-            {"path": self.path, "state": self.state, "reason": self.reason, "since": self.since_s}
-        ).encode()
-
-    @classmethod
-    def unpack(cls, uuid: str, raw: bytes) -> "StoreRecord":
-        d = json.loads(bytes(raw))
-        return cls(uuid, d["path"], d["state"], d.get("reason", ""), float(d.get("since", 0.0)))
 
 
 @dataclass(frozen=True, slots=True)
