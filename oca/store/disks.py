@@ -22,7 +22,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass
 
-from oca.errors import OcaError
+from oca.errors import StoreError
 from oca.store.identity import (
     ACTION_ENSURE_DIRS,
     ACTION_INITIALISE,
@@ -43,10 +43,6 @@ from oca.store.layout import FORMAT_VERSION, IGNORABLE_IN_EMPTY, MARKER_NAME, ST
 DISK_FAILURE_ERRNOS = frozenset(
     {errno.EIO, errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESTALE, errno.EROFS, errno.EUCLEAN, errno.EBADMSG}
 )
-
-
-class StoreError(OcaError):
-    """A store could not do what was asked."""
 
 
 class StoreFullError(StoreError):

@@ -44,7 +44,7 @@ from typing import Iterator
 
 import lmdb
 
-from oca.errors import OcaError
+from oca.errors import StoreError
 from oca.store.identity import STATE_FAILED, STATE_OK, StoreRecord
 
 SCHEMA_VERSION = 2
@@ -72,7 +72,7 @@ os.register_at_fork(after_in_child=lambda: _current_pid.__setitem__(0, os.getpid
 
 
 
-class IndexError_(OcaError):
+class IndexError_(StoreError):
     """The index cannot be opened or used."""
 
 
@@ -287,7 +287,7 @@ class Index:
         if self.readonly:
             # Handles are opened without a txn: a handle opened inside a
             # read-only transaction dies with it (LMDB 0.9 publishes new
-            # handles only on a write commit), which made every later read
+            # handles only on a write commit), and every later read would
             # fail with "mdb_get: Invalid argument". py-lmdb's own internal
             # transaction keeps them.
             try:
