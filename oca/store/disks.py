@@ -140,18 +140,33 @@ class Disk:
         for name in STORE_DIRS:
             os.makedirs(os.path.join(self.path, name), exist_ok=True)
 
-    def health_problem(self) -> str | None:
-        """Why this disk cannot be used right now, or None if it looks sound."""
+    def inspect(self) -> MarkerSeen:
+        """What the directory and its marker look like now (never raises)."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return MarkerSeen(problem="directory does not exist")
+        except OSError as exc:  # EIO, ENOTCONN...: a dead disk, not a missing directory
+            return MarkerSeen(problem=f"cannot reach the store: {os.strerror(exc.errno or 0)}")
+        if not stat.S_ISDIR(mode):
+            return MarkerSeen(problem="not a directory")
         try:
             marker = self.read_marker()
         except OSError as exc:
-            return f"cannot read marker: {os.strerror(exc.errno or 0)}"
+            return MarkerSeen(problem=f"cannot read marker: {os.strerror(exc.errno or 0)}")
         except StoreError as exc:
-            return str(exc)
-        if marker is None:
+            return MarkerSeen(problem=str(exc))
+        return MarkerSeen() if marker is None else MarkerSeen(uuid=marker[0], format=marker[1])
+
+    def health_problem(self) -> str | None:
+        """Why this disk cannot be used right now, or None if it looks sound."""
+        seen = self.inspect()
+        if seen.problem is not None:
+            return seen.problem
+        if seen.uuid is None:
             return "marker missing (disk vanished or unmounted?)"
-        if marker[0] != self.uuid:
-            return f"marker uuid {marker[0]} is not this store's {self.uuid}"
+        if seen.uuid != self.uuid:
+            return f"marker uuid {seen.uuid} is not this store's {self.uuid}"
         return None
 
 
@@ -175,7 +190,7 @@ def attach(disks: list[Disk], index: Index, *, now_s: float | None = None, writa
     by_path = {rec.path: rec for rec in known.values()}
     for disk in disks:
         record = by_path.get(disk.path)
-        marker = _inspect(disk)
+        marker = disk.inspect()
         owner = known.get(marker.uuid) if marker.uuid is not None else None
         listing = _listing(disk) if record is None and marker.problem is None and marker.uuid is None else LISTING_NOT_NEEDED
         state, reason, action, uuid = classify_store(record, marker, listing, owner=owner, writable=writable)
@@ -189,24 +204,6 @@ def attach(disks: list[Disk], index: Index, *, now_s: float | None = None, writa
             disk.uuid = disk.initialise()
             index.put_store(StoreRecord(disk.uuid, disk.path, STATE_OK, "initialised", now_s))
         disk.state, disk.reason = state, reason
-
-
-def _inspect(disk: Disk) -> MarkerSeen:
-    try:
-        mode = os.stat(disk.path).st_mode
-    except FileNotFoundError:
-        return MarkerSeen(problem="directory does not exist")
-    except OSError as exc:  # EIO, ENOTCONN...: a dead disk, not a missing directory
-        return MarkerSeen(problem=f"cannot reach the store: {os.strerror(exc.errno or 0)}")
-    if not stat.S_ISDIR(mode):
-        return MarkerSeen(problem="not a directory")
-    try:
-        marker = disk.read_marker()
-    except OSError as exc:
-        return MarkerSeen(problem=f"cannot read marker: {os.strerror(exc.errno or 0)}")
-    except StoreError as exc:
-        return MarkerSeen(problem=str(exc))
-    return MarkerSeen() if marker is None else MarkerSeen(uuid=marker[0], format=marker[1])
 
 
 def _listing(disk: Disk) -> str:

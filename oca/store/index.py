@@ -343,23 +343,22 @@ class Index:
         if os.getpid() != self._pid:
             raise IndexError_("an LMDB index must not be used across fork(); open it in the child")
 
-    def _read(self) -> lmdb.Transaction:
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        """A transaction; a map another process grew is adopted first."""
         self._guard()
-        try:
-            return self.env.begin(buffers=False)
-        except lmdb.MapResizedError:
-            self.env.set_mapsize(0)
-            return self.env.begin(buffers=False)
-
-    def _write(self) -> lmdb.Transaction:
-        self._guard()
-        if self.readonly:
+        if write and self.readonly:
             raise IndexError_(f"{self.path}: index was opened read-only")
         try:
-            return self.env.begin(write=True)
+            return self.env.begin(write=write, buffers=False)
         except lmdb.MapResizedError:
             self.env.set_mapsize(0)
-            return self.env.begin(write=True)
+            return self.env.begin(write=write, buffers=False)
+
+    def _read(self) -> lmdb.Transaction:
+        return self._begin(write=False)
+
+    def _write(self) -> lmdb.Transaction:
+        return self._begin(write=True)
 
     def _grow_map(self) -> None:
         """Double the map (sparse on disk); other processes adopt it at their next transaction."""
@@ -582,6 +581,11 @@ class Index:
             self._bump(txn, b"*")
         return n
 
+    def _bump_stores_version(self, txn: lmdb.Transaction) -> None:
+        """Tell every process's `locate` cache that the stores changed."""
+        version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
+        txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+
     @_writer
     def put_store(self, record: StoreRecord) -> None:
         """Record a store; a change of working state bumps the generation."""
@@ -590,8 +594,7 @@ class Index:
             old = txn.get(key, db=self._stores)
             old_state = None if old is None else StoreRecord.unpack(record.uuid, old).state
             txn.put(key, record.pack(), db=self._stores)
-            version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
-            txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+            self._bump_stores_version(txn)
             if old_state != record.state and (old_state == STATE_OK or record.state == STATE_OK):
                 self._bump(txn, b"*")
 
@@ -599,8 +602,7 @@ class Index:
     def delete_store(self, uuid: str) -> None:
         with self._write() as txn:
             txn.delete(uuid.encode(), db=self._stores)
-            version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
-            txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+            self._bump_stores_version(txn)
             self._bump(txn, b"*")
 
     @_writer
