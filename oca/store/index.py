@@ -127,7 +127,10 @@ def hold_index(index_path: str, *, exclusive: bool) -> int:
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise IndexError_(f"{lock_path}: cannot open the index's lock file: {exc.strerror}") from None
+        try:  # a reader that may not write beside the index can still lock an existing file
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise IndexError_(f"{lock_path}: cannot open the index's lock file: {exc.strerror}") from None
     try:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except OSError as exc:
