@@ -330,14 +330,11 @@ def _rebuild(index_path: str, disks: list[Disk], open_index: Callable[[str], Ind
     best: dict[str, tuple[Entry, Disk]] = {}
     try:
         for disk in disks:
-            if not os.path.isdir(disk.path):
-                report.stores.append(f"{disk.path}: skipped (directory does not exist)")
+            seen = disk.inspect()
+            if seen.problem is not None or seen.uuid is None:
+                report.stores.append(f"{disk.path}: skipped ({seen.problem or 'no store marker'})")
                 continue
-            marker = disk.read_marker()
-            if marker is None:
-                report.stores.append(f"{disk.path}: skipped (no store marker)")
-                continue
-            disk.uuid = marker[0]
+            disk.uuid = seen.uuid
             prior = old_states.get(disk.uuid)
             state = prior.state if prior is not None and prior.path == disk.path else STATE_OK
             reason = prior.reason if prior is not None and state != STATE_OK else "rebuilt"

@@ -1182,3 +1182,14 @@ def test_symlinks_under_objects_are_never_indexed(tmp_path):
         assert maintenance.check(cs, now_s=FAKE_NOW).consistent
     finally:
         cs.close()
+
+
+def test_rebuild_index_skips_a_store_whose_marker_is_unreadable(tmp_path):
+    """One bad marker must not abort a rebuild halfway, after the old index was moved aside."""
+    cfg = write_cfg(tmp_path, 2)
+    before, _uuids = _populate(cfg, n_per_store=2)
+    (tmp_path / "store1" / MARKER_NAME).write_text("{not json")
+    proc = admin(cfg, "rebuild-index", check=True)
+    assert f"{tmp_path / 'store1'}: skipped (" in proc.stdout and "unreadable" in proc.stdout
+    assert "index rebuilt: 2 entries" in proc.stdout
+    assert set(_entry_keys(cfg)) == {k for k in before if k.startswith("s0-")}
