@@ -13,6 +13,9 @@ Rules checked (issue 15 §2):
    above all three packages, may.
 4. No import cycles between modules. Imports inside functions count (they
    run, only later); imports under `if TYPE_CHECKING:` do not.
+5. Cross-process flags are the store's business (issue 15 §1): no module
+   outside `oca.store` calls `get_flag`/`set_flag`; they use the typed
+   records that `ContentStore` exposes (`oca.store.flags`).
 
 Violations that other branches are removing are listed in
 `KNOWN_VIOLATIONS`, each with the branch that removes it. An entry that no
@@ -81,6 +84,11 @@ KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
         "fill's shell; no branch has taken this yet",
     ("pure-does-io", "fill.window", "os.environ.get"): "as above: fill.window.zone()",
     ("pure-does-io", "fill.window", "os.path.realpath"): "as above: fill.window.zone()",
+    ("flags-outside-store", "oca.server.app", "get_flag"): "hard-server: reads ContentStore.drain()/routes()/fill_status()",
+    ("flags-outside-store", "oca.server.metrics", "get_flag"): "hard-server: reads ContentStore.drain()/fill_status()",
+    ("flags-outside-store", "fill.agent", "get_flag"): "hard-fill: ContentStore.fill_status()/unchosen()",
+    ("flags-outside-store", "fill.agent", "set_flag"): "hard-fill: ContentStore.set_fill_status()/set_unchosen()",
+    ("flags-outside-store", "fill.cli", "get_flag"): "hard-fill: ContentStore.fill_status()",
     ("pure-does-io", "oca.settings", "open()"):
         "oca.settings.read_toml reads the file; it belongs with the callers' shells (oca.config, "
         "steering.config); no branch has taken this yet",
@@ -252,9 +260,23 @@ def violations() -> set[tuple[str, str, str]]:
             for imp in imports_of(name):
                 if imp.split(".")[0] in ("fill", "steering"):
                     found.add(("oca-imports-fill" if imp.startswith("fill") else "oca-imports-steering", name, imp))
+        if not name.startswith("oca.store"):
+            for call in flag_calls(name):
+                found.add(("flags-outside-store", name, call))
     for cycle in cycles():
         found.add(("cycle", cycle[0], " -> ".join(cycle + [cycle[0]])))
     return found
+
+
+def flag_calls(name: str) -> set[str]:
+    """`get_flag`/`set_flag` called anywhere in `name`."""
+    path = modules()[name]
+    tree = ast.parse(path.read_text(), str(path))
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get_flag", "set_flag")
+    }
 
 
 def cycles() -> list[list[str]]:
@@ -325,7 +347,7 @@ def test_the_tree_is_read():
 
 
 @pytest.mark.parametrize("rule", ["pure-imports-io", "pure-does-io", "steering-reaches", "oca-imports-fill",
-                                  "oca-imports-steering", "cycle"])
+                                  "oca-imports-steering", "cycle", "flags-outside-store"])
 def test_imports_follow_the_design(rule):
     found = {v for v in violations() if v[0] == rule}
     known = {k for k in KNOWN_VIOLATIONS if k[0] == rule}
