@@ -5,7 +5,9 @@ Rules kept here:
 - Publishing is atomic: bytes go to a temporary file in the target store,
   are fsynced, renamed into place, the directory is fsynced, and only then is
   the index committed. A crash at any point leaves either nothing visible or
-  the whole file; `check` cleans up the leftovers.
+  the whole file; `check` cleans up the leftovers. When the commit fails (the
+  index cannot grow, its disk fails) the renamed file is removed again: no
+  file stays in `objects/` without its entry.
 - Removal deletes the index entry first, then the file. A transfer still
   reading a removed file keeps its open descriptor and finishes normally.
 - A publish or remove holds the maintenance lock shared; `check` and
@@ -50,7 +52,7 @@ from oca.store.disks import (
     is_disk_failure,
 )
 from oca.store import flags
-from oca.store.index import STATE_FAILED, STATE_OK, Entry, Index, StoreRecord
+from oca.store.index import STATE_FAILED, STATE_OK, Entry, Index, IndexError_, StoreRecord
 from oca.store.layout import (
     MARKER_NAME,
     PARTIAL_DIR,
@@ -312,21 +314,31 @@ class ContentStore:
         relpath = object_relpath(content_id, checksum, mtime_s)
         final = disk.join(relpath)
         fan_dir = os.path.dirname(final)
+        assert disk.uuid is not None
+        entry = Entry(content_id, disk.uuid, relpath, size, checksum, int(mtime_s), time.time(), float(popularity))
         with self.maintenance_lock(exclusive=False):
             try:
                 if not os.path.isdir(fan_dir):
                     os.makedirs(fan_dir, exist_ok=True)
                     fsync_dir(os.path.dirname(fan_dir))
                     fsync_dir(os.path.dirname(os.path.dirname(fan_dir)))
+                # The same name means the same id, checksum and mtime: the same bytes,
+                # already indexed. Such a file must survive a failed commit below.
+                existed = os.path.lexists(final)
                 os.rename(tmp_path, final)
                 fsync_dir(fan_dir)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_path)
                 self._raise_for(disk, exc, "publishing")
-            assert disk.uuid is not None
-            entry = Entry(content_id, disk.uuid, relpath, size, checksum, int(mtime_s), time.time(), float(popularity))
-            old = self.index.put(entry)
+            try:
+                old = self.index.put(entry)
+            except IndexError_ as exc:
+                # No file renamed into place stays without its index entry.
+                if not existed:
+                    with contextlib.suppress(OSError):
+                        os.unlink(final)
+                raise StoreError(f"{content_id}: not published: {exc}") from exc
         if old is not None and (old.store_uuid, old.relpath) != (entry.store_uuid, entry.relpath):
             self._unlink_entry_file(old)
         return entry
