@@ -198,7 +198,8 @@ class FillRun:
         self.stop_event = asyncio.Event()
         self._last_status_write = 0.0
         self.outcomes: dict[str, Outcome] = {}
-        self.claimed: dict[str, dict[str, int]] = {}  # store uuid -> content id -> bytes a download in progress will still write
+        # store uuid -> content id -> (size, partial path) of the downloads in progress there
+        self.claimed: dict[str, dict[str, tuple[int, str]]] = {}
         self.delete_budget = DeleteBudget(None, None)
         self.site: tuple[SiteAppliance, ...] = ()
         self.inventories: dict[str, frozenset[str]] = {}
@@ -422,12 +423,22 @@ class FillRun:
         return None
 
     def _claimed(self) -> dict[str, int]:
-        return {uuid: sum(per.values()) for uuid, per in self.claimed.items()}
+        """Store uuid → bytes the downloads in progress there will still write (what is written is already not free)."""
+        out = {}
+        for uuid, per in self.claimed.items():
+            total = 0
+            for size, path in per.values():
+                try:
+                    total += max(0, size - os.path.getsize(path))
+                except OSError:
+                    total += size
+            out[uuid] = total
+        return out
 
     def _placement(self, f: ManifestFile, need: int, only: str | None) -> Placement:
         return place(need, self.cs.rooms(), self._claimed(), self.if_needed, held_places(self.cs), self.delete_budget, only=only)
 
-    def _make_room(self, f: ManifestFile, disk, need: int) -> None:
+    def _make_room(self, f: ManifestFile, disk, need: int, partial_path: str) -> None:
         """Carry out the placement's deletions on `disk` (called once the source has answered)."""
         decision = self._placement(f, need, disk.uuid)
         if decision.store_uuid is None:
@@ -437,7 +448,7 @@ class FillRun:
             if not self._delete(cid, sizes.get(cid, ("", 0))[1], f"room for {f.content_id}"):
                 raise Skip(f"no room: the deletion budget is spent ({self.delete_budget.describe()} left)")
             self.if_needed.remove(cid)
-        self.claimed.setdefault(disk.uuid, {})[f.content_id] = need
+        self.claimed.setdefault(disk.uuid, {})[f.content_id] = (f.size, partial_path)
 
     async def _fill_one(self, session: aiohttp.ClientSession, f: ManifestFile) -> Outcome | None:
         """Carry out one file's placement and download; None when the run stopped under it."""
@@ -455,11 +466,11 @@ class FillRun:
         if decision.store_uuid is None or disk is None or partial is None:
             return Outcome(SKIPPED, f"no room for {f.size} bytes: {decision.reason}")
         if not decision.evictions:
-            self.claimed.setdefault(disk.uuid, {})[f.content_id] = need
+            self.claimed.setdefault(disk.uuid, {})[f.content_id] = (f.size, partial.data_path)
 
         async def on_answer(offset: int) -> None:
             if f.content_id not in self.claimed.get(disk.uuid, {}):
-                self._make_room(f, disk, max(0, f.size - offset))
+                self._make_room(f, disk, max(0, f.size - offset), partial.data_path)
 
         last_error = "no sources"
         mismatches = 0

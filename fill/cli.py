@@ -83,36 +83,52 @@ def run(argv: list[str] | None = None) -> int:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    cfg, fc = load_fill_config(args.config)
     if args.command == "status":
-        from oca.store.content import ContentStore
-
-        cs = ContentStore.open(cfg, writable=False)
-        try:
-            st = cs.fill_status()
-        finally:
-            cs.close()
-        doc = {
-            "last": None if st.last is None else dict(st.last),
-            "current": None if st.current is None else dict(st.current),
-            "warnings": [fc.unsigned_http_warning] if fc.unsigned_http_warning else [],
-            "daemon": _read_daemon_state(cfg.index.path),
-        }
-        print(json.dumps(doc, indent=1))
-        return 0
+        return _status(args.config)
+    if args.command == "run" and args.daemon:
+        # The daemon loads the config on every turn of its supervised loop: a
+        # bad [fill] is a failure it reports and retries, not an exit.
+        return asyncio.run(_daemon(args.config, args.force))
+    cfg, fc = load_fill_config(args.config)
     if args.command == "plan":
         return _plan(cfg, fc)
     if args.command == "run":
         from fill.agent import run_fill
 
-        if not args.daemon:
-            try:
-                return asyncio.run(run_fill(cfg, fc, ignore_window=args.ignore_window, force=args.force))
-            except RunLocked as exc:
-                print(f"oca-fill: {exc}", file=sys.stderr)
-                return EX_TEMPFAIL
-        return asyncio.run(_daemon(args.config, args.force))
+        try:
+            return asyncio.run(run_fill(cfg, fc, ignore_window=args.ignore_window, force=args.force))
+        except RunLocked as exc:
+            print(f"oca-fill: {exc}", file=sys.stderr)
+            return EX_TEMPFAIL
     return 2
+
+
+def _status(config_path: str) -> int:
+    """The status record, the config's warnings and the daemon's supervision; works with a broken [fill] too."""
+    from oca.errors import ConfigError
+    from oca.store.content import ContentStore
+
+    cfg = load_config(config_path)
+    warnings: list[str] = []
+    try:
+        _cfg, fc = load_fill_config(config_path)
+        if fc.unsigned_http_warning:
+            warnings.append(fc.unsigned_http_warning)
+    except ConfigError as exc:
+        warnings.append(f"config: {exc}")
+    cs = ContentStore.open(cfg, writable=False)
+    try:
+        st = cs.fill_status()
+    finally:
+        cs.close()
+    doc = {
+        "last": None if st.last is None else dict(st.last),
+        "current": None if st.current is None else dict(st.current),
+        "warnings": warnings,
+        "daemon": _read_daemon_state(cfg.index.path),
+    }
+    print(json.dumps(doc, indent=1))
+    return 0
 
 
 def _plan(cfg, fc) -> int:

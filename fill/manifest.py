@@ -234,13 +234,13 @@ def check_fresh(generated_s: int | None, newest_accepted_s: int | None, now_s: f
     """
     if generated_s is None:
         raise ManifestError("generated_s: required, so that an old manifest cannot be replayed")
+    age_s = now_s - generated_s
+    if age_s > max_age_s:
+        raise ManifestError(f"generated_s: the manifest is {age_s / 3600:.1f} h old (limit {max_age_s / 3600:g} h)")
     if newest_accepted_s is not None and generated_s < newest_accepted_s:
         raise ManifestError(
             f"generated_s: {generated_s} is older than the newest manifest accepted ({newest_accepted_s}); replayed?"
         )
-    age_s = now_s - generated_s
-    if age_s > max_age_s:
-        raise ManifestError(f"generated_s: the manifest is {age_s / 3600:.1f} h old (limit {max_age_s / 3600:g} h)")
     if -age_s > MAX_FUTURE_S:
         raise ManifestError(f"generated_s: {generated_s} is {-age_s:.0f} s in the future (limit {MAX_FUTURE_S} s)")
 
