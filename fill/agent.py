@@ -313,7 +313,8 @@ class FillRun:
         reason = self.stop_reason or ("nightly budget reached" if self.budget_skipped else "done")
         for f in plan.adds:
             if f.content_id not in self.outcomes:
-                self.record(f, Outcome(SKIPPED, f"run stopped ({reason}) before it finished; a partial download is kept for the next run"))
+                kept = " (its partial download is kept for the next run)" if self._partial_for(f) is not None else ""
+                self.record(f, Outcome(SKIPPED, f"run stopped ({reason}) before this file was finished{kept}"))
         return self._finish(reason, 1 if st.files_failed else 0)
 
     def _finish(self, reason: str, code: int) -> int:

@@ -525,7 +525,7 @@ def test_read_popularity(tmp_path, text, expected):
         ("a one\n", ":1:", "'one' is not a number"),
         ("a 1\nb -1\n", ":2:", "must be a finite number >= 0"),
         ("a nan\n", ":1:", "must be a finite number >= 0"),
-        ("a inf\n", ":1:", "must be a finite number >= 0"),  # fill/manifest.py fix
+        ("a inf\n", ":1:", "must be a finite number >= 0"),  # as parse_manifest refuses them
         ("\n\n\na -Infinity\n", ":4:", "must be a finite number >= 0"),
     ],
     ids=["one field", "three fields", "not a number", "negative", "nan", "inf", "-inf"],
@@ -547,8 +547,8 @@ def test_read_popularity_line_errors_name_the_line(tmp_path, text, where, words)
         ('{"a": "1"}', "popularity of 'a'"),
         ('{"a": true}', "popularity of 'a'"),
         ('{"a": null}', "popularity of 'a'"),
-        ('{"a": NaN}', "popularity of 'a'"),  # fill/manifest.py fix
-        ('{"a": Infinity}', "popularity of 'a'"),  # fill/manifest.py fix
+        ('{"a": NaN}', "popularity of 'a'"),  # as parse_manifest refuses them
+        ('{"a": Infinity}', "popularity of 'a'"),  # as parse_manifest refuses them
     ],
     ids=["truncated", "negative", "string", "bool", "null", "NaN", "Infinity"],
 )
