@@ -110,10 +110,10 @@ def test_every_file_ends_failed_with_its_reason_whatever_the_origin_does(tmp_pat
 # ---------------------------------------------------------------- the deletion guard on a full appliance
 
 
-def full_appliance(tmp_path: Path, tmpfs: Tmpfs, www: Path, origin: OriginProcess, **fill) -> tuple[Path, dict]:
-    """A 32 MiB store holding four 6 MB files (the manifest of the day before), nearly full."""
+def full_appliance(tmp_path: Path, tmpfs: Tmpfs, www: Path, origin: OriginProcess, n: int, size: int, **fill) -> tuple[Path, dict]:
+    """A 32 MiB store holding `n` files of `size` bytes (the manifest of the day before), nearly full."""
     store = tmpfs.mount(tmp_path / "store0", "32m")
-    old = {f"old-{i}.mp4": 6 * MB for i in range(4)}
+    old = {f"old-{i}.mp4": size for i in range(n)}
     make_files(www / "files", old, seed=400)
     doc = build_manifest(www / "files", origin.url("files/"), {n: 1.0 for n in old})
     publish(doc, www / "manifest.json")
@@ -124,9 +124,9 @@ def full_appliance(tmp_path: Path, tmpfs: Tmpfs, www: Path, origin: OriginProces
     return cfg, doc
 
 
-def reshuffle(www: Path, origin_of_new: OriginProcess, old_doc: dict) -> dict:
-    """Four new, far more popular 6 MB titles (only `origin_of_new` has them); the old ones stay listed, unchosen."""
-    new = {f"new-{i}.mp4": 6 * MB for i in range(4)}
+def reshuffle(www: Path, origin_of_new: OriginProcess, old_doc: dict, size: int) -> dict:
+    """Four new, far more popular titles (only `origin_of_new` has them); the old ones stay listed, unchosen."""
+    new = {f"new-{i}.mp4": size for i in range(4)}
     make_files(www / "new", new, seed=401)
     new_doc = build_manifest(www / "new", origin_of_new.url("new/"), {n: 1000.0 for n in new})
     doc = dict(old_doc, files=old_doc["files"] + new_doc["files"], generated_s=int(time.time()))
@@ -135,22 +135,28 @@ def reshuffle(www: Path, origin_of_new: OriginProcess, old_doc: dict) -> dict:
 
 
 @root_only
-def test_a_truncating_origin_cannot_empty_a_full_appliance(tmp_path, tmpfs):
+@pytest.mark.parametrize("mode,most_deleted", [("truncate", 2), ("500", 0)])
+def test_a_bad_origin_cannot_empty_a_full_appliance(tmp_path, tmpfs, mode, most_deleted):
     """Defect 4: make_room deleted held files before the download; a
-    reshuffled manifest plus an origin that truncates emptied the store."""
+    reshuffled manifest plus an origin that truncates emptied the store.
+    Room is made only once the source has sent its first bytes (a 500 costs
+    nothing), and never past max_delete_share (a truncating origin sends some)."""
     www = tmp_path / "www"
-    with OriginProcess(www, free_port(), "ok") as good, OriginProcess(www, free_port(), "truncate") as bad:
-        cfg, old_doc = full_appliance(tmp_path, tmpfs, www, good, max_delete_share=0.5)
-        doc = reshuffle(www, bad, old_doc)
+    with OriginProcess(www, free_port(), "ok") as good, OriginProcess(www, free_port(), mode) as bad:
+        # Four 8 MB files, 1.5 MB free; four new 8 MB titles replace them all in the plan.
+        cfg, old_doc = full_appliance(tmp_path, tmpfs, www, good, 4, 8 * MB, max_delete_share=0.5)
+        doc = reshuffle(www, bad, old_doc, 8 * MB)
         plan = oca_fill(cfg, "plan", check=True).stdout
-        assert "delete-if-needed old-" in plan and "deletes now: 0 files" in plan, plan
+        assert plan.count("delete-if-needed old-") == 4 and plan.count("add new-") == 4 and "deletes now: 0 files" in plan, plan
         run = oca_fill(cfg, "run", timeout=120)
     last = status(cfg)["last"]
     left = held(cfg)
-    print(f"after the reshuffle with a truncating origin: {last['files_deleted']} of 4 held deleted, {len(left)} left, "
+    print(f"after the reshuffle with a {mode} origin: {last['files_deleted']} of 4 held deleted, {len(left)} left, "
           f"{last['files_added']} added, {last['files_failed']} failed, {last['files_skipped']} skipped")
-    assert last["files_deleted"] <= 2, last  # max_delete_share 0.5 of 4 files, every path counted
-    assert len(left) >= 2 and all(cid.startswith("old-") for cid in left)
+    assert last["files_deleted"] <= most_deleted, last  # max_delete_share 0.5 of 4 files, every path counted
+    assert len(left) >= 4 - most_deleted and all(cid.startswith("old-") for cid in left)
+    if mode == "truncate":
+        assert "deletion budget" in run.stderr, run.stderr
     assert last["files_added"] == 0
     assert_every_file_accounted(run.stderr, last, [f["id"] for f in doc["files"] if f["id"].startswith("new-")])
     assert_store_sound(cfg, {k: v for k, v in expected(old_doc).items() if k in left})
@@ -160,14 +166,15 @@ def test_a_truncating_origin_cannot_empty_a_full_appliance(tmp_path, tmpfs):
 def test_a_full_appliance_still_fills_deleting_within_the_budget(tmp_path, tmpfs):
     www = tmp_path / "www"
     with OriginProcess(www, free_port(), "ok") as good:
-        cfg, old_doc = full_appliance(tmp_path, tmpfs, www, good, max_delete_share=0.75)
-        doc = reshuffle(www, good, old_doc)
+        # Five 6 MB files, 3.5 MB free: four new 6 MB titles need four deletions.
+        cfg, old_doc = full_appliance(tmp_path, tmpfs, www, good, 5, 6 * MB, max_delete_share=0.8)
+        doc = reshuffle(www, good, old_doc, 6 * MB)
         run = oca_fill(cfg, "run", timeout=120)
     assert run.returncode == 0, run.stderr
     last = status(cfg)["last"]
     got = held(cfg)
     assert {cid for cid in got if cid.startswith("new-")} == {f"new-{i}.mp4" for i in range(4)}, (last, run.stderr)
-    assert 1 <= last["files_deleted"] <= 3
+    assert last["files_deleted"] == 4 and len(got) == 5
     assert_every_file_accounted(run.stderr, last, [f"new-{i}.mp4" for i in range(4)])
     assert_store_sound(cfg, {k: v for k, v in expected(doc).items() if k in got})
 
