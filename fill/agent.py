@@ -93,7 +93,6 @@ class Outcome:
 
     kind: str
     reason: str = ""
-    checksum_mismatches: int = 0
 
 
 class Skip(FillError):
@@ -201,6 +200,7 @@ class FillRun:
         # store uuid -> content id -> (size, partial path) of the downloads in progress there
         self.claimed: dict[str, dict[str, tuple[int, str]]] = {}
         self.delete_budget = DeleteBudget(None, None)
+        self.places: dict[str, tuple[str, int]] = {}  # held id -> (store uuid, size), read once per run
         self.site: tuple[SiteAppliance, ...] = ()
         self.inventories: dict[str, frozenset[str]] = {}
         self.if_needed: list[str] = []
@@ -284,12 +284,12 @@ class FillRun:
                     f"manifest refused: it would delete {plan.delete_share:.0%} of what this appliance holds "
                     f"(limit {self.fc.max_delete_share:.0%}); run with --force if that is intended", 1,
                 )
-            places = held_places(self.cs)
+            self.places = held_places(self.cs)
             self.delete_budget = DeleteBudget.of_share(
-                self.fc.max_delete_share, len(places), sum(size for _u, size in places.values()), unlimited=self.force,
+                self.fc.max_delete_share, len(self.places), sum(size for _u, size in self.places.values()), unlimited=self.force,
             )
             for cid in plan.delete_now:
-                self._delete(cid, places.get(cid, ("", 0))[1], "no longer listed or unchosen past the grace period")
+                self._delete(cid, "no longer listed or unchosen past the grace period")
             self.cs.set_unchosen(Unchosen(MappingProxyType(dict(plan.unchosen_since))))
             self.site = site_of(manifest, self.cfg.appliance.id, self.cfg.appliance.site)
             self.inventories = await self._peer_inventories(session) if self.fc.peer_fill else {}
@@ -330,12 +330,14 @@ class FillRun:
         self.save_status(final=True)
         return code
 
-    def _delete(self, cid: str, size: int, why: str) -> bool:
+    def _delete(self, cid: str, why: str) -> bool:
         """Delete one held file if the run's deletion budget allows it (checked before each deletion)."""
+        size = self.places.get(cid, ("", 0))[1]
         if not self.delete_budget.allows(1, size):
             self.progress.log(f"kept {cid}: deleting it ({why}) would pass the run's deletion budget ({self.delete_budget.describe()} left)")
             return False
         self.delete_budget = self.delete_budget.spend(1, size)
+        self.places.pop(cid, None)
         if self.cs.remove(cid) is not None:
             self.status.files_deleted += 1
             self.progress.log(f"deleted {cid} ({why})")
@@ -437,16 +439,15 @@ class FillRun:
         return out
 
     def _placement(self, f: ManifestFile, need: int, only: str | None) -> Placement:
-        return place(need, self.cs.rooms(), self._claimed(), self.if_needed, held_places(self.cs), self.delete_budget, only=only)
+        return place(need, self.cs.rooms(), self._claimed(), self.if_needed, self.places, self.delete_budget, only=only)
 
     def _make_room(self, f: ManifestFile, disk, need: int, partial_path: str) -> None:
         """Carry out the placement's deletions on `disk` (called once the source has answered)."""
         decision = self._placement(f, need, disk.uuid)
         if decision.store_uuid is None:
             raise Skip(f"no room: {decision.reason}")
-        sizes = held_places(self.cs)
         for cid in decision.evictions:
-            if not self._delete(cid, sizes.get(cid, ("", 0))[1], f"room for {f.content_id}"):
+            if not self._delete(cid, f"room for {f.content_id}"):
                 raise Skip(f"no room: the deletion budget is spent ({self.delete_budget.describe()} left)")
             self.if_needed.remove(cid)
         self.claimed.setdefault(disk.uuid, {})[f.content_id] = (f.size, partial_path)
@@ -474,7 +475,6 @@ class FillRun:
                 self._make_room(f, disk, max(0, f.size - offset), partial.data_path)
 
         last_error = "no sources"
-        mismatches = 0
         for url in self._sources(f):
             delay = self.fc.backoff_s
             for attempt in range(1, self.fc.retries + 1):
@@ -491,7 +491,6 @@ class FillRun:
                     return Outcome(SKIPPED, str(exc))
                 except SourceError as exc:
                     if isinstance(exc, ChecksumMismatch):
-                        mismatches += 1
                         self.status.checksum_mismatches += 1
                     last_error = str(exc)
                     self.progress.log(f"{f.content_id}: {exc} (attempt {attempt})")
@@ -513,14 +512,16 @@ class FillRun:
                         partial.discard()
                         return Outcome(FAILED, f"publish failed: {exc}")
                     partial.discard()  # the data file was renamed; this removes the sidecar
-                    return Outcome(ADDED, f"from {url.split('?')[0]}", mismatches)
+                    return Outcome(ADDED, f"from {url.split('?')[0]}")
                 if attempt < self.fc.retries:
                     try:
                         await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
                         return None
                     except asyncio.TimeoutError:
                         delay *= 2
-        return Outcome(FAILED, f"every source failed; last: {last_error}", mismatches)
+        if partial.checkpoint == 0 and os.path.exists(partial.data_path) and os.path.getsize(partial.data_path) == 0:
+            partial.discard()  # no source sent a byte: leave no empty partial behind
+        return Outcome(FAILED, f"every source failed; last: {last_error}")
 
 
 def rcvbuf_bytes(rate_limit_mbps: float | None, concurrency: int) -> int | None:
