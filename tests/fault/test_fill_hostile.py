@@ -12,7 +12,6 @@ deleted beyond `fill.max_delete_share`; nothing unverified was published
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import time
