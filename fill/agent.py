@@ -149,8 +149,13 @@ def capacity_bytes(cs: ContentStore, held: dict[str, Held], *, count_new_stores:
 
 
 def would_initialise(disk) -> bool:
-    """A store a writer (`oca-fill run`, `oca-admin check`) would initialise: empty, no marker, not in service yet."""
-    return not disk.working and disk.reason.startswith("new store not initialised")
+    """A store a writer (`oca-fill run`, `oca-admin check`) would initialise: not in service, no marker, empty."""
+    if disk.working or disk.uuid is not None:
+        return False
+    try:
+        return disk.read_marker() is None and disk.is_empty()
+    except (OSError, StoreError):
+        return False
 
 
 def newest_accepted(cs: ContentStore) -> int | None:
