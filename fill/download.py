@@ -52,6 +52,7 @@ import aiohttp
 import xxhash
 
 from fill.errors import ChecksumMismatch, DiskFullError, FillError, SourceError
+from fill.fetch import MAX_REDIRECTS
 from fill.manifest import ManifestFile
 from fill.resume import FAIL, RESTART, resume_action
 
@@ -68,7 +69,6 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 SYNC_AFTER_BYTES = CHECKPOINT_BYTES - 2 * (WRITE_BATCH + READ_CHUNK)
 
 
-MAX_REDIRECTS = 5  # a redirect loop fails the source after this many hops
 _CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp >= 3.10
 
 

@@ -22,7 +22,7 @@ from fill.errors import FillError, InventoryError, ManifestError
 from fill.inventory import parse_inventory
 from fill.manifest import Manifest, parse_manifest
 
-MAX_REDIRECTS = 5
+MAX_REDIRECTS = 5  # for every request of the agent: a redirect loop fails the source after this many hops
 READ_CHUNK = 256 << 10
 
 
