@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
+from fill.errors import ManifestError
 from oca.checksum import hash_file
-
-from oca.errors import OcaError
 from oca.ids import is_valid_id
 
 FORMAT = "oca-manifest"
@@ -54,8 +53,12 @@ _TOP_KEYS = {"format", "version", "generated_s", "files", "sites", "signature"}
 _APPLIANCE_KEYS = {"id", "url", "weight"}
 
 
-class ManifestError(OcaError):
-    """The manifest is malformed, unsigned when it must be, or badly signed."""
+# Bounds that no real file reaches and that keep arithmetic on them exact.
+MAX_FILE_BYTES = 1 << 50  # 1 PiB
+MAX_UNIX_S = 1 << 40  # year 36812
+# A manifest dated this far past our clock is refused: accepted, it would make
+# every honest manifest look older than it until the clock caught up.
+MAX_FUTURE_S = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,8 @@ def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None,
     """Validate a manifest document; raise `ManifestError` naming the bad field."""
     try:
         doc = json.loads(raw)
+    except RecursionError:
+        raise ManifestError("manifest is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -139,8 +144,8 @@ def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None,
     if version > VERSION or version < 1:
         raise ManifestError(f"version: {version} is not supported (this agent reads version {VERSION})")
     generated = doc.get("generated_s")
-    if generated is not None and not _is_int(generated):
-        raise ManifestError("generated_s: must be an integer (unix seconds)")
+    if generated is not None and (not _is_int(generated) or not 0 <= generated <= MAX_UNIX_S):
+        raise ManifestError("generated_s: must be a non-negative integer (unix seconds)")
     signed_by = _check_signature(doc, keys or {}, require_signature)
     files_raw = doc.get("files")
     if not isinstance(files_raw, list):
@@ -201,13 +206,13 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     seen.add(cid)
     where = f"{where} ({cid})"
     size = item["size"]
-    if not _is_int(size) or size < 0:
-        raise ManifestError(f"{where}.size: must be a non-negative integer")
+    if not _is_int(size) or not 0 <= size <= MAX_FILE_BYTES:
+        raise ManifestError(f"{where}.size: must be an integer from 0 to {MAX_FILE_BYTES}")
     checksum = item["xxh128"]
     if not isinstance(checksum, str) or len(checksum) != 32 or any(c not in "0123456789abcdef" for c in checksum):
         raise ManifestError(f"{where}.xxh128: must be 32 lowercase hex digits")
     mtime = item["mtime"]
-    if not _is_int(mtime) or mtime < 0:
+    if not _is_int(mtime) or not 0 <= mtime <= MAX_UNIX_S:
         raise ManifestError(f"{where}.mtime: must be a non-negative integer (unix seconds)")
     pop = item["popularity"]
     if not _is_number(pop) or pop < 0 or pop != pop or pop == float("inf"):
@@ -219,11 +224,32 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     return ManifestFile(cid, size, checksum, mtime, float(pop), urls)
 
 
+def check_fresh(generated_s: int | None, newest_accepted_s: int | None, now_s: float, max_age_s: float) -> None:
+    """Refuse a replayed or stale manifest; `ManifestError` names `generated_s`.
+
+    A manifest must carry `generated_s`; it may be as old as the newest one
+    accepted before (the same manifest fetched again) but not older (a
+    rollback), no older than `max_age_s`, and no more than MAX_FUTURE_S ahead
+    of `now_s`.
+    """
+    if generated_s is None:
+        raise ManifestError("generated_s: required, so that an old manifest cannot be replayed")
+    age_s = now_s - generated_s
+    if age_s > max_age_s:
+        raise ManifestError(f"generated_s: the manifest is {age_s / 3600:.1f} h old (limit {max_age_s / 3600:g} h)")
+    if newest_accepted_s is not None and generated_s < newest_accepted_s:
+        raise ManifestError(
+            f"generated_s: {generated_s} is older than the newest manifest accepted ({newest_accepted_s}); replayed?"
+        )
+    if -age_s > MAX_FUTURE_S:
+        raise ManifestError(f"generated_s: {generated_s} is {-age_s:.0f} s in the future (limit {MAX_FUTURE_S} s)")
+
+
 def _check_signature(doc: dict, keys: Mapping[str, bytes], required: bool) -> str | None:
     sig = doc.get("signature")
     if sig is None:
         if required:
-            raise ManifestError("signature: the manifest is not signed, and fill.require_signed_manifest is set")
+            raise ManifestError("signature: the manifest is not signed, and fill.require_signed_manifest is in force")
         return None
     if not isinstance(sig, dict) or set(sig) != {"key_id", "hmac"} or not all(isinstance(v, str) for v in sig.values()):
         raise ManifestError("signature: must be {\"key_id\": ..., \"hmac\": ...}")

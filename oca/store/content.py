@@ -282,6 +282,10 @@ class ContentStore:
                 ingest.abort()
                 raise
 
+    def partial_dir(self, disk: Disk) -> str:
+        """The directory where the fill agent keeps `disk`'s resumable downloads (left alone by check)."""
+        return disk.join(PARTIAL_DIR)
+
     def partial_path(self, disk: Disk, name: str) -> str:
         """Where the fill agent keeps a resumable download (left alone by check)."""
         return disk.join(f"{PARTIAL_DIR}/{name}")

@@ -108,7 +108,9 @@ def publish(doc: dict | str | bytes, path: Path) -> None:
 
 def fill_table(manifest_url: str, **settings) -> str:
     lines = ["[fill]", f'manifest_url = "{manifest_url}"']
-    defaults = {"backoff_s": 0.1, "retries": 2, "read_timeout_s": 10, "connect_timeout_s": 5}
+    # The test origins are plain http and most tests publish unsigned manifests:
+    # say so explicitly (the default would require a signature over http).
+    defaults = {"backoff_s": 0.1, "retries": 2, "read_timeout_s": 10, "connect_timeout_s": 5, "require_signed_manifest": False}
     for key, value in {**defaults, **settings}.items():
         if isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
