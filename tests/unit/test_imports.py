@@ -74,8 +74,6 @@ CLOCK_NAMES = frozenset({"time.time", "time.monotonic", "time.perf_counter", "ti
 
 # (rule, module, what) -> why it is still here. Delete an entry when its branch is merged.
 KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
-    ("oca-imports-fill", "oca.config", "fill.window"):
-        "hard-fill: FillConfig and check_window move to fill/ (issue 15 §2)",
     ("pure-imports-io", "fill.plan", "fill.manifest"):
         "fill.manifest imports oca.checksum (file hashing): the manifest's types or its hashing must "
         "move so that the plan stays pure; no branch has taken this yet",
@@ -86,9 +84,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
     ("pure-does-io", "fill.window", "os.path.realpath"): "as above: fill.window.zone()",
     ("flags-outside-store", "oca.server.app", "get_flag"): "hard-server: reads ContentStore.drain()/routes()/fill_status()",
     ("flags-outside-store", "oca.server.metrics", "get_flag"): "hard-server: reads ContentStore.drain()/fill_status()",
-    ("flags-outside-store", "fill.agent", "get_flag"): "hard-fill: ContentStore.fill_status()/unchosen()",
-    ("flags-outside-store", "fill.agent", "set_flag"): "hard-fill: ContentStore.set_fill_status()/set_unchosen()",
-    ("flags-outside-store", "fill.cli", "get_flag"): "hard-fill: ContentStore.fill_status()",
     ("pure-does-io", "oca.settings", "open()"):
         "oca.settings.read_toml reads the file; it belongs with the callers' shells (oca.config, "
         "steering.config); no branch has taken this yet",
