@@ -58,7 +58,8 @@ from fill.progress import Progress
 from fill.plan import DeleteBudget, Held, Placement, Plan, holders_with, place, plan_fill, site_of
 from fill.ratelimit import TokenBucket
 from fill.runlock import run_lock
-from fill.window import parse_window, seconds_left, zone
+from fill.localzone import zone
+from fill.window import parse_window, seconds_left
 from oca.config import Config
 from oca.signing import signed_path
 from oca.store.content import ContentStore

@@ -70,7 +70,8 @@ def run(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.error("a command is required")
     if args.command == "manifest":
-        from fill.manifest import build_manifest, read_popularity, sign
+        from fill.manifest import sign
+        from fill.manifest_build import build_manifest, read_popularity
 
         pop = read_popularity(args.popularity) if args.popularity else None
         doc = build_manifest(args.dir, args.base_url, pop, now_s=int(time.time()))
@@ -232,7 +233,8 @@ async def _wait(stop: asyncio.Event, timeout_s: float) -> bool:
 
 async def _daemon_loop(config_path: str, force: bool, stop: asyncio.Event, publish_state) -> None:
     from fill.agent import run_fill
-    from fill.window import parse_window, seconds_left, seconds_until_open, zone
+    from fill.localzone import zone
+    from fill.window import parse_window, seconds_left, seconds_until_open
 
     loop = asyncio.get_running_loop()
     while not stop.is_set():

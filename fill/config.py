@@ -26,9 +26,9 @@ from oca.settings import (
     check_timezone,
     in_range,
     load_section,
-    read_toml,
     setting,
 )
+from oca.tomlfile import read_toml
 from oca.settings import documented_keys as _documented_keys
 
 

@@ -1,7 +1,7 @@
 """The manifest: what a content provider or control plane says to hold.
 
 This module is the one definition of the schema (README shows it). Nothing
-here performs network I/O; `build_manifest` reads a directory.
+here performs I/O: `fill.manifest_build` reads directories and hashes files.
 
     {
       "format": "oca-manifest",
@@ -37,13 +37,11 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from fill.errors import ManifestError
-from oca.checksum import hash_file
 from oca.ids import is_valid_id
 
 FORMAT = "oca-manifest"
@@ -110,11 +108,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_url(url: Any, where: str) -> str:
+def check_url(url: Any, where: str) -> str:
     if not isinstance(url, str):
         raise ManifestError(f"{where}: must be a URL string")
     parts = urlsplit(url)
@@ -179,10 +177,10 @@ def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None,
             if aid in ids:
                 raise ManifestError(f"{w}.id: {aid!r} is listed twice in the site")
             ids.add(aid)
-            url = _check_url(m.get("url"), f"{w}.url")
+            url = check_url(m.get("url"), f"{w}.url")
             weight = m.get("weight", 1.0)
             # Finite too: an infinite weight (JSON "Infinity") would take every file.
-            if not _is_number(weight) or not 0 < weight < float("inf"):
+            if not is_number(weight) or not 0 < weight < float("inf"):
                 raise ManifestError(f"{w}.weight: must be a number greater than 0")
             out.append(SiteAppliance(aid, url.rstrip("/"), float(weight)))
         sites[site] = tuple(out)
@@ -215,12 +213,12 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     if not _is_int(mtime) or not 0 <= mtime <= MAX_UNIX_S:
         raise ManifestError(f"{where}.mtime: must be a non-negative integer (unix seconds)")
     pop = item["popularity"]
-    if not _is_number(pop) or pop < 0 or pop != pop or pop == float("inf"):
+    if not is_number(pop) or pop < 0 or pop != pop or pop == float("inf"):
         raise ManifestError(f"{where}.popularity: must be a finite number >= 0")
     sources = item["sources"]
     if not isinstance(sources, list) or not sources:
         raise ManifestError(f"{where}.sources: must be a non-empty list of URLs")
-    urls = tuple(_check_url(u, f"{where}.sources[{k}]") for k, u in enumerate(sources))
+    urls = tuple(check_url(u, f"{where}.sources[{k}]") for k, u in enumerate(sources))
     return ManifestFile(cid, size, checksum, mtime, float(pop), urls)
 
 
@@ -261,75 +259,3 @@ def _check_signature(doc: dict, keys: Mapping[str, bytes], required: bool) -> st
     if not hmac.compare_digest(signature_for(doc, secret), sig["hmac"]):
         raise ManifestError(f"signature.hmac: does not match the manifest (key {sig['key_id']!r}); altered or truncated?")
     return sig["key_id"]
-
-
-
-
-def read_popularity(path: str) -> dict[str, float]:
-    """A JSON object {id: popularity}, or lines "id popularity" ('#' comments)."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if text.lstrip().startswith("{"):
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise ManifestError(f"{path}: not valid JSON: {exc}") from None
-        out = {}
-        for k, v in doc.items():
-            # NaN and infinity refused here too (parse_manifest refuses them, so
-            # build_manifest would otherwise emit a manifest no agent accepts).
-            if not _is_number(v) or not 0 <= v < float("inf"):
-                raise ManifestError(f"{path}: popularity of {k!r} must be a finite number >= 0")
-            out[k] = float(v)
-        return out
-    out = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ManifestError(f"{path}:{lineno}: expected 'id popularity'")
-        try:
-            value = float(parts[1])
-        except ValueError:
-            raise ManifestError(f"{path}:{lineno}: {parts[1]!r} is not a number") from None
-        if not 0 <= value < float("inf"):  # also NaN and inf, as parse_manifest does
-            raise ManifestError(f"{path}:{lineno}: popularity must be a finite number >= 0")
-        out[parts[0]] = value
-    return out
-
-
-def build_manifest(directory: str, base_url: str, popularity: Mapping[str, float] | None = None, *, now_s: int | None = None) -> dict:
-    """A manifest document for the files directly in `directory`."""
-    if not os.path.isdir(directory):
-        raise ManifestError(f"{directory}: not a directory")
-    _check_url(base_url, "--base-url")
-    base = base_url if base_url.endswith("/") else base_url + "/"
-    popularity = dict(popularity or {})
-    files = []
-    names = sorted(os.listdir(directory))
-    present = set()
-    for name in names:
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path) or os.path.islink(path):
-            continue  # subdirectories are not descended
-        if not is_valid_id(name):
-            raise ManifestError(f"{path}: file name {name!r} is not a valid content id")
-        present.add(name)
-        checksum, size = hash_file(path)
-        files.append({
-            "id": name,
-            "size": size,
-            "xxh128": checksum,
-            "mtime": int(os.stat(path).st_mtime),
-            "popularity": popularity.get(name, 0.0),
-            "sources": [base + quote(name)],
-        })
-    unknown = sorted(set(popularity) - present)
-    if unknown:
-        raise ManifestError(f"popularity given for files not in {directory}: {', '.join(unknown[:5])}")
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "files": files}
-    if now_s is not None:
-        doc["generated_s"] = now_s
-    return doc

@@ -39,9 +39,9 @@ from oca.settings import (
     mapping_setting,
     one_of,
     parse_host_port,
-    read_toml,
     setting,
 )
+from oca.tomlfile import read_toml
 
 DEFAULT_CONFIG_PATH = "/etc/oca/oca.toml"
 # Tables of this file that other programs read and validate (`fill.config`).

@@ -20,15 +20,14 @@ from fill.manifest import (
     ManifestError,
     ManifestFile,
     SiteAppliance,
-    build_manifest,
     canonical_bytes,
     check_fresh,
     parse_manifest,
-    read_popularity,
     sign,
     signature_for,
 )
 from fill.errors import FillError
+from fill.manifest_build import build_manifest, read_popularity
 from oca.errors import OcaError
 
 SUM = "0123456789abcdef0123456789abcdef"
