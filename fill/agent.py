@@ -126,13 +126,13 @@ class RunStatus:
 
 def held_files(cs: ContentStore) -> dict[str, Held]:
     working = {d.uuid for d in cs.disks if d.working}
-    return {e.content_id: Held(e.content_id, e.size, e.checksum, e.popularity) for e in cs.index.entries() if e.store_uuid in working}
+    return {e.content_id: Held(e.content_id, e.size, e.checksum, e.popularity) for e in cs.entries() if e.store_uuid in working}
 
 
 def held_places(cs: ContentStore) -> dict[str, tuple[str, int]]:
     """content id → (store uuid, size) of what working stores hold."""
     working = {d.uuid for d in cs.disks if d.working}
-    return {e.content_id: (e.store_uuid, e.size) for e in cs.index.entries() if e.store_uuid in working}
+    return {e.content_id: (e.store_uuid, e.size) for e in cs.entries() if e.store_uuid in working}
 
 
 def capacity_bytes(cs: ContentStore, held: dict[str, Held], *, count_new_stores: bool = False) -> int:

@@ -138,6 +138,14 @@ class ContentStore:
 
     # ------------------------------------------------------------ lookups
 
+    def entries(self) -> Iterator[Entry]:
+        """Every indexed entry, servable or not (on failed stores too): for planning and reports."""
+        return self.index.entries()
+
+    def store_records(self) -> dict[str, StoreRecord]:
+        """What the index records of each store (state, reason), by UUID."""
+        return self.index.stores()
+
     def disk(self, uuid: str) -> Disk | None:
         for d in self.disks:
             if d.uuid == uuid:
