@@ -342,6 +342,22 @@ class ContentStore:
                 self._unlink_entry_file(old)
         return old
 
+    def withdraw(self, content_id: str, path: str) -> bool:
+        """Take `content_id` out of service while the index still maps it to `path`.
+
+        For a server that found the file gone, of another size, or a link:
+        the entry is deleted (so /inventory stops listing it), the file is
+        left for `check`. A republished entry (another path) is kept. True
+        when an entry was deleted.
+        """
+        entry = self.index.get(content_id)
+        if entry is None:
+            return False
+        disk = self.disk(entry.store_uuid)
+        if disk is None or disk.join(entry.relpath) != path:
+            return False
+        return self.index.delete(content_id, only_if=entry) is not None
+
     def _unlink_entry_file(self, entry: Entry) -> None:
         disk = self.disk(entry.store_uuid)
         if disk is None:
