@@ -188,6 +188,7 @@ class Master:
     workers: list[WorkerProc] = field(default_factory=list)
     crash_times: list[float] = field(default_factory=list)
     stopping: bool = False
+    index: Index | None = None  # the parent's own index (routes, store attach on reload)
     missing: list[int] = field(default_factory=list)  # slots whose spawn failed, to spawn again
 
     def free_slot(self) -> int:
@@ -307,7 +308,7 @@ class Master:
             log("reload refused: workers from the last reload are still finishing; try again shortly")
             return
         try:
-            init_stores(cfg)
+            init_stores(cfg, self.index)
         except (OcaError, OSError) as exc:
             log(f"reload refused: stores: {exc}")
             return
@@ -389,11 +390,15 @@ class LoadSampler:
         self.last_t, self.last_bytes, self.last_nic = now, total, nic
 
 
-def init_stores(cfg: Config) -> None:
-    """Attach the configured stores once, in the parent, initialising new empty ones."""
-    store = ContentStore.open(cfg, writable=True)
+def init_stores(cfg: Config, index: Index | None = None) -> None:
+    """Attach the configured stores, in the parent, initialising new empty ones.
+
+    With `index` (the parent's own, open for routes) it is used and left open.
+    """
+    store = ContentStore.open(cfg, writable=True, index=index)
     failed = [f"{d.path} ({d.reason})" for d in store.disks if not d.working]
-    store.close()
+    if index is None:
+        store.close()
     for f in failed:
         log(f"store failed: {f}")
 
@@ -419,6 +424,7 @@ def serve(config_path: str) -> int:
     )
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
     routes_index = Index(cfg.index.path, map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)), max_readers=cfg.index.max_readers)
+    master.index = routes_index
     routes = RoutesManager(routes_index, log)
     routes.configure(cfg.routes.static, cfg.routes.kernel_table, cfg.routes.kernel_protocols)
     sampler = LoadSampler(stats, cfg.appliance.nic_capacity_mbps)

@@ -137,6 +137,7 @@ class Worker:
 
     def _task_failed(self, name: str) -> None:
         self.stats.add(S.C_TASK_FAILURES)
+        self._publish_tasks_down()
 
     def _publish_tasks_down(self) -> None:
         self.stats.counters[self.stats.base + S.C_TASKS_DOWN] = S.task_bits(self.supervisor.down(), S.WORKER_TASKS)
@@ -145,9 +146,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         stats = self.stats
         kinds = {"header": S.C_TIMEOUT_HEADER, "idle": S.C_TIMEOUT_IDLE, "send": S.C_TIMEOUT_SEND}
+        self._publish_tasks_down()  # running again: this slot's bits clear
         while True:
             await asyncio.sleep(1.0 if not self.stopping else 0.1)
-            self._publish_tasks_down()
             now = loop.time()
             for conn in list(self.conns):
                 kind = conn.expire(now)

@@ -89,13 +89,14 @@ class ContentStore:
         self._lock_path = os.path.join(index.path, LOCK_NAME)
 
     @classmethod
-    def open(cls, cfg: Config, *, writable: bool = True) -> "ContentStore":
-        """Open the index and attach the configured stores (call after fork)."""
-        index = Index(
-            cfg.index.path,
-            map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)),
-            max_readers=cfg.index.max_readers,
-        )
+    def open(cls, cfg: Config, *, writable: bool = True, index: Index | None = None) -> "ContentStore":
+        """Open the index (or use `index`, already open in this process) and attach the configured stores (call after fork)."""
+        if index is None:
+            index = Index(
+                cfg.index.path,
+                map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)),
+                max_readers=cfg.index.max_readers,
+            )
         disks = [Disk(s.path, s.reserve_percent) for s in cfg.stores]
         attach(disks, index, writable=writable)
         if writable:
