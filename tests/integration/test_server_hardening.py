@@ -199,3 +199,96 @@ def test_fd_cache_size_zero_closes_every_descriptor(tmp_path, files):
         time.sleep(0.2)  # the last connections' close reaches the worker
         after = _open_fds(pids)
         assert after - before < 5, f"{after - before} descriptors leaked over {6 * n} responses"
+
+
+# ---------------------------------------------------------------- defect 8: /inventory off the serving loop
+
+
+def _fill_index(cfg: Path, entries: int, prefix: str) -> int:
+    """Write `entries` index entries (no files: /inventory only lists ids) through the real index; returns the generation."""
+    from oca.config import load_config
+    from oca.store.content import ContentStore
+    from oca.store.index import Entry
+
+    cs = ContentStore.open(load_config(str(cfg)), writable=True)
+    try:
+        store_uuid = cs.disks[0].uuid
+        batch = [Entry(f"{prefix}-{i:07d}.bin", store_uuid, f"objects/xx/{prefix}-{i:07d}", 1000, "0" * 32, 1_600_000_000, 0.0, 0.0)
+                 for i in range(entries)]
+        for i in range(0, entries, 5000):
+            cs.index.put_many(batch[i : i + 5000])
+        return cs.generation()
+    finally:
+        cs.close()
+
+
+def _timed_get(host: str, port: int, path: str) -> tuple[int, bytes, float]:
+    t0 = time.perf_counter()
+    r = request(host, port, path)
+    return r.status, r.body, time.perf_counter() - t0
+
+
+def test_cold_inventory_walks_stay_off_the_serving_loop(tmp_path):
+    """Defect 8: 30 concurrent cold `/inventory?since=` walked a 100k journal on the loop; /health waited seconds."""
+    import threading
+
+    cfg, host, port = make_appliance(tmp_path, {}, workers=2, stores=1)
+    generation = _fill_index(cfg, 100_000, "inv")
+    since = generation - 99_000
+    with running(cfg, host, port):
+        health: list[float] = []
+        stop = threading.Event()
+
+        def probe() -> None:
+            while not stop.is_set():
+                status, _, dt = _timed_get(host, port, "/health")
+                assert status == 200
+                health.append(dt)
+                time.sleep(0.01)
+
+        answers: list[bytes] = []
+
+        def client() -> None:
+            status, body, _ = _timed_get(host, port, f"/inventory?since={since}&limit=100000")
+            assert status == 200
+            answers.append(body)
+
+        prober = threading.Thread(target=probe)
+        prober.start()
+        clients = [threading.Thread(target=client) for _ in range(30)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(60)
+        stop.set()
+        prober.join(10)
+        assert len(answers) == 30 and len(set(answers)) == 1, "every client gets the same answer"
+        doc = json.loads(answers[0])
+        assert doc["kind"] == "delta" and len(doc["added"]) == 99_000 and doc["generation"] == generation
+        assert max(health) < 0.6, f"/health took up to {max(health) * 1000:.0f} ms while inventories were built"
+
+
+def test_inventory_delta_pages_add_up_to_the_whole_change(tmp_path):
+    """Defect 8: `?since=G&limit=N` pages the journal; following `generation` until `latest` gives every change."""
+    cfg, host, port = make_appliance(tmp_path, {}, workers=1, stores=1)
+    g0 = _fill_index(cfg, 10, "early")
+    generation = _fill_index(cfg, 2_500, "page")
+    with running(cfg, host, port, workers=1):
+        seen: list[str] = []
+        g, pages = g0, 0
+        while True:
+            r = request(host, port, f"/inventory?since={g}&limit=1000")
+            assert r.status == 200
+            doc = json.loads(r.body)
+            assert doc["kind"] == "delta" and doc["since"] == g
+            seen += doc["added"]
+            pages += 1
+            assert doc["more"] == (doc["generation"] < doc["latest"])
+            if not doc["more"]:
+                break
+            assert doc["generation"] == g + 1000
+            g = doc["generation"]
+        assert pages == 3 and doc["generation"] == generation == doc["latest"]
+        assert sorted(seen) == [f"page-{i:07d}.bin" for i in range(2_500)]
+        r = request(host, port, f"/inventory?since={generation}")
+        assert json.loads(r.body)["kind"] == "unchanged"
