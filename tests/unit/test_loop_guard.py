@@ -33,7 +33,7 @@ def test_a_failing_step_is_logged_counted_marked_down_and_retried_with_back_off(
     assert "Traceback" in logs[0] and "task spawn failed (1 in a row), retrying in 0.5 s" in logs[0]
     assert stats.header[S.H_PARENT_TASK_FAILURES] == 1
     assert S.bit_names(int(stats.header[S.H_PARENT_TASKS_DOWN]), S.PARENT_TASKS) == ["spawn"]
-    assert guard.down() == {"spawn": "OSError: [Errno 11] Resource temporarily unavailable"}
+    assert guard.down() == {"spawn": "BlockingIOError: [Errno 11] Resource temporarily unavailable"}
     assert guard.due() == 100.5
     guard.retry(100.4)
     assert len(calls) == 1  # not yet due
