@@ -191,7 +191,7 @@ class App:
                 return self.error_response(503, "content unavailable: store error", close)
         entry.used = self.loop.time()
         resp = self._content_response(req, entry, path_range, close)
-        if resp.on_done is None and entry.retired:
+        if entry.retired and resp.on_done is None:
             self.fds.unused(entry)  # a body-less answer never holds the descriptor
         return resp
 
@@ -256,8 +256,8 @@ class App:
 
     def _file_response(self, req: Request, entry: CachedFile, status: int, offset: int, count: int, content_range: str | None) -> Response:
         close = not req.keep_alive
-        fields = entry.block if content_range is None else entry.block + b"Content-Range: %s\r\n" % content_range.encode()
-        head = build_head(status, self.dates.get(), fields, count, close)
+        more = b"" if content_range is None else b"Content-Range: %s\r\n" % content_range.encode()
+        head = build_head(status, self.dates.get(), entry.block, count, close, more)
         if req.method == "HEAD" or count == 0:
             return Response(status, head, [], 0, close)
         resp = Response(status, head, [(entry.fd, offset, count)], count, close)
