@@ -92,7 +92,7 @@ class App:
         self.control_policy = control.ControlPolicy.from_config(cfg.server.control_allow, cfg.server.control_token)
         self.tasks_down = tasks_down  # this worker's supervised tasks that are down: name → reason
         self.task_failures = task_failures
-        self._inventory_cache: dict[tuple, bytes] = {}  # (kind, since, limit, generation) → body
+        self._inventory_cache: dict[tuple, bytes] = {}  # (kind, ..., generation) → body; only the current generation
         self._building: dict[tuple, asyncio.Future] = {}  # the same keys, while a thread builds them
         self._withdrawing: set[str] = set()
         self.shutting_down = False
@@ -442,7 +442,7 @@ class App:
         if q.since is not None and q.since == generation:
             doc = {"appliance": appliance, "generation": generation, "since": q.since, "kind": "unchanged"}
             return self._simple(200, "application/json", json.dumps(doc).encode() + b"\n", req)
-        key: tuple = ("full", generation) if q.since is None else ("delta", q.since, q.limit, generation)
+        key: tuple = ("full", generation) if q.since is None else ("delta", q.since, q.limit, q.paged, generation)
         body = self._inventory_cache.get(key)
         if body is not None:
             return self._simple(200, "application/json", body, req)
@@ -457,8 +457,9 @@ class App:
                     if changes.kind == "delta":
                         doc["added"] = list(changes.added)
                         doc["removed"] = list(changes.removed)
-                        doc["latest"] = changes.latest
-                        doc["more"] = changes.more
+                        if q.paged:
+                            doc["latest"] = changes.latest
+                            doc["more"] = changes.more
                     return json.dumps(doc).encode() + b"\n"
             gen, ids = index.inventory()
             return json.dumps({"appliance": appliance, "generation": gen, "kind": "full", "count": len(ids), "ids": ids}).encode() + b"\n"

@@ -26,9 +26,11 @@ from urllib.parse import parse_qsl
 CONTROL_PATHS = frozenset(("/health", "/inventory", "/metrics", "/routes"))
 MAX_DIGITS = 19  # below 2**63: the index's generations are unsigned 64-bit, never that large
 # A delta page reads at most this many journal records unless `limit` says
-# fewer (about 2 µs a record in a thread: 20 ms a page). The answer's
+# otherwise (about 2 µs a record in a thread: 20 ms a page). The answer's
 # `generation` is where the page ends, so a reader that continues with
-# `since=<generation>` gets the rest, paged or not.
+# `since=<generation>` gets the rest, paged or not. Only a client that gave
+# `limit` gets the `latest` and `more` fields, so the answer's shape is
+# unchanged for clients that do not page.
 DELTA_PAGE_DEFAULT = 10_000
 DELTA_PAGE_MAX = 100_000
 
@@ -107,13 +109,14 @@ def parse_count(params: dict[str, str], name: str, low: int = 0, high: int | Non
 class InventoryQuery:
     since: int | None  # None: the full inventory
     limit: int  # journal records read at most for a delta
+    paged: bool = False  # the client gave `limit`: the answer says `latest` and `more`
 
 
 def parse_inventory_query(query: str) -> InventoryQuery:
     params = parse_query(query)
     since = parse_count(params, "since")
     limit = parse_count(params, "limit", 1, DELTA_PAGE_MAX)
-    return InventoryQuery(since, DELTA_PAGE_DEFAULT if limit is None else limit)
+    return InventoryQuery(since, DELTA_PAGE_DEFAULT if limit is None else limit, limit is not None)
 
 
 def parse_routes_query(query: str) -> int | None:

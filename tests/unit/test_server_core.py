@@ -76,8 +76,8 @@ QUERY_CASES = [
     ("", InventoryQuery(None, DELTA_PAGE_DEFAULT)),
     ("since=5", InventoryQuery(5, DELTA_PAGE_DEFAULT)),
     ("since=0", InventoryQuery(0, DELTA_PAGE_DEFAULT)),
-    ("since=5&limit=10", InventoryQuery(5, 10)),
-    (f"since=5&limit={DELTA_PAGE_MAX}", InventoryQuery(5, DELTA_PAGE_MAX)),
+    ("since=5&limit=10", InventoryQuery(5, 10, True)),
+    (f"since=5&limit={DELTA_PAGE_MAX}", InventoryQuery(5, DELTA_PAGE_MAX, True)),
     ("since=9999999999999999999", InventoryQuery(9999999999999999999, DELTA_PAGE_DEFAULT)),
     ("since=5&other=x", InventoryQuery(5, DELTA_PAGE_DEFAULT)),  # unknown parameters are ignored
     ("since=%C2%B2", "since"),  # superscript two: str.isdigit() says yes
