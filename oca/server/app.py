@@ -333,11 +333,9 @@ class App:
         own = self.tasks_down()
         for name, reason in sorted(own.items()):
             out.append({"status": "degraded", "reason": f"task {name} is down in worker slot {self.stats.slot}: {reason}"})
-        counters = self.stats.counters
-        for slot in range(self.stats.slots):
-            if slot == self.stats.slot:
+        for slot, bits in enumerate(self.stats.counters[S.C_TASKS_DOWN :: S.SLOT_COUNTERS].tolist()):
+            if not bits or slot == self.stats.slot:
                 continue
-            bits = counters[slot * S.SLOT_COUNTERS + S.C_TASKS_DOWN]
             for name in S.bit_names(bits, S.WORKER_TASKS):
                 out.append({"status": "degraded", "reason": f"task {name} is down in worker slot {slot}"})
         for name in S.bit_names(int(self.stats.header[S.H_PARENT_TASKS_DOWN]), S.PARENT_TASKS):

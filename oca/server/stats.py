@@ -125,17 +125,13 @@ class SharedStats:
     # ---------------------------------------------------------------- readers
 
     def total(self, index: int) -> int:
-        c = self.counters
-        return sum(c[s * SLOT_COUNTERS + index] for s in range(self.slots))
+        return sum(self.counters[index::SLOT_COUNTERS].tolist())
 
     def totals(self) -> list[int]:
-        c = self.counters
-        out = [0] * SLOT_COUNTERS
-        for s in range(self.slots):
-            base = s * SLOT_COUNTERS
-            for i in range(SLOT_COUNTERS):
-                out[i] += c[base + i]
-        return out
+        # One copy out of shared memory, then strided sums in C: the block has
+        # a slot for every worker the config allows, mostly unused.
+        values = self.counters.tolist()
+        return [sum(values[i::SLOT_COUNTERS]) for i in range(SLOT_COUNTERS)]
 
     def slot_value(self, slot: int, index: int) -> int:
         return self.counters[slot * SLOT_COUNTERS + index]
