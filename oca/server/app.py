@@ -43,7 +43,7 @@ import errno
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl
 
 from oca import __version__
@@ -55,7 +55,6 @@ from oca.server import control
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.fdcache import CachedFile, FdCache, SizeMismatch
-from oca.server.metrics import MetricsSnapshot, StoreFigures, render
 from oca.server.responses import (
     _ERROR_FIELDS,
     _PREFLIGHT_FIELDS,
@@ -72,6 +71,9 @@ from oca.server.responses import (
 )
 from oca.signing import verify
 from oca.store.content import ContentStore
+
+if TYPE_CHECKING:
+    from oca.server.metrics import MetricsSnapshot
 
 class App:
     def __init__(self, cfg: Config, store: ContentStore, stats: S.SharedStats, log: AccessLog, loop: asyncio.AbstractEventLoop,
@@ -399,7 +401,10 @@ class App:
         body = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
         return self._simple(503 if doc["status"] == "down" else 200, "application/json", body, req)
 
-    def metrics_snapshot(self) -> MetricsSnapshot:
+    def metrics_snapshot(self) -> "MetricsSnapshot":
+        # Imported on first scrape: prometheus-client costs a worker about 3 MiB.
+        from oca.server.metrics import MetricsSnapshot, StoreFigures
+
         records = self.store.index.stores()
         figures = []
         for disk in self.store.disks:
@@ -419,6 +424,8 @@ class App:
         )
 
     def metrics(self, req: Request) -> Response:
+        from oca.server.metrics import render
+
         return self._simple(200, "text/plain; version=0.0.4; charset=utf-8", render(self.metrics_snapshot()), req)
 
     def routes(self, req: Request) -> Response:
