@@ -79,6 +79,12 @@ def check_index_path(value: str) -> str:
     return os.path.normpath(value)
 
 
+def check_control_token(value: str) -> str:
+    if not 16 <= len(value) <= 256 or not value.isascii() or not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError("must be 16 to 256 printable ASCII characters without spaces")
+    return value
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -118,7 +124,14 @@ class ServerConfig:
     max_ranges: int = setting(16, doc="Ranges in one request; more → 200 with the whole file (nginx max_ranges).", check=lambda v: in_range(v, 0, 1024))
     shutdown_timeout_s: float = setting(30, doc="On SIGTERM or reload, time in-flight responses get to finish.", check=check_positive)
     cache_control: str = setting("no-store", doc="Cache-Control of content responses (errors always send no-store).")
-    control_allow: tuple[str, ...] = setting((), doc="CIDRs allowed to use /health, /inventory, /routes and /metrics; empty: everyone.", check=lambda v: check_cidrs(v))
+    control_allow: tuple[str, ...] = setting(
+        (), doc="CIDRs allowed to use /health, /inventory, /routes and /metrics besides loopback (always allowed); "
+        "empty: loopback only; 0.0.0.0/0 and ::/0: everyone.", check=lambda v: check_cidrs(v)
+    )
+    control_token: str | None = setting(
+        None, doc="When set, control endpoints also need 'Authorization: Bearer <token>' (16 to 256 printable ASCII characters).",
+        check=lambda v: check_control_token(v),
+    )
     access_log: str = setting("", doc="Access log: '' off, '-' stdout, or a file path (reopened on SIGUSR1).")
     access_log_format: str = setting("combined", doc="'combined' (nginx's) or 'json'.", check=lambda v: one_of(v, ("combined", "json")))
     fd_cache_size: int = setting(1000, doc="Open file descriptors kept per worker (nginx open_file_cache max).", check=lambda v: in_range(v, 0, 1 << 20))

@@ -91,13 +91,14 @@ class ContentStore:
         self._lock_path = os.path.join(index.path, LOCK_NAME)
 
     @classmethod
-    def open(cls, cfg: Config, *, writable: bool = True) -> "ContentStore":
-        """Open the index and attach the configured stores (call after fork)."""
-        index = Index(
-            cfg.index.path,
-            map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)),
-            max_readers=cfg.index.max_readers,
-        )
+    def open(cls, cfg: Config, *, writable: bool = True, index: Index | None = None) -> "ContentStore":
+        """Open the index (or use `index`, already open in this process) and attach the configured stores (call after fork)."""
+        if index is None:
+            index = Index(
+                cfg.index.path,
+                map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)),
+                max_readers=cfg.index.max_readers,
+            )
         disks = [Disk(s.path, s.reserve_percent) for s in cfg.stores]
         attach(disks, index, writable=writable)
         if writable:
@@ -365,6 +366,22 @@ class ContentStore:
             if old is not None:
                 self._unlink_entry_file(old)
         return old
+
+    def withdraw(self, content_id: str, path: str) -> bool:
+        """Take `content_id` out of service while the index still maps it to `path`.
+
+        For a server that found the file gone, of another size, or a link:
+        the entry is deleted (so /inventory stops listing it), the file is
+        left for `check`. A republished entry (another path) is kept. True
+        when an entry was deleted.
+        """
+        entry = self.index.get(content_id)
+        if entry is None:
+            return False
+        disk = self.disk(entry.store_uuid)
+        if disk is None or disk.join(entry.relpath) != path:
+            return False
+        return self.index.delete(content_id, only_if=entry) is not None
 
     def _unlink_entry_file(self, entry: Entry) -> None:
         disk = self.disk(entry.store_uuid)

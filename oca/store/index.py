@@ -39,7 +39,7 @@ import functools
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import lmdb
@@ -212,9 +212,14 @@ class Changes:
     """What `changes_since` found: kind is "unchanged", "delta" or "full"."""
 
     kind: str
-    generation: int
+    generation: int  # the generation this answer brings its reader to
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    latest: int = field(default=0, compare=False)  # the index's generation when read (> generation: more pages follow)
+
+    @property
+    def more(self) -> bool:
+        return self.latest > self.generation
 
 
 def _migrate_1_to_2(txn: lmdb.Transaction, env: lmdb.Environment) -> None:
@@ -476,32 +481,45 @@ class Index:
             ]
         return generation, ids
 
-    def changes_since(self, since: int) -> Changes:
+    def changes_since(self, since: int, limit: int | None = None) -> Changes:
         """What changed in the servable set after generation `since`.
 
         "full" when the journal no longer reaches back that far, or when a
-        store changed state in between (too many ids moved to list).
+        store changed state in between (too many ids moved to list). With
+        `limit`, at most that many journal records are read: the answer's
+        `generation` is the last one read, and `latest` says how far the
+        journal goes, so a reader continues with `since=generation`.
+        The walk is a Python loop over a cursor (about 2 µs a record): call
+        it from a thread, never from a serving event loop.
         """
         with self._read() as txn:
             generation = _U64.unpack(txn.get(_K_GENERATION, db=self._meta))[0]
             if since == generation:
-                return Changes("unchanged", generation)
+                return Changes("unchanged", generation, latest=generation)
             if since > generation or since < 1:
-                return Changes("full", generation)
+                return Changes("full", generation, latest=generation)
             cursor = txn.cursor(db=self._journal)
             if not cursor.first() or _U64.unpack(cursor.key())[0] > since + 1:
-                return Changes("full", generation)
+                return Changes("full", generation, latest=generation)
             if not cursor.set_range(_U64.pack(since + 1)):
-                return Changes("full", generation)
+                return Changes("full", generation, latest=generation)
             state: dict[str, bool] = {}
-            for _key, raw in cursor:
+            reached = since
+            budget = limit if limit is not None else -1
+            for key, raw in cursor:
+                if budget == 0:
+                    break
+                budget -= 1
                 op, name = raw[:1], bytes(raw[1:]).decode("ascii")
                 if op == b"*":
-                    return Changes("full", generation)
+                    return Changes("full", generation, latest=generation)
                 state[name] = op == b"+"
+                reached = _U64.unpack(key)[0]
+            if limit is None:
+                reached = generation
         added = tuple(sorted(k for k, v in state.items() if v))
         removed = tuple(sorted(k for k, v in state.items() if not v))
-        return Changes("delta", generation, added, removed)
+        return Changes("delta", reached, added, removed, latest=generation)
 
     def get_flag(self, name: str) -> str | None:
         with self._read() as txn:
