@@ -346,7 +346,7 @@ class App:
 
     def health_document(self) -> dict:
         cfg = self.cfg
-        records = self.store.index.stores()
+        records = self.store.store_records()
         stores = []
         conditions = []
         working = 0
@@ -361,6 +361,9 @@ class App:
             else:
                 conditions.append({"status": "degraded", "reason": f"store {disk.path} failed: {reason}"})
         conditions.extend(self.task_conditions())
+        routes_down = self.store.routes().down
+        if routes_down:
+            conditions.append({"status": "degraded", "reason": f"task {routes_down} (parent process)"})
         if self.store.drain() is not None:
             conditions.append({"status": "draining", "reason": "drained by operator"})
         if working == 0:
@@ -405,7 +408,7 @@ class App:
         # Imported on first scrape: prometheus-client costs a worker about 3 MiB.
         from oca.server.metrics import MetricsSnapshot, StoreFigures
 
-        records = self.store.index.stores()
+        records = self.store.store_records()
         figures = []
         for disk in self.store.disks:
             rec = records.get(disk.uuid or "")
@@ -451,12 +454,12 @@ class App:
         body = self._inventory_cache.get(key)
         if body is not None:
             return self._simple(200, "application/json", body, req)
-        index = self.store.index
+        store = self.store
 
         def build() -> bytes:
             # A thread with its own read transactions: the serving loop never walks the index.
             if q.since is not None:
-                changes = index.changes_since(q.since, q.limit)
+                changes = store.changes_since(q.since, q.limit)
                 if changes.kind != "full":
                     doc: dict[str, Any] = {"appliance": appliance, "generation": changes.generation, "since": q.since, "kind": changes.kind}
                     if changes.kind == "delta":
@@ -466,7 +469,7 @@ class App:
                             doc["latest"] = changes.latest
                             doc["more"] = changes.more
                     return json.dumps(doc).encode() + b"\n"
-            gen, ids = index.inventory()
+            gen, ids = store.inventory()
             return json.dumps({"appliance": appliance, "generation": gen, "kind": "full", "count": len(ids), "ids": ids}).encode() + b"\n"
 
         shared = self._building.get(key)

@@ -52,7 +52,7 @@ from oca.store.disks import (
     is_disk_failure,
 )
 from oca.store import flags
-from oca.store.index import STATE_FAILED, STATE_OK, Entry, Index, IndexError_, StoreRecord
+from oca.store.index import STATE_FAILED, STATE_OK, Changes, Entry, Index, IndexError_, StoreRecord
 from oca.store.layout import (
     MARKER_NAME,
     PARTIAL_DIR,
@@ -142,6 +142,10 @@ class ContentStore:
     def entries(self) -> Iterator[Entry]:
         """Every indexed entry, servable or not (on failed stores too): for planning and reports."""
         return self.index.entries()
+
+    def changes_since(self, since: int, limit: int | None = None) -> Changes:
+        """The journal's changes after generation `since` (at most `limit` records). Walks LMDB: call off the serving loop."""
+        return self.index.changes_since(since, limit)
 
     def store_records(self) -> dict[str, StoreRecord]:
         """What the index records of each store (state, reason), by UUID."""

@@ -31,22 +31,6 @@ from tests.support import write_config
 MTIME = 1_600_000_000
 
 
-class MemoryIndex:
-    def __init__(self, store: "MemoryStore") -> None:
-        self.store = store
-
-    def stores(self) -> dict:
-        return {}
-
-    def changes_since(self, since: int, limit: int | None = None):
-        from oca.store.index import Changes
-
-        return Changes("full", self.store.gen, latest=self.store.gen)
-
-    def inventory(self) -> tuple[int, list[str]]:
-        return self.store.gen, sorted(self.store.entries)
-
-
 class MemoryStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -54,10 +38,10 @@ class MemoryStore:
         self.gen = 1
         self.disks = [SimpleNamespace(path=str(root), uuid="u1", state="ok", reason="", working=True,
                                       capacity=lambda: Capacity(1000, 10, 990, 50))]
-        self.index = MemoryIndex(self)
         self.withdrawn: list[str] = []
         self.io_errors: list[str] = []
         self.drained: flags.Drain | None = None
+        self.routes_down = ""
 
     def add(self, content_id: str, data: bytes) -> Path:
         path = self.root / content_id
@@ -92,7 +76,18 @@ class MemoryStore:
         return flags.FillStatus()
 
     def routes(self) -> flags.Routes:
-        return flags.Routes(3, ("192.0.2.0/24",))
+        return flags.Routes(3, ("192.0.2.0/24",), down=self.routes_down)
+
+    def store_records(self) -> dict:
+        return {}
+
+    def changes_since(self, since: int, limit: int | None = None):
+        from oca.store.index import Changes
+
+        return Changes("full", self.gen, latest=self.gen)
+
+    def inventory(self) -> tuple[int, list[str]]:
+        return self.gen, sorted(self.entries)
 
     def generation(self) -> int:
         return self.gen
@@ -269,6 +264,13 @@ def test_health_says_draining_from_the_typed_drain_record(rig):
     assert doc["status"] == "draining"
 
 
+def test_health_is_degraded_while_the_parents_kernel_route_follower_is_down(rig):
+    rig.store.routes_down = "kernel-routes: ConnectionResetError: netlink socket went away"
+    doc = json.loads(body_of(answer(rig, "/health")))
+    assert doc["status"] == "degraded"
+    assert any(c["reason"].startswith("task kernel-routes: ConnectionResetError") for c in doc["conditions"])
+
+
 def test_metrics_render_from_a_snapshot_with_task_failures(rig):
     rig.stats.counters[S.C_TASK_FAILURES] = 3
     rig.stats.header[S.H_PARENT_TASK_FAILURES] = 2
@@ -287,13 +289,13 @@ def test_routes_answer_from_the_typed_record(rig):
 def test_concurrent_inventory_requests_share_one_build(rig):
     rig.store.add("a.bin", b"a")
     calls = []
-    real = rig.store.index.inventory
+    real = rig.store.inventory
 
     def counted():
         calls.append(1)
         return real()
 
-    rig.store.index.inventory = counted
+    rig.store.inventory = counted
     futures = [rig.app.handle(make_request("/inventory"), Conn()) for _ in range(10)]
     answers = rig.loop.run_until_complete(asyncio.gather(*futures))
     assert {body_of(a) for a in answers} == {body_of(answers[0])} and len(calls) == 1

@@ -79,8 +79,6 @@ CLOCK_NAMES = frozenset({"time.time", "time.monotonic", "time.perf_counter", "ti
 
 # (rule, module, what) -> why it is still here. Delete an entry when its branch is merged.
 KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
-    ("flags-outside-store", "oca.server.app", "get_flag"): "hard-server: reads ContentStore.drain()/routes()/fill_status()",
-    ("flags-outside-store", "oca.server.metrics", "get_flag"): "hard-server: reads ContentStore.drain()/fill_status()",
 }
 
 
