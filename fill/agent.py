@@ -365,7 +365,7 @@ class FillRun:
 
         async def one(a: SiteAppliance) -> None:
             try:
-                out[a.appliance_id] = await fetch_inventory(session, self.fc, a.url, a.appliance_id)
+                out[a.appliance_id] = await fetch_inventory(session, self.fc, a.url, a.appliance_id, self.cfg.server.control_token or "")
             except InventoryError as exc:  # a bad or dead peer is only a missing source
                 self.progress.log(f"peer {a.appliance_id} is no source this run: inventory refused: {exc}")
 

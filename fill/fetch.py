@@ -42,8 +42,9 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit_bytes: int) -> bytes:
     return bytes(out)
 
 
-async def _get(session: aiohttp.ClientSession, url: str, limit_bytes: int, timeout: aiohttp.ClientTimeout) -> bytes:
-    async with session.get(url, timeout=timeout, max_redirects=MAX_REDIRECTS) as resp:
+async def _get(session: aiohttp.ClientSession, url: str, limit_bytes: int, timeout: aiohttp.ClientTimeout,
+               headers: dict[str, str] | None = None) -> bytes:
+    async with session.get(url, timeout=timeout, max_redirects=MAX_REDIRECTS, headers=headers) as resp:
         if resp.status != 200:
             raise FillError(f"HTTP {resp.status}")
         return await read_bounded(resp, limit_bytes)
@@ -61,10 +62,14 @@ async def fetch_manifest(session: aiohttp.ClientSession, fc: FillConfig, keys: d
     return parse_manifest(body, keys=keys, require_signature=fc.requires_signature)
 
 
-async def fetch_inventory(session: aiohttp.ClientSession, fc: FillConfig, url: str, appliance_id: str) -> frozenset[str]:
+async def fetch_inventory(session: aiohttp.ClientSession, fc: FillConfig, url: str, appliance_id: str,
+                          control_token: str = "") -> frozenset[str]:
+    """A peer's validated inventory. `/inventory` is a control endpoint: the site's
+    appliances share `[server] control_token`, so ours is what the peer asks for."""
     timeout = aiohttp.ClientTimeout(total=30, sock_connect=fc.connect_timeout_s, sock_read=fc.read_timeout_s)
+    headers = {"Authorization": f"Bearer {control_token}"} if control_token else None
     try:
-        body = await _get(session, url + "/inventory", fc.max_response_bytes, timeout)
+        body = await _get(session, url + "/inventory", fc.max_response_bytes, timeout, headers)
     except FillError as exc:
         raise InventoryError(str(exc)) from None
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
