@@ -14,33 +14,20 @@ Nothing here performs I/O. Rules kept here:
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from fill.errors import InventoryError
+from fill.manifest import is_int, json_object
 from oca.ids import is_valid_id
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def parse_inventory(raw: bytes | str, appliance_id: str) -> frozenset[str]:
     """The content ids peer `appliance_id` reports holding. Raises InventoryError."""
-    try:
-        doc = json.loads(raw)
-    except RecursionError:
-        raise InventoryError("inventory: not valid JSON (nested too deeply)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InventoryError(f"inventory: not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InventoryError("inventory: must be a JSON object")
+    doc = json_object(raw, "inventory", InventoryError)
     if doc.get("kind", "full") != "full":
         raise InventoryError(f"kind: must be 'full', not {str(doc.get('kind'))[:40]!r}")
     if doc.get("appliance") != appliance_id:
         raise InventoryError(f"appliance: {str(doc.get('appliance'))[:80]!r} is not the peer asked ({appliance_id!r})")
     gen = doc.get("generation")
-    if not _is_int(gen) or gen < 0:
+    if not is_int(gen) or gen < 0:
         raise InventoryError("generation: must be a non-negative integer")
     ids = doc.get("ids")
     if not isinstance(ids, list):
@@ -49,6 +36,6 @@ def parse_inventory(raw: bytes | str, appliance_id: str) -> frozenset[str]:
         if not is_valid_id(cid):
             raise InventoryError(f"ids[{i}]: {str(cid)[:60]!r} is not a valid content id")
     count = doc.get("count")
-    if count is not None and (not _is_int(count) or count != len(ids)):
+    if count is not None and (not is_int(count) or count != len(ids)):
         raise InventoryError(f"count: {str(count)[:40]} does not match the {len(ids)} ids listed")
     return frozenset(ids)

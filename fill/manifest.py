@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from fill.errors import ManifestError
+from fill.errors import FillError, ManifestError
 from oca.ids import is_valid_id
 
 FORMAT = "oca-manifest"
@@ -104,7 +104,7 @@ def sign(doc: dict, key_id: str, secret: bytes) -> dict:
     return out
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -121,28 +121,34 @@ def check_url(url: Any, where: str) -> str:
     return url
 
 
-def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None, require_signature: bool = False) -> Manifest:
-    """Validate a manifest document; raise `ManifestError` naming the bad field."""
+def json_object(raw: bytes | str, what: str, error: type[FillError]) -> dict:
+    """A JSON object from another machine, or `error` naming `what` (also for deep nesting and bad UTF-8)."""
     try:
         doc = json.loads(raw)
     except RecursionError:
-        raise ManifestError("manifest is not valid JSON: nested too deeply") from None
+        raise error(f"{what} is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+        raise error(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise ManifestError("manifest: must be a JSON object")
+        raise error(f"{what}: must be a JSON object")
+    return doc
+
+
+def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None, require_signature: bool = False) -> Manifest:
+    """Validate a manifest document; raise `ManifestError` naming the bad field."""
+    doc = json_object(raw, "manifest", ManifestError)
     for key in doc:
         if key not in _TOP_KEYS:
             raise ManifestError(f"{key}: unknown field (known: {', '.join(sorted(_TOP_KEYS))})")
     if doc.get("format") != FORMAT:
         raise ManifestError(f"format: must be {FORMAT!r}")
     version = doc.get("version")
-    if not _is_int(version):
+    if not is_int(version):
         raise ManifestError("version: must be an integer")
     if version > VERSION or version < 1:
         raise ManifestError(f"version: {version} is not supported (this agent reads version {VERSION})")
     generated = doc.get("generated_s")
-    if generated is not None and (not _is_int(generated) or not 0 <= generated <= MAX_UNIX_S):
+    if generated is not None and (not is_int(generated) or not 0 <= generated <= MAX_UNIX_S):
         raise ManifestError("generated_s: must be a non-negative integer (unix seconds)")
     signed_by = _check_signature(doc, keys or {}, require_signature)
     files_raw = doc.get("files")
@@ -204,13 +210,13 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     seen.add(cid)
     where = f"{where} ({cid})"
     size = item["size"]
-    if not _is_int(size) or not 0 <= size <= MAX_FILE_BYTES:
+    if not is_int(size) or not 0 <= size <= MAX_FILE_BYTES:
         raise ManifestError(f"{where}.size: must be an integer from 0 to {MAX_FILE_BYTES}")
     checksum = item["xxh128"]
     if not isinstance(checksum, str) or len(checksum) != 32 or any(c not in "0123456789abcdef" for c in checksum):
         raise ManifestError(f"{where}.xxh128: must be 32 lowercase hex digits")
     mtime = item["mtime"]
-    if not _is_int(mtime) or not 0 <= mtime <= MAX_UNIX_S:
+    if not is_int(mtime) or not 0 <= mtime <= MAX_UNIX_S:
         raise ManifestError(f"{where}.mtime: must be a non-negative integer (unix seconds)")
     pop = item["popularity"]
     if not is_number(pop) or pop < 0 or pop != pop or pop == float("inf"):

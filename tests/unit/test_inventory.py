@@ -32,8 +32,8 @@ def test_sixty_thousand_ids():
 
 # (case, raw answer, words in the error)
 CASES = [
-    ("not JSON", b"<html>", "inventory: not valid JSON"),
-    ("empty", b"", "inventory: not valid JSON"),
+    ("not JSON", b"<html>", "inventory is not valid JSON"),
+    ("empty", b"", "inventory is not valid JSON"),
     ("not UTF-8", b"\xff\xfe", "not valid JSON"),
     ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ("a list", b"[]", "inventory: must be a JSON object"),
