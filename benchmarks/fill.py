@@ -105,6 +105,7 @@ def appliance_config(base: Path, manifest_url: str, *, concurrency: int, cap_mbp
         "[index]", f'path = "{base / "index"}"', "map_size_gb = 1",
         "[[stores]]", f'path = "{store}"', "reserve_percent = 0",
         "[fill]", f'manifest_url = "{manifest_url}"', f"concurrency = {concurrency}",
+        "require_signed_manifest = false",  # a loopback nginx over http, unsigned manifest
     ]
     if cap_mbps is not None:
         lines.append(f"rate_limit_mbps = {cap_mbps}")

@@ -158,15 +158,17 @@ from typing import Iterable, Mapping, Sequence
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from oca.store.layout import StoreRoom  # noqa: E402
 from fill.manifest import Manifest, ManifestFile, SiteAppliance  # noqa: E402
 from fill.plan import (  # noqa: E402
     POPULARITY_ALPHA,
     POPULARITY_WINDOW_DAYS,
     CopyPolicy,
     Held,
+    DeleteBudget,
     PassPolicy,
     Plan,
-    make_room,
+    place,
     plan_fill,
     night_budget,
     plan_pass,
@@ -732,8 +734,11 @@ def apply_night(plan: Plan, held: Mapping[str, Held], capacity: int, budget: int
         out.refused = True
         return out
     h = out.held
+    # One deletion budget for the night, every path counted, as oca-fill keeps it.
+    deletions = DeleteBudget.of_share(MAX_DELETE_SHARE, len(h), sum(x.size for x in h.values()))
     for cid in plan.delete_now:
-        if h.pop(cid, None) is not None:
+        if cid in h and deletions.allows(1, h[cid].size):
+            deletions = deletions.spend(1, h.pop(cid).size)
             out.deleted += 1
     if_needed = [c for c in plan.delete_if_needed if c in h]
     used = sum(x.size for x in h.values())
@@ -748,13 +753,15 @@ def apply_night(plan: Plan, held: Mapping[str, Held], capacity: int, budget: int
         old = h.get(f.content_id)
         free = capacity - used + (old.size if old else 0)
         if f.size > free:
-            sizes = {c: h[c].size for c in if_needed}
-            victims = make_room(f.size, free, if_needed, sizes)
-            if not victims:
+            where = {c: ("store", h[c].size) for c in if_needed}
+            decision = place(f.size, [StoreRoom("store", True, free, 0)], {}, if_needed, where, deletions)
+            if decision.store_uuid is None:
                 out.skipped_room += 1
                 continue
-            for c in victims:
-                used -= h.pop(c).size
+            for c in decision.evictions:
+                size = h.pop(c).size
+                deletions = deletions.spend(1, size)
+                used -= size
                 if_needed.remove(c)
                 out.deleted += 1
         if old is not None:

@@ -2,50 +2,72 @@
 
 Rules kept here:
 - The agent writes only through the store's public face (publish_prepared,
-  remove, partial_path); the index never disagrees with the disks.
-- Order: refuse a manifest that would delete more than
-  `fill.max_delete_share` of what is held (unless forced); delete what the
-  manifest no longer lists; then add, most popular first, at most
-  `fill.concurrency` at once, under the shared rate cap, within the nightly
-  budget and the window. When an add needs room, unchosen files are deleted
-  least popular first.
-- Sources, per file: the site's peers that report holding it (signed URLs
-  through their normal `/content/<id>`), then the manifest's origin URLs.
-  Each is retried with doubling backoff `fill.retries` times, then the next.
+  remove, partial_dir, the typed fill records); the index never disagrees
+  with the disks.
+- One run per appliance at a time (`fill.runlock`).
+- The manifest is refused whole when it is malformed, unsigned where a
+  signature is required, replayed or stale (`fill.manifest.check_fresh`
+  against the newest one accepted, kept in the status record), or when it
+  would delete more than `fill.max_delete_share` of what is held at once
+  (unless forced).
+- Every deletion of a run, whatever its path (the manifest no longer lists
+  the file; room for an addition), is counted against one `DeleteBudget`
+  of `fill.max_delete_share` of what was held, checked before each
+  deletion. Room is made only once the source has answered as
+  `resume_action` wants, with its first bytes (`download`'s `on_answer`),
+  so a source that answers nothing useful never costs a held file.
+- Where an addition goes is one decision (`fill.plan.place`): the store and
+  the deletions it needs; `_fill_one` carries it out and returns one
+  `Outcome`.
+- Every file the plan chose ends as added, failed or skipped, with a log
+  line naming it and the reason; the last line says
+  `N added, N deleted, N failed, N skipped` and the counts add up to the
+  files chosen. A failure that escapes a download (a bug, an odd answer)
+  fails that file, never the run.
+- Sources, per file: the site's peers whose validated `/inventory` lists
+  it (signed URLs through their normal `/content/<id>`), then the
+  manifest's origin URLs. Each is retried with doubling backoff
+  `fill.retries` times, then the next.
 - At the window's end, when the budget is spent, or on SIGTERM/SIGINT, the
   run stops cleanly: downloads in progress keep their partial files for the
-  next run, which resumes them.
-- A status record of the current and last run is kept in the index
-  (`fill_status`), where `/health` and `/metrics` read it.
+  next run, which resumes them; files not finished are "skipped" with the
+  reason.
+- A status record of the current and last run is kept through
+  `ContentStore.set_fill_status`, where `/health` and `/metrics` read it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
-import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 
 import aiohttp
 
-from fill.download import ChecksumMismatch, DiskFullError, Partial, SourceError, download
-from fill.manifest import Manifest, ManifestError, ManifestFile, SiteAppliance, parse_manifest
-from fill.plan import Held, Plan, holders_with, make_room, plan_fill, site_of
+from fill.config import FillConfig
+from fill.errors import ChecksumMismatch, DiskFullError, FillError, InventoryError, ManifestError, SourceError
+from fill.fetch import fetch_inventory, fetch_manifest
+from fill.download import Partial, download
+from fill.manifest import Manifest, ManifestFile, SiteAppliance, check_fresh
+from fill.progress import Progress
+from fill.plan import DeleteBudget, Held, Placement, Plan, holders_with, place, plan_fill, site_of
 from fill.ratelimit import TokenBucket
-from fill.window import parse_window, seconds_left, zone
+from fill.runlock import run_lock
+from fill.localzone import zone
+from fill.window import parse_window, seconds_left
 from oca.config import Config
-from oca.errors import OcaError
 from oca.signing import signed_path
 from oca.store.content import ContentStore
-from oca.store.disks import StoreError, StoreFullError
+from oca.store.disks import StoreError
+from oca.store.flags import FillStatus, Unchosen
 
-STATUS_FLAG = "fill_status"
-UNCHOSEN_FLAG = "fill_unchosen"
 PEER_URL_TTL_S = 6 * 3600
+FAILURE_LINES_KEPT = 100  # per run in the status record; the log has every one
 # Under a rate cap each connection's TCP receive buffer is bounded. The token
 # bucket paces what the agent reads, but the kernel grows the receive window
 # up to net.ipv4.tcp_rmem's maximum (32 MiB on the test machines) and the
@@ -59,8 +81,23 @@ RCVBUF_CAP_S = 0.1
 RCVBUF_MIN_BYTES = 128 << 10
 
 
-class FillError(OcaError):
-    pass
+
+
+ADDED = "added"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one chosen file ended: ADDED, FAILED or SKIPPED, with the reason."""
+
+    kind: str
+    reason: str = ""
+
+
+class Skip(FillError):
+    """This file cannot be added this run (no room, the deletion budget); not the source's fault."""
 
 
 @dataclass
@@ -69,6 +106,8 @@ class RunStatus:
     ended_s: float | None = None
     ended_because: str | None = None
     manifest_files: int = 0
+    manifest_generated_s: int | None = None
+    newest_manifest_s: int | None = None  # the newest generated_s ever accepted: the replay guard
     files_total: int = 0
     files_added: int = 0
     files_deleted: int = 0
@@ -79,126 +118,111 @@ class RunStatus:
     checksum_mismatches: int = 0
     current: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def fail(self, line: str) -> None:
-        self.failures = (self.failures + [line])[-20:]
+        self.failures = (self.failures + [line])[-FAILURE_LINES_KEPT:]
 
 
 def held_files(cs: ContentStore) -> dict[str, Held]:
     working = {d.uuid for d in cs.disks if d.working}
-    return {e.content_id: Held(e.content_id, e.size, e.checksum, e.popularity) for e in cs.index.entries() if e.store_uuid in working}
+    return {e.content_id: Held(e.content_id, e.size, e.checksum, e.popularity) for e in cs.entries() if e.store_uuid in working}
 
 
-def capacity_bytes(cs: ContentStore, held: dict[str, Held]) -> int:
-    usable = sum(max(0, cap.free_bytes - cap.reserve_bytes) for disk, cap in cs.capacities() if disk.working)
+def held_places(cs: ContentStore) -> dict[str, tuple[str, int]]:
+    """content id → (store uuid, size) of what working stores hold."""
+    working = {d.uuid for d in cs.disks if d.working}
+    return {e.content_id: (e.store_uuid, e.size) for e in cs.entries() if e.store_uuid in working}
+
+
+def capacity_bytes(cs: ContentStore, held: dict[str, Held], *, count_new_stores: bool = False) -> int:
+    """What the held files and the free space above the reserves add up to.
+
+    `count_new_stores`: count the free space of stores that are empty and
+    not initialised yet, as a run (a writer) would initialise them.
+    """
+    usable = sum(
+        max(0, cap.free_bytes - cap.reserve_bytes)
+        for disk, cap in cs.capacities()
+        if disk.working or (count_new_stores and would_initialise(disk))
+    )
     return usable + sum(h.size for h in held.values())
 
 
-def make_plan(cfg: Config, cs: ContentStore, manifest: Manifest, now_s: float) -> Plan:
+def would_initialise(disk) -> bool:
+    """A store a writer (`oca-fill run`, `oca-admin check`) would initialise: not in service, no marker, empty."""
+    if disk.working or disk.uuid is not None:
+        return False
+    try:
+        return disk.read_marker() is None and disk.is_empty()
+    except (OSError, StoreError):
+        return False
+
+
+def newest_accepted(cs: ContentStore) -> int | None:
+    st = cs.fill_status()
+    values = [r.get("newest_manifest_s") for r in (st.last, st.current) if r is not None]
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return max(ints) if ints else None
+
+
+def make_plan(cfg: Config, fc: FillConfig, cs: ContentStore, manifest: Manifest, now_s: float, *, count_new_stores: bool = False) -> Plan:
     held = held_files(cs)
-    raw = cs.index.get_flag(UNCHOSEN_FLAG)
-    unchosen = json.loads(raw) if raw else {}
-    assert cfg.fill is not None
     return plan_fill(
-        manifest, cfg.appliance.id, cfg.appliance.site, held, capacity_bytes(cs, held), now_s,
-        cfg.fill.delete_grace_h * 3600, unchosen,
+        manifest, cfg.appliance.id, cfg.appliance.site, held, capacity_bytes(cs, held, count_new_stores=count_new_stores), now_s,
+        fc.delete_grace_h * 3600, dict(cs.unchosen().since_s),
     )
 
 
-async def fetch_manifest(session: aiohttp.ClientSession, cfg: Config) -> Manifest:
-    assert cfg.fill is not None
-    url = cfg.fill.manifest_url
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=120, sock_connect=cfg.fill.connect_timeout_s, sock_read=cfg.fill.read_timeout_s)) as resp:
-            if resp.status != 200:
-                raise FillError(f"manifest {url}: HTTP {resp.status}")
-            body = await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise FillError(f"manifest {url}: {type(exc).__name__}: {exc}") from None
-    return parse_manifest(body, keys=cfg.signing.secrets(), require_signature=cfg.fill.require_signed_manifest)
-
-
-def load_manifest_sync(cfg: Config) -> Manifest:
+def load_manifest_sync(cfg: Config, fc: FillConfig) -> Manifest:
     async def go() -> Manifest:
         async with aiohttp.ClientSession() as session:
-            return await fetch_manifest(session, cfg)
+            return await fetch_manifest(session, fc, cfg.signing.secrets())
 
     return asyncio.run(go())
 
 
-class Progress:
-    """A live line on a terminal, plain log lines otherwise."""
-
-    def __init__(self, status: RunStatus, stream=sys.stderr):
-        self.status = status
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-        self.last_draw = 0.0
-
-    def log(self, msg: str) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K")
-        self.stream.write(f"{time.strftime('%H:%M:%S')} oca-fill: {msg}\n")
-        self.stream.flush()
-
-    def draw(self, force: bool = False) -> None:
-        if not self.tty:
-            return
-        now = time.monotonic()
-        if not force and now - self.last_draw < 0.25:
-            return
-        self.last_draw = now
-        s = self.status
-        elapsed = max(1e-3, now - self.started)
-        rate = s.bytes_filled / elapsed
-        left = max(0, s.bytes_planned - s.bytes_filled)
-        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate)) if rate > 0 else "--:--:--"
-        current = ", ".join(s.current[:2]) + ("..." if len(s.current) > 2 else "")
-        line = (
-            f"[{s.files_added + s.files_failed + s.files_skipped}/{s.files_total}] {s.bytes_filled / 1e9:.2f}/{s.bytes_planned / 1e9:.2f} GB "
-            f"{rate * 8 / 1e6:.0f} Mb/s ETA {eta}  {current}"
-        )
-        self.stream.write("\r\x1b[K" + line[: 160])
-        self.stream.flush()
-
-
 class FillRun:
-    def __init__(self, cfg: Config, cs: ContentStore, *, ignore_window: bool = False, force: bool = False, now=time.time, monotonic=time.monotonic):
-        assert cfg.fill is not None
+    def __init__(self, cfg: Config, fc: FillConfig, cs: ContentStore, *, ignore_window: bool = False, force: bool = False,
+                 now=time.time, monotonic=time.monotonic):
         self.cfg = cfg
-        self.fc = cfg.fill
+        self.fc = fc
         self.cs = cs
         self.ignore_window = ignore_window
         self.force = force
         self.now = now
         self.monotonic = monotonic
-        self.status = RunStatus(started_s=now())
+        self.status = RunStatus(started_s=now(), newest_manifest_s=newest_accepted(cs))
         self.progress = Progress(self.status)
-        self.bucket = TokenBucket(None if self.fc.rate_limit_mbps is None else self.fc.rate_limit_mbps * 1e6, monotonic())
-        self.budget = None if self.fc.nightly_budget_gb is None else int(self.fc.nightly_budget_gb * 1e9)
-        self.window = None if (ignore_window or self.fc.window is None) else parse_window(self.fc.window)
-        self.tz = zone(self.fc.timezone)
+        self.bucket = TokenBucket(None if fc.rate_limit_mbps is None else fc.rate_limit_mbps * 1e6, monotonic())
+        self.budget = None if fc.nightly_budget_gb is None else int(fc.nightly_budget_gb * 1e9)
+        self.window = None if (ignore_window or fc.window is None) else parse_window(fc.window)
+        self.tz = zone(fc.timezone)
         self.stop_reason: str | None = None
         self.budget_skipped = 0
         self.stop_event = asyncio.Event()
         self._last_status_write = 0.0
+        self.outcomes: dict[str, Outcome] = {}
+        # store uuid -> content id -> (size, partial path) of the downloads in progress there
+        self.claimed: dict[str, dict[str, tuple[int, str]]] = {}
+        self.delete_budget = DeleteBudget(None, None)
+        self.places: dict[str, tuple[str, int]] = {}  # held id -> (store uuid, size), read once per run
+        self.site: tuple[SiteAppliance, ...] = ()
+        self.inventories: dict[str, frozenset[str]] = {}
+        self.if_needed: list[str] = []
+        warning = fc.unsigned_http_warning
+        if warning:
+            self.status.warnings.append(warning)
 
     # ------------------------------------------------------------ status
 
     def save_status(self, final: bool = False) -> None:
-        raw = self.cs.index.get_flag(STATUS_FLAG)
-        try:
-            doc = json.loads(raw) if raw else {}
-        except ValueError:
-            doc = {}
-        record = asdict(self.status)
+        record = MappingProxyType(asdict(self.status))
+        old = self.cs.fill_status()
         if final:
-            doc["last"] = record
-            doc["current"] = None
+            self.cs.set_fill_status(FillStatus(last=record, current=None))
         else:
-            doc["current"] = record
-        self.cs.index.set_flag(STATUS_FLAG, json.dumps(doc))
+            self.cs.set_fill_status(FillStatus(last=old.last, current=record))
 
     def maybe_save_status(self) -> None:
         now = self.monotonic()
@@ -212,10 +236,29 @@ class FillRun:
             self.progress.log(f"stopping: {reason}")
         self.stop_event.set()
 
+    def record(self, f: ManifestFile, outcome: Outcome) -> None:
+        """The one place a chosen file's end is counted and logged."""
+        st = self.status
+        if f.content_id in self.outcomes:
+            return
+        self.outcomes[f.content_id] = outcome
+        if outcome.kind == ADDED:
+            st.files_added += 1
+            self.progress.log(f"added {f.content_id} ({f.size} bytes) {outcome.reason}")
+            return
+        if outcome.kind == FAILED:
+            st.files_failed += 1
+        else:
+            st.files_skipped += 1
+        st.fail(f"{f.content_id}: {outcome.kind}: {outcome.reason}")
+        self.progress.log(f"{outcome.kind} {f.content_id}: {outcome.reason}")
+
     # ------------------------------------------------------------ run
 
     async def run(self) -> int:
         st = self.status
+        for warning in st.warnings:
+            self.progress.log(f"warning: {warning}")
         if self.window is not None and seconds_left(self.window, self.now(), self.tz) <= 0:
             self.progress.log(f"outside the fill window {self.fc.window}; nothing to do (use --ignore-window for a hand run)")
             st.ended_s = self.now()
@@ -228,10 +271,13 @@ class FillRun:
         connector = aiohttp.TCPConnector(limit=self.fc.concurrency * 2, force_close=False, **bounded)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             try:
-                manifest = await fetch_manifest(session, self.cfg)
-            except (FillError, ManifestError) as exc:
+                manifest = await fetch_manifest(session, self.fc, self.cfg.signing.secrets())
+                check_fresh(manifest.generated_s, st.newest_manifest_s, self.now(), self.fc.max_manifest_age_h * 3600)
+            except ManifestError as exc:
                 return self._finish(f"manifest refused: {exc}", 1)
-            plan = make_plan(self.cfg, self.cs, manifest, self.now())
+            st.manifest_generated_s = manifest.generated_s
+            st.newest_manifest_s = max(manifest.generated_s or 0, st.newest_manifest_s or 0)
+            plan = make_plan(self.cfg, self.fc, self.cs, manifest, self.now())
             st.manifest_files = len(manifest.files)
             st.files_total = len(plan.adds)
             st.bytes_planned = plan.add_bytes
@@ -244,15 +290,16 @@ class FillRun:
                     f"manifest refused: it would delete {plan.delete_share:.0%} of what this appliance holds "
                     f"(limit {self.fc.max_delete_share:.0%}); run with --force if that is intended", 1,
                 )
+            self.places = held_places(self.cs)
+            self.delete_budget = DeleteBudget.of_share(
+                self.fc.max_delete_share, len(self.places), sum(size for _u, size in self.places.values()), unlimited=self.force,
+            )
             for cid in plan.delete_now:
-                if self.cs.remove(cid) is not None:
-                    st.files_deleted += 1
-            self.cs.index.set_flag(UNCHOSEN_FLAG, json.dumps(dict(plan.unchosen_since)))
+                self._delete(cid, "no longer listed or unchosen past the grace period")
+            self.cs.set_unchosen(Unchosen(MappingProxyType(dict(plan.unchosen_since))))
             self.site = site_of(manifest, self.cfg.appliance.id, self.cfg.appliance.site)
             self.inventories = await self._peer_inventories(session) if self.fc.peer_fill else {}
             self.if_needed = list(plan.delete_if_needed)
-            self.sizes = {h.content_id: h.size for h in held_files(self.cs).values()}
-            self.popularity = {f.content_id: f.popularity for f in manifest.files}
             queue: asyncio.Queue[ManifestFile] = asyncio.Queue()
             for f in plan.adds:
                 queue.put_nowait(f)
@@ -268,10 +315,12 @@ class FillRun:
                 watcher.cancel()
                 stopper.cancel()
         # Files left out because the rest of the budget could not hold them
-        # end the run for the budget too; "done" with files silently skipped
-        # told the operator the night's list was complete when it was not
-        # (found by tests/integration/test_fill.py::test_nightly_budget_stops_the_run).
+        # end the run "for the budget" too: "done" means the night's list is complete.
         reason = self.stop_reason or ("nightly budget reached" if self.budget_skipped else "done")
+        for f in plan.adds:
+            if f.content_id not in self.outcomes:
+                kept = " (its partial download is kept for the next run)" if self._partial_for(f) is not None else ""
+                self.record(f, Outcome(SKIPPED, f"run stopped ({reason}) before this file was finished{kept}"))
         return self._finish(reason, 1 if st.files_failed else 0)
 
     def _finish(self, reason: str, code: int) -> int:
@@ -287,6 +336,19 @@ class FillRun:
         self.save_status(final=True)
         return code
 
+    def _delete(self, cid: str, why: str) -> bool:
+        """Delete one held file if the run's deletion budget allows it (checked before each deletion)."""
+        size = self.places.get(cid, ("", 0))[1]
+        if not self.delete_budget.allows(1, size):
+            self.progress.log(f"kept {cid}: deleting it ({why}) would pass the run's deletion budget ({self.delete_budget.describe()} left)")
+            return False
+        self.delete_budget = self.delete_budget.spend(1, size)
+        self.places.pop(cid, None)
+        if self.cs.remove(cid) is not None:
+            self.status.files_deleted += 1
+            self.progress.log(f"deleted {cid} ({why})")
+        return True
+
     async def _watch_window(self) -> None:
         while True:
             if self.window is not None:
@@ -298,16 +360,14 @@ class FillRun:
             self.maybe_save_status()
             self.progress.draw()
 
-    async def _peer_inventories(self, session: aiohttp.ClientSession) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
+    async def _peer_inventories(self, session: aiohttp.ClientSession) -> dict[str, frozenset[str]]:
+        out: dict[str, frozenset[str]] = {}
 
         async def one(a: SiteAppliance) -> None:
             try:
-                async with session.get(a.url + "/inventory", timeout=aiohttp.ClientTimeout(total=30, sock_connect=5)) as resp:
-                    if resp.status == 200:
-                        out[a.appliance_id] = set((await resp.json()).get("ids", []))
-            except Exception as exc:  # a dead peer is only a missing source
-                self.progress.log(f"peer {a.appliance_id} inventory unavailable: {type(exc).__name__}")
+                out[a.appliance_id] = await fetch_inventory(session, self.fc, a.url, a.appliance_id, self.cfg.server.control_token or "")
+            except InventoryError as exc:  # a bad or dead peer is only a missing source
+                self.progress.log(f"peer {a.appliance_id} is no source this run: inventory refused: {exc}")
 
         peers = [a for a in self.site if a.appliance_id != self.cfg.appliance.id and a.url]
         await asyncio.gather(*(one(a) for a in peers))
@@ -340,111 +400,134 @@ class FillRun:
             except asyncio.QueueEmpty:
                 return
             if self.budget is not None and self.status.bytes_filled + f.size > self.budget and self.status.bytes_filled > 0:
-                self.status.files_skipped += 1
                 self.budget_skipped += 1
-                self.progress.log(f"skipped {f.content_id}: {f.size} bytes do not fit in what is left of the nightly budget")
+                self.record(f, Outcome(SKIPPED, f"{f.size} bytes do not fit in what is left of the nightly budget"))
                 continue
             self.status.current.append(f.content_id)
             try:
-                await self._fill_one(session, f)
+                outcome = await self._fill_one(session, f)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one file's surprise must not end the run's other files
+                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+                self.progress.log(f"{f.content_id}: unexpected error:\n{tb}")
+                outcome = Outcome(FAILED, f"unexpected error: {type(exc).__name__}: {str(exc)[:200]}")
             finally:
                 self.status.current.remove(f.content_id)
+                for per_store in self.claimed.values():
+                    per_store.pop(f.content_id, None)
+            if outcome is not None:
+                self.record(f, outcome)
+
+    # ------------------------------------------------------------ one file
 
     def _partial_for(self, f: ManifestFile) -> tuple[object, Partial] | None:
         """The disk and partial of an earlier attempt, if one exists."""
         for disk in self.cs.disks:
             if not disk.working:
                 continue
-            p = Partial.at(os.path.dirname(self.cs.partial_path(disk, "x")), f)
+            p = Partial.at(self.cs.partial_dir(disk), f)
             if os.path.exists(p.data_path):
                 return disk, p
         return None
 
-    def _disk_for(self, f: ManifestFile):
-        try:
-            return self.cs.choose_disk(f.size)
-        except StoreFullError:
-            free = max((r.usable_bytes for r in self.cs.rooms() if r.working), default=0)
-            victims = make_room(f.size, free, [c for c in self.if_needed], self.sizes)
-            for cid in victims:
-                if self.cs.remove(cid) is not None:
-                    self.status.files_deleted += 1
-                self.if_needed.remove(cid)
-            return self.cs.choose_disk(f.size) if victims else None
+    def _claimed(self) -> dict[str, int]:
+        """Store uuid → bytes the downloads in progress there will still write (what is written is already not free)."""
+        out = {}
+        for uuid, per in self.claimed.items():
+            total = 0
+            for size, path in per.values():
+                try:
+                    total += max(0, size - os.path.getsize(path))
+                except OSError:
+                    total += size
+            out[uuid] = total
+        return out
 
-    async def _fill_one(self, session: aiohttp.ClientSession, f: ManifestFile) -> None:
-        st = self.status
+    def _placement(self, f: ManifestFile, need: int, only: str | None) -> Placement:
+        return place(need, self.cs.rooms(), self._claimed(), self.if_needed, self.places, self.delete_budget, only=only)
+
+    def _make_room(self, f: ManifestFile, disk, need: int, partial_path: str) -> None:
+        """Carry out the placement's deletions on `disk` (called once the source has answered)."""
+        decision = self._placement(f, need, disk.uuid)
+        if decision.store_uuid is None:
+            raise Skip(f"no room: {decision.reason}")
+        for cid in decision.evictions:
+            if not self._delete(cid, f"room for {f.content_id}"):
+                raise Skip(f"no room: the deletion budget is spent ({self.delete_budget.describe()} left)")
+            self.if_needed.remove(cid)
+        self.claimed.setdefault(disk.uuid, {})[f.content_id] = (f.size, partial_path)
+
+    async def _fill_one(self, session: aiohttp.ClientSession, f: ManifestFile) -> Outcome | None:
+        """Carry out one file's placement and download; None when the run stopped under it."""
         found = self._partial_for(f)
         if found is not None:
             disk, partial = found
+            on_disk = os.path.getsize(partial.data_path) if os.path.exists(partial.data_path) else 0
+            need = max(0, f.size - on_disk)
+            decision = self._placement(f, need, disk.uuid)
         else:
-            try:
-                disk = self._disk_for(f)
-            except StoreError as exc:
-                disk = None
-                st.fail(f"{f.content_id}: {exc}")
-            if disk is None:
-                st.files_skipped += 1
-                st.fail(f"{f.content_id}: no store has room for {f.size} bytes")
-                self.progress.log(f"skipped {f.content_id}: no room")
-                return
-            partial = Partial.at(os.path.dirname(self.cs.partial_path(disk, "x")), f)
+            need = f.size
+            decision = self._placement(f, need, None)
+            disk = None if decision.store_uuid is None else self.cs.disk(decision.store_uuid)
+            partial = None if disk is None else Partial.at(self.cs.partial_dir(disk), f)
+        if decision.store_uuid is None or disk is None or partial is None:
+            return Outcome(SKIPPED, f"no room for {f.size} bytes: {decision.reason}")
+        if not decision.evictions:
+            self.claimed.setdefault(disk.uuid, {})[f.content_id] = (f.size, partial.data_path)
+
+        async def on_answer(offset: int) -> None:
+            if f.content_id not in self.claimed.get(disk.uuid, {}):
+                self._make_room(f, disk, max(0, f.size - offset), partial.data_path)
+
         last_error = "no sources"
         for url in self._sources(f):
             delay = self.fc.backoff_s
             for attempt in range(1, self.fc.retries + 1):
                 if self.stop_event.is_set():
-                    return
+                    return None
                 try:
                     checksum = await download(
                         session, url, f, partial, throttle=self._throttle, on_bytes=self._count_bytes,
-                        read_timeout_s=self.fc.read_timeout_s,
+                        read_timeout_s=self.fc.read_timeout_s, on_answer=on_answer,
                     )
-                except ChecksumMismatch as exc:
-                    st.checksum_mismatches += 1
-                    last_error = str(exc)
-                    self.progress.log(f"{f.content_id}: {exc} (attempt {attempt})")
+                except Skip as exc:
+                    if partial.checkpoint == 0:
+                        partial.discard()  # nothing was written: leave no empty partial behind
+                    return Outcome(SKIPPED, str(exc))
                 except SourceError as exc:
+                    if isinstance(exc, ChecksumMismatch):
+                        self.status.checksum_mismatches += 1
                     last_error = str(exc)
                     self.progress.log(f"{f.content_id}: {exc} (attempt {attempt})")
                     if not exc.retry:
                         break
                 except DiskFullError as exc:
                     partial.discard()
-                    st.files_failed += 1
-                    st.fail(f"{f.content_id}: {exc}")
-                    self.progress.log(f"{f.content_id}: {exc}; partial removed")
-                    return
+                    return Outcome(FAILED, f"{exc}; partial removed")
                 except OSError as exc:
                     # The store side failed (EIO and kin): that disk may be gone.
-                    # Fail this file, let the store decide whether the disk is
-                    # dead, and let the run go on with the other files.
+                    # The store decides whether the disk is dead; the run goes on.
                     self.cs.report_io_error(disk, exc, "filling")
-                    st.files_failed += 1
-                    st.fail(f"{f.content_id}: store error while writing: {exc.strerror or exc}")
-                    self.progress.log(f"{f.content_id}: store error while writing: {exc.strerror or exc}")
-                    return
+                    return Outcome(FAILED, f"store error while writing: {exc.strerror or exc}")
                 else:
                     try:
-                        self.cs.publish_prepared(disk, partial.data_path, f.content_id, checksum=checksum, mtime_s=f.mtime_s, popularity=f.popularity)
+                        self.cs.publish_prepared(disk, partial.data_path, f.content_id, checksum=checksum, mtime_s=f.mtime_s,
+                                                 popularity=f.popularity)
                     except StoreError as exc:
                         partial.discard()
-                        st.files_failed += 1
-                        st.fail(f"{f.content_id}: publish failed: {exc}")
-                        return
+                        return Outcome(FAILED, f"publish failed: {exc}")
                     partial.discard()  # the data file was renamed; this removes the sidecar
-                    st.files_added += 1
-                    self.progress.log(f"added {f.content_id} ({f.size} bytes) from {url.split('?')[0]}")
-                    return
+                    return Outcome(ADDED, f"from {url.split('?')[0]}")
                 if attempt < self.fc.retries:
                     try:
                         await asyncio.wait_for(self.stop_event.wait(), timeout=delay)
-                        return
+                        return None
                     except asyncio.TimeoutError:
                         delay *= 2
-        st.files_failed += 1
-        st.fail(f"{f.content_id}: every source failed; last: {last_error}")
-        self.progress.log(f"failed {f.content_id}: every source failed")
+        if partial.checkpoint == 0 and os.path.exists(partial.data_path) and os.path.getsize(partial.data_path) == 0:
+            partial.discard()  # no source sent a byte: leave no empty partial behind
+        return Outcome(FAILED, f"every source failed; last: {last_error}")
 
 
 def rcvbuf_bytes(rate_limit_mbps: float | None, concurrency: int) -> int | None:
@@ -464,13 +547,28 @@ def _bounded_rcvbuf(rcvbuf: int):
     return make
 
 
-async def run_fill(cfg: Config, *, ignore_window: bool = False, force: bool = False) -> int:
-    cs = ContentStore.open(cfg, writable=True)
-    try:
-        run = FillRun(cfg, cs, ignore_window=ignore_window, force=force)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, run.request_stop, f"stopped by {signal.Signals(sig).name}")
-        return await run.run()
-    finally:
-        cs.close()
+async def run_fill(cfg: Config, fc: FillConfig, *, ignore_window: bool = False, force: bool = False,
+                   on_signal=None) -> int:
+    """One run under the appliance's run lock (RunLocked when another holds it).
+
+    SIGTERM and SIGINT stop the run cleanly; `on_signal()` is called too (the daemon stops after the run).
+    """
+    with run_lock(cfg.index.path):
+        cs = ContentStore.open(cfg, writable=True)
+        try:
+            run = FillRun(cfg, fc, cs, ignore_window=ignore_window, force=force)
+            loop = asyncio.get_running_loop()
+            def stop(name: str) -> None:
+                run.request_stop(f"stopped by {name}")
+                if on_signal is not None:
+                    on_signal()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop, signal.Signals(sig).name)
+            try:
+                return await run.run()
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        finally:
+            cs.close()

@@ -16,7 +16,12 @@ Rules kept here:
   and the download starts over.
 - The checksum is computed while streaming (in the writer thread, with the
   write). Only a file whose size and xxh3-128 match the manifest is handed
-  to the store's atomic publish; a mismatch deletes the partial.
+  to the store's atomic publish; a mismatch deletes the partial. A resumed
+  download is hashed again from disk before it is handed over: the streamed
+  hash vouches for the bytes as they passed, not for the file.
+- What a source answers is judged by `fill.resume.resume_action` (status,
+  Content-Range, Content-Length) before a byte is written; nothing is
+  written before `on_answer` (where the agent makes room) has returned.
 - Disk writes, hashing and checkpoints go to a worker thread in batches of
   WRITE_BATCH, so the event loop only moves network buffers. One batch is
   written while the next is received (at most one write in flight per
@@ -25,8 +30,11 @@ Rules kept here:
   is the list of buffers as aiohttp handed them over, written with one
   `writev`: gathering them into a bytearray first cost a copy of every byte
   on the event loop.
-- Every failure is a `SourceError` naming the source and the cause, so the
-  agent can retry, escalate to the next source, and report.
+- Every failure of the source (status, length, truncation, stall, a
+  redirect loop or to another scheme, a malformed answer) is a
+  `SourceError` naming the source and the cause, so the agent can retry,
+  escalate to the next source, and report; store-side failures are
+  `DiskFullError` or the OSError itself.
 """
 
 from __future__ import annotations
@@ -38,12 +46,17 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import aiohttp
 import xxhash
 
+from fill.errors import ChecksumMismatch, DiskFullError, FillError, SourceError
+from fill.fetch import MAX_REDIRECTS
 from fill.manifest import ManifestFile
+from fill.resume import FAIL, RESTART, resume_action
+
+__all__ = ["ChecksumMismatch", "DiskFullError", "SourceError", "Partial", "Writer", "download"]
 
 CHECKPOINT_BYTES = 8 << 20
 WRITE_BATCH = 1 << 20
@@ -52,30 +65,11 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 # Received bytes not covered by a checkpoint are the file's unsynced tail,
 # the batch the thread is writing and the batch filling in memory (each under
 # WRITE_BATCH + READ_CHUNK); syncing once the tail reaches this keeps them
-# all under CHECKPOINT_BYTES. (It was CHECKPOINT_BYTES with 4 MiB batches: up
-# to 13 MiB lost to a kill -9, seen in tests/fault/test_fill_faults.py.)
+# all under CHECKPOINT_BYTES.
 SYNC_AFTER_BYTES = CHECKPOINT_BYTES - 2 * (WRITE_BATCH + READ_CHUNK)
 
 
 _CONNECT_TIMEOUT = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp >= 3.10
-
-
-class SourceError(Exception):
-    """A source failed for this file. `retry` says whether trying it again may help."""
-
-    def __init__(self, source: str, cause: str, *, retry: bool = True):
-        super().__init__(f"{source}: {cause}")
-        self.source = source
-        self.cause = cause
-        self.retry = retry
-
-
-class DiskFullError(Exception):
-    pass
-
-
-class ChecksumMismatch(SourceError):
-    pass
 
 
 @dataclass
@@ -109,8 +103,7 @@ class Partial:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.meta_path)
         except OSError:
-            # A full disk fails the sidecar too: leave no .new behind
-            # (tests/fault/test_fill_faults.py, ENOSPC mid-download).
+            # A full disk fails the sidecar too: no .new is left behind.
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
@@ -153,6 +146,20 @@ class Writer:
         os.lseek(self.fd, pos, os.SEEK_SET)
         return pos
 
+    def hash_from_disk(self) -> str:
+        """The xxh3-128 of the file as it is on disk now (not as it was streamed)."""
+        hasher = xxhash.xxh3_128()
+        buf = bytearray(WRITE_BATCH)
+        view = memoryview(buf)
+        pos = 0
+        while True:
+            n = os.preadv(self.fd, [view], pos)
+            if n <= 0:
+                break
+            hasher.update(view[:n])
+            pos += n
+        return hasher.hexdigest()
+
     def restart(self) -> None:
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
@@ -184,8 +191,8 @@ class Writer:
             try:
                 self.checkpoint()
             except OSError as exc:
-                # The sidecar can be what meets the full disk; it was a bare
-                # OSError that ended the agent's worker instead of failing the file.
+                # The sidecar can be what meets the full disk: that is a
+                # full disk for this file, like a failed data write.
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise DiskFullError(f"disk full checkpointing {self.partial.data_path}") from exc
                 raise
@@ -211,14 +218,22 @@ async def download(
     throttle: Callable[[int], "asyncio.Future | None"],
     on_bytes: Callable[[int], None],
     read_timeout_s: float,
+    on_answer: Callable[[int], Awaitable[None]] | None = None,
 ) -> str:
-    """Fetch `url` into `partial`, resuming; verify; return the checksum. Raises SourceError."""
+    """Fetch `url` into `partial`, resuming; verify; return the checksum. Raises SourceError.
+
+    `on_answer(offset)` is awaited once the source has answered as
+    `resume_action` wants and its first body bytes are in, before anything
+    is written; what it raises ends the download (the agent makes room
+    there, and refuses when it may not).
+    """
     loop = asyncio.get_running_loop()
     writer = Writer(partial, f)
     await loop.run_in_executor(None, writer.open_resumed)
     batch: list[bytes] = []  # received, not yet handed to the writer thread
     batch_bytes = 0
     pending: asyncio.Future | None = None  # a write running in the worker thread
+    resumed_from = writer.size
     try:
         offset = writer.size
         headers = {"Accept-Encoding": "identity"}
@@ -227,34 +242,33 @@ async def download(
             if partial.validator and partial.source == url:
                 headers["If-Range"] = partial.validator
         elif offset >= f.size and f.size > 0:
-            # Everything is on disk already; just verify it.
+            # Everything is on disk already (open_resumed hashed it from disk); just verify it.
             return await _verify(writer, f, url, loop)
+        elif on_answer is not None and f.size == 0:
+            await on_answer(0)
         try:
-            async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=read_timeout_s, sock_read=read_timeout_s)) as resp:
-                if resp.status == 206 and "Range" in headers:
-                    crange = resp.headers.get("Content-Range", "")
-                    if not crange.startswith(f"bytes {offset}-") or not crange.endswith(f"/{f.size}"):
-                        raise SourceError(url, f"resumed with unexpected Content-Range {crange!r}")
-                elif resp.status == 200:
-                    if offset:
-                        await loop.run_in_executor(None, writer.restart)
-                        offset = 0
-                elif resp.status == 416 and offset:
-                    await loop.run_in_executor(None, writer.restart)
-                    raise SourceError(url, "416 on resume; starting over")
-                elif 500 <= resp.status:
-                    raise SourceError(url, f"HTTP {resp.status}")
-                else:
-                    raise SourceError(url, f"HTTP {resp.status}", retry=resp.status in (408, 429))
+            async with session.get(url, headers=headers, max_redirects=MAX_REDIRECTS,
+                                   timeout=aiohttp.ClientTimeout(total=None, sock_connect=read_timeout_s, sock_read=read_timeout_s)) as resp:
                 length = resp.content_length
-                if length is not None and length != f.size - offset:
-                    raise SourceError(url, f"wrong length: {length} bytes offered, {f.size - offset} expected", retry=False)
+                action = resume_action(resp.status, resp.headers.get("Content-Range"), length, offset, f.size)
+                if action.kind == FAIL:
+                    if action.start_over:
+                        await loop.run_in_executor(None, writer.restart)
+                        resumed_from = 0
+                    raise SourceError(url, action.reason, retry=action.retry)
+                if action.kind == RESTART:
+                    await loop.run_in_executor(None, writer.restart)
+                    offset = resumed_from = 0
                 partial.validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
                 partial.source = url
                 received = offset  # the thread updates writer.size; this loop counts its own
+                answered = on_answer is None or f.size == 0
                 async for chunk in resp.content.iter_chunked(READ_CHUNK):
                     if received + len(chunk) > f.size:
                         raise SourceError(url, f"sent more than the {f.size} bytes expected", retry=False)
+                    if not answered:
+                        answered = True
+                        await on_answer(offset)
                     received += len(chunk)
                     batch.append(chunk)
                     batch_bytes += len(chunk)
@@ -277,25 +291,36 @@ async def download(
                     pending = loop.run_in_executor(None, writer.write, data)
                     await asyncio.shield(pending)
                     pending = None
+        except FillError:
+            raise
         except aiohttp.ClientPayloadError as exc:
             raise SourceError(url, f"truncated body: {exc}") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError) as exc:
+        except (aiohttp.TooManyRedirects, aiohttp.RedirectClientError, aiohttp.InvalidURL) as exc:
+            # A redirect loop, or a redirect to another scheme or a malformed URL:
+            # this source will answer the same again.
+            raise SourceError(url, f"bad redirect: {type(exc).__name__}: {str(exc)[:200]}", retry=False) from None
+        except aiohttp.ClientError as exc:
             # aiohttp's read timeout (SocketTimeoutError) is a ClientConnectionError
-            # too, so it landed here and the stall branch below never ran.
+            # and an asyncio.TimeoutError: a stall, unless it was the connect.
             if isinstance(exc, asyncio.TimeoutError) and not isinstance(exc, _CONNECT_TIMEOUT):
                 raise SourceError(url, f"stalled: nothing received for {read_timeout_s:g} s") from None
-            raise SourceError(url, f"{type(exc).__name__}: {exc}") from None
+            raise SourceError(url, f"{type(exc).__name__}: {str(exc)[:200]}") from None
         except asyncio.TimeoutError:
             raise SourceError(url, f"stalled: nothing received for {read_timeout_s:g} s") from None
+        except ValueError as exc:
+            # yarl and aiohttp raise bare ValueError for some unparsable answers (a Location that is not a URL).
+            raise SourceError(url, f"unusable answer: {type(exc).__name__}: {str(exc)[:200]}", retry=False) from None
         if writer.size != f.size:
             raise SourceError(url, f"truncated: {writer.size} of {f.size} bytes")
+        if resumed_from > 0:
+            # The streamed hash covers what open_resumed read and what this run
+            # wrote, not what the file holds now: check the file itself.
+            return await _verify_from_disk(writer, f, url, loop)
         return await _verify(writer, f, url, loop)
     finally:
         # Keep what we have for resuming (the window's end, the budget, SIGTERM,
         # a source failure): let the thread's write finish, write what is still
-        # in memory, checkpoint. Before, a stop dropped the batch in memory (a
-        # 10 MB budget spent on three 4 MB files kept nothing) and checkpointed
-        # and closed the file while the thread could still be writing to it.
+        # in memory, checkpoint; never close the file under the thread.
         written = True
         if pending is not None:
             try:
@@ -317,4 +342,13 @@ async def _verify(writer: Writer, f: ManifestFile, url: str, loop: asyncio.Abstr
         writer.close()
         await loop.run_in_executor(None, writer.partial.discard)
         raise ChecksumMismatch(url, f"checksum mismatch: got {digest}, manifest says {f.checksum}", retry=True)
+    return digest
+
+
+async def _verify_from_disk(writer: Writer, f: ManifestFile, url: str, loop: asyncio.AbstractEventLoop) -> str:
+    digest = await loop.run_in_executor(None, writer.hash_from_disk)
+    if digest != f.checksum:
+        writer.close()
+        await loop.run_in_executor(None, writer.partial.discard)
+        raise ChecksumMismatch(url, f"checksum mismatch on disk after resuming: got {digest}, manifest says {f.checksum}", retry=True)
     return digest

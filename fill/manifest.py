@@ -1,7 +1,7 @@
 """The manifest: what a content provider or control plane says to hold.
 
 This module is the one definition of the schema (README shows it). Nothing
-here performs network I/O; `build_manifest` reads a directory.
+here performs I/O: `fill.manifest_build` reads directories and hashes files.
 
     {
       "format": "oca-manifest",
@@ -37,14 +37,11 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-from oca.checksum import hash_file
-
-from oca.errors import OcaError
+from fill.errors import FillError, ManifestError
 from oca.ids import is_valid_id
 
 FORMAT = "oca-manifest"
@@ -54,8 +51,12 @@ _TOP_KEYS = {"format", "version", "generated_s", "files", "sites", "signature"}
 _APPLIANCE_KEYS = {"id", "url", "weight"}
 
 
-class ManifestError(OcaError):
-    """The manifest is malformed, unsigned when it must be, or badly signed."""
+# Bounds that no real file reaches and that keep arithmetic on them exact.
+MAX_FILE_BYTES = 1 << 50  # 1 PiB
+MAX_UNIX_S = 1 << 40  # year 36812
+# A manifest dated this far past our clock is refused: accepted, it would make
+# every honest manifest look older than it until the clock caught up.
+MAX_FUTURE_S = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +104,15 @@ def sign(doc: dict, key_id: str, secret: bytes) -> dict:
     return out
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_url(url: Any, where: str) -> str:
+def check_url(url: Any, where: str) -> str:
     if not isinstance(url, str):
         raise ManifestError(f"{where}: must be a URL string")
     parts = urlsplit(url)
@@ -120,27 +121,35 @@ def _check_url(url: Any, where: str) -> str:
     return url
 
 
-def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None, require_signature: bool = False) -> Manifest:
-    """Validate a manifest document; raise `ManifestError` naming the bad field."""
+def json_object(raw: bytes | str, what: str, error: type[FillError]) -> dict:
+    """A JSON object from another machine, or `error` naming `what` (also for deep nesting and bad UTF-8)."""
     try:
         doc = json.loads(raw)
+    except RecursionError:
+        raise error(f"{what} is not valid JSON: nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+        raise error(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise ManifestError("manifest: must be a JSON object")
+        raise error(f"{what}: must be a JSON object")
+    return doc
+
+
+def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None, require_signature: bool = False) -> Manifest:
+    """Validate a manifest document; raise `ManifestError` naming the bad field."""
+    doc = json_object(raw, "manifest", ManifestError)
     for key in doc:
         if key not in _TOP_KEYS:
             raise ManifestError(f"{key}: unknown field (known: {', '.join(sorted(_TOP_KEYS))})")
     if doc.get("format") != FORMAT:
         raise ManifestError(f"format: must be {FORMAT!r}")
     version = doc.get("version")
-    if not _is_int(version):
+    if not is_int(version):
         raise ManifestError("version: must be an integer")
     if version > VERSION or version < 1:
         raise ManifestError(f"version: {version} is not supported (this agent reads version {VERSION})")
     generated = doc.get("generated_s")
-    if generated is not None and not _is_int(generated):
-        raise ManifestError("generated_s: must be an integer (unix seconds)")
+    if generated is not None and (not is_int(generated) or not 0 <= generated <= MAX_UNIX_S):
+        raise ManifestError("generated_s: must be a non-negative integer (unix seconds)")
     signed_by = _check_signature(doc, keys or {}, require_signature)
     files_raw = doc.get("files")
     if not isinstance(files_raw, list):
@@ -174,10 +183,10 @@ def parse_manifest(raw: bytes | str, *, keys: Mapping[str, bytes] | None = None,
             if aid in ids:
                 raise ManifestError(f"{w}.id: {aid!r} is listed twice in the site")
             ids.add(aid)
-            url = _check_url(m.get("url"), f"{w}.url")
+            url = check_url(m.get("url"), f"{w}.url")
             weight = m.get("weight", 1.0)
             # Finite too: an infinite weight (JSON "Infinity") would take every file.
-            if not _is_number(weight) or not 0 < weight < float("inf"):
+            if not is_number(weight) or not 0 < weight < float("inf"):
                 raise ManifestError(f"{w}.weight: must be a number greater than 0")
             out.append(SiteAppliance(aid, url.rstrip("/"), float(weight)))
         sites[site] = tuple(out)
@@ -201,29 +210,50 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     seen.add(cid)
     where = f"{where} ({cid})"
     size = item["size"]
-    if not _is_int(size) or size < 0:
-        raise ManifestError(f"{where}.size: must be a non-negative integer")
+    if not is_int(size) or not 0 <= size <= MAX_FILE_BYTES:
+        raise ManifestError(f"{where}.size: must be an integer from 0 to {MAX_FILE_BYTES}")
     checksum = item["xxh128"]
     if not isinstance(checksum, str) or len(checksum) != 32 or any(c not in "0123456789abcdef" for c in checksum):
         raise ManifestError(f"{where}.xxh128: must be 32 lowercase hex digits")
     mtime = item["mtime"]
-    if not _is_int(mtime) or mtime < 0:
+    if not is_int(mtime) or not 0 <= mtime <= MAX_UNIX_S:
         raise ManifestError(f"{where}.mtime: must be a non-negative integer (unix seconds)")
     pop = item["popularity"]
-    if not _is_number(pop) or pop < 0 or pop != pop or pop == float("inf"):
+    if not is_number(pop) or pop < 0 or pop != pop or pop == float("inf"):
         raise ManifestError(f"{where}.popularity: must be a finite number >= 0")
     sources = item["sources"]
     if not isinstance(sources, list) or not sources:
         raise ManifestError(f"{where}.sources: must be a non-empty list of URLs")
-    urls = tuple(_check_url(u, f"{where}.sources[{k}]") for k, u in enumerate(sources))
+    urls = tuple(check_url(u, f"{where}.sources[{k}]") for k, u in enumerate(sources))
     return ManifestFile(cid, size, checksum, mtime, float(pop), urls)
+
+
+def check_fresh(generated_s: int | None, newest_accepted_s: int | None, now_s: float, max_age_s: float) -> None:
+    """Refuse a replayed or stale manifest; `ManifestError` names `generated_s`.
+
+    A manifest must carry `generated_s`; it may be as old as the newest one
+    accepted before (the same manifest fetched again) but not older (a
+    rollback), no older than `max_age_s`, and no more than MAX_FUTURE_S ahead
+    of `now_s`.
+    """
+    if generated_s is None:
+        raise ManifestError("generated_s: required, so that an old manifest cannot be replayed")
+    age_s = now_s - generated_s
+    if age_s > max_age_s:
+        raise ManifestError(f"generated_s: the manifest is {age_s / 3600:.1f} h old (limit {max_age_s / 3600:g} h)")
+    if newest_accepted_s is not None and generated_s < newest_accepted_s:
+        raise ManifestError(
+            f"generated_s: {generated_s} is older than the newest manifest accepted ({newest_accepted_s}); replayed?"
+        )
+    if -age_s > MAX_FUTURE_S:
+        raise ManifestError(f"generated_s: {generated_s} is {-age_s:.0f} s in the future (limit {MAX_FUTURE_S} s)")
 
 
 def _check_signature(doc: dict, keys: Mapping[str, bytes], required: bool) -> str | None:
     sig = doc.get("signature")
     if sig is None:
         if required:
-            raise ManifestError("signature: the manifest is not signed, and fill.require_signed_manifest is set")
+            raise ManifestError("signature: the manifest is not signed, and fill.require_signed_manifest is in force")
         return None
     if not isinstance(sig, dict) or set(sig) != {"key_id", "hmac"} or not all(isinstance(v, str) for v in sig.values()):
         raise ManifestError("signature: must be {\"key_id\": ..., \"hmac\": ...}")
@@ -235,75 +265,3 @@ def _check_signature(doc: dict, keys: Mapping[str, bytes], required: bool) -> st
     if not hmac.compare_digest(signature_for(doc, secret), sig["hmac"]):
         raise ManifestError(f"signature.hmac: does not match the manifest (key {sig['key_id']!r}); altered or truncated?")
     return sig["key_id"]
-
-
-
-
-def read_popularity(path: str) -> dict[str, float]:
-    """A JSON object {id: popularity}, or lines "id popularity" ('#' comments)."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if text.lstrip().startswith("{"):
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise ManifestError(f"{path}: not valid JSON: {exc}") from None
-        out = {}
-        for k, v in doc.items():
-            # NaN and infinity refused here too (parse_manifest refuses them, so
-            # build_manifest would otherwise emit a manifest no agent accepts).
-            if not _is_number(v) or not 0 <= v < float("inf"):
-                raise ManifestError(f"{path}: popularity of {k!r} must be a finite number >= 0")
-            out[k] = float(v)
-        return out
-    out = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ManifestError(f"{path}:{lineno}: expected 'id popularity'")
-        try:
-            value = float(parts[1])
-        except ValueError:
-            raise ManifestError(f"{path}:{lineno}: {parts[1]!r} is not a number") from None
-        if not 0 <= value < float("inf"):  # also NaN and inf, as parse_manifest does
-            raise ManifestError(f"{path}:{lineno}: popularity must be a finite number >= 0")
-        out[parts[0]] = value
-    return out
-
-
-def build_manifest(directory: str, base_url: str, popularity: Mapping[str, float] | None = None, *, now_s: int | None = None) -> dict:
-    """A manifest document for the files directly in `directory`."""
-    if not os.path.isdir(directory):
-        raise ManifestError(f"{directory}: not a directory")
-    _check_url(base_url, "--base-url")
-    base = base_url if base_url.endswith("/") else base_url + "/"
-    popularity = dict(popularity or {})
-    files = []
-    names = sorted(os.listdir(directory))
-    present = set()
-    for name in names:
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path) or os.path.islink(path):
-            continue  # subdirectories are not descended
-        if not is_valid_id(name):
-            raise ManifestError(f"{path}: file name {name!r} is not a valid content id")
-        present.add(name)
-        checksum, size = hash_file(path)
-        files.append({
-            "id": name,
-            "size": size,
-            "xxh128": checksum,
-            "mtime": int(os.stat(path).st_mtime),
-            "popularity": popularity.get(name, 0.0),
-            "sources": [base + quote(name)],
-        })
-    unknown = sorted(set(popularity) - present)
-    if unknown:
-        raise ManifestError(f"popularity given for files not in {directory}: {', '.join(unknown[:5])}")
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "files": files}
-    if now_s is not None:
-        doc["generated_s"] = now_s
-    return doc

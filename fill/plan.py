@@ -28,6 +28,9 @@ Rules kept here:
   bytes into the manifest's popularity (an exponentially weighted mean).
 - Without a site list, or when this appliance is not in its site's list,
   the site is this appliance alone.
+- Placement of one addition is one decision (`place`): the target store
+  together with the deletions it needs, within the run's one deletion
+  budget (`DeleteBudget`), which every deletion of a run is counted against.
 - An intra-day pass (`plan_pass`) only adds what was requested since the
   night and is missing from the whole site, on the file's first rendezvous
   holder, and what the night's plan chose but left to the passes, within
@@ -44,6 +47,7 @@ from typing import Collection, Iterable, Mapping, Sequence
 
 from fill.manifest import Manifest, ManifestFile, SiteAppliance
 from oca.rendezvous import hrw_score
+from oca.store.layout import StoreRoom, choose_store
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +132,8 @@ class Plan:
     @property
     def delete_share(self) -> float:
         """Share of what is held (by bytes or by count, the larger) that delete_now removes."""
-        # The count share is computed even when held_bytes is 0: returning 0.0
-        # then let a plan deleting every (zero-byte) file pass max_delete_share.
+        # The count share counts even when held_bytes is 0, so deleting
+        # every (zero-byte) file is never a share of 0.
         n_held = len(self.keep) + len(self.delete_now) + len(self.delete_if_needed)
         by_bytes = self.delete_now_bytes / self.held_bytes if self.held_bytes > 0 else 0.0
         by_count = len(self.delete_now) / n_held if n_held else 0.0
@@ -289,17 +293,105 @@ def predict_popularity(daily_bytes: Sequence[float], alpha: float = POPULARITY_A
     return est
 
 
-def make_room(need_bytes: int, free_bytes: int, candidates: Sequence[str], sizes: Mapping[str, int]) -> list[str]:
-    """Which of `candidates` (in order) to delete so `need_bytes` fit; [] if impossible."""
-    if need_bytes <= free_bytes:
-        return []
-    out = []
-    for cid in candidates:
-        out.append(cid)
-        free_bytes += sizes.get(cid, 0)
-        if need_bytes <= free_bytes:
-            return out
-    return []
+@dataclass(frozen=True, slots=True)
+class DeleteBudget:
+    """Deletions a run may still make, by count and by bytes (None: no limit, `--force`).
+
+    One budget for every deletion a run makes, whatever the path (files the
+    manifest dropped, room for an addition): each is checked before it is made.
+    """
+
+    files: int | None
+    bytes: int | None
+
+    @classmethod
+    def of_share(cls, share: float, held_files: int, held_bytes: int, *, unlimited: bool = False) -> "DeleteBudget":
+        if unlimited:
+            return cls(None, None)
+        return cls(int(math.floor(share * held_files + 1e-9)), int(math.floor(share * held_bytes + 1e-9)))
+
+    def allows(self, n_files: int, n_bytes: int) -> bool:
+        return (self.files is None or n_files <= self.files) and (self.bytes is None or n_bytes <= self.bytes)
+
+    def spend(self, n_files: int, n_bytes: int) -> "DeleteBudget":
+        return DeleteBudget(
+            None if self.files is None else self.files - n_files,
+            None if self.bytes is None else self.bytes - n_bytes,
+        )
+
+    def describe(self) -> str:
+        if self.files is None:
+            return "unlimited"
+        return f"{max(0, self.files)} files, {max(0, self.bytes or 0)} bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where an addition goes and what must be deleted first; `store_uuid` None: refused, with `reason`."""
+
+    store_uuid: str | None
+    evictions: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def place(
+    need_bytes: int,
+    rooms: Sequence[StoreRoom],
+    claimed: Mapping[str, int],
+    candidates: Sequence[str],
+    held_at: Mapping[str, tuple[str, int]],
+    budget: DeleteBudget,
+    *,
+    only: str | None = None,
+) -> Placement:
+    """The store for `need_bytes` more bytes, with the deletions that make room for them.
+
+    `rooms` are the stores' free space; `claimed` (store uuid → bytes) what
+    downloads in progress will still write there. Without deletions, the
+    working store with the most room left wins (`oca.store.layout.choose_store`).
+    Otherwise, per store, `candidates` (the plan's delete-if-needed list,
+    least valuable first) that live there (`held_at`: id → (store uuid,
+    size)) are taken in order until the bytes fit; the store needing the
+    fewest deletions (then the fewest bytes, then the lowest uuid) wins, and
+    only if `budget` allows them. `only` restricts the choice to one store
+    (a resumed download's).
+    """
+    adjusted = [
+        StoreRoom(r.uuid, r.working, r.free_bytes - claimed.get(r.uuid, 0), r.reserve_bytes)
+        for r in rooms
+        if r.working and (only is None or r.uuid == only)
+    ]
+    if not adjusted:
+        return Placement(None, reason="no working store" if only is None else "its store is not working")
+    uuid = choose_store(adjusted, need_bytes)
+    if uuid is not None:
+        return Placement(uuid)
+    best: tuple[int, int, str, tuple[str, ...]] | None = None
+    for room in adjusted:
+        free = room.free_bytes - room.reserve_bytes
+        victims: list[str] = []
+        freed = 0
+        for cid in candidates:
+            where = held_at.get(cid)
+            if where is None or where[0] != room.uuid:
+                continue
+            victims.append(cid)
+            freed += where[1]
+            if free + freed >= need_bytes:
+                break
+        if free + freed >= need_bytes:
+            option = (len(victims), freed, room.uuid, tuple(victims))
+            if best is None or option[:3] < best[:3]:
+                best = option
+    if best is None:
+        return Placement(None, reason=f"no store has room for {need_bytes} bytes, even after deleting every file no longer chosen")
+    n, freed, uuid, victims = best
+    if not budget.allows(n, freed):
+        return Placement(
+            None,
+            reason=f"making room needs {n} deletions ({freed} bytes), more than the run's deletion budget left ({budget.describe()})",
+        )
+    return Placement(uuid, victims)
 
 
 def holders_with(content_id: str, appliances: Sequence[SiteAppliance], inventories: Mapping[str, set[str]], me: str) -> list[SiteAppliance]:

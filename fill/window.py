@@ -83,29 +83,3 @@ def seconds_until_open(window: Window | None, now_s: float, tz: dt.tzinfo) -> fl
         return 0.0
     start, _end = current_or_next(window, now_s, tz)
     return max(0.0, start - now_s)
-
-
-def zone(name: str | None) -> dt.tzinfo:
-    """The named IANA zone, or the machine's local zone."""
-    if name:
-        return ZoneInfo(name)
-    return _system_zone() or dt.datetime.now().astimezone().tzinfo  # type: ignore[return-value]
-
-
-def _system_zone() -> dt.tzinfo | None:
-    import os
-
-    tz = os.environ.get("TZ")
-    if tz:
-        try:
-            return ZoneInfo(tz.lstrip(":"))
-        except Exception:
-            return None
-    try:
-        target = os.path.realpath("/etc/localtime")
-        marker = "/zoneinfo/"
-        if marker in target:
-            return ZoneInfo(target.split(marker, 1)[1])
-    except Exception:
-        return None
-    return None

@@ -19,7 +19,10 @@ from oca import __version__
 from oca.config import DEFAULT_CONFIG_PATH, load_config
 from oca.cli import run_cli
 from oca.errors import OcaError
+from oca.store.flags import Drain
 
+# Kept only for oca/server/app.py on main, which still imports it; the server
+# branch reads `ContentStore.drain()` instead. Delete after that merge.
 DRAIN_FLAG = "drain"
 
 
@@ -85,13 +88,11 @@ def run(argv: list[str] | None = None) -> int:
 
     if args.command == "rebuild-index":
         from oca.store.disks import Disk
-        from oca.store.index import Index
-
-        def open_index(path: str) -> Index:
-            return Index(path, map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)), max_readers=cfg.index.max_readers)
 
         disks = [Disk(s.path, s.reserve_percent) for s in cfg.stores]
-        report = maintenance.rebuild_index(cfg.index.path, disks, open_index)
+        report = maintenance.rebuild_index(
+            cfg.index.path, disks, map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)), max_readers=cfg.index.max_readers
+        )
         if report.moved_aside:
             print(f"old index moved to {report.moved_aside}")
         for line in report.stores:
@@ -146,10 +147,10 @@ def run(argv: list[str] | None = None) -> int:
         elif args.command == "enable-store":
             print(cs.enable_store(args.path, new_disk=args.new_disk))
         elif args.command == "drain":
-            cs.index.set_flag(DRAIN_FLAG, str(time.time()))
+            cs.set_drain(Drain(since_s=time.time()))
             print("draining")
         elif args.command == "undrain":
-            cs.index.set_flag(DRAIN_FLAG, None)
+            cs.set_drain(None)
             print("not draining")
         return 0
     finally:

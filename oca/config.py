@@ -27,26 +27,25 @@ from oca.errors import ConfigError
 from oca.settings import (
     REQUIRED,
     check_cidrs,
-    check_fraction,
-    check_http_url,
     check_keys,
     check_listen,
     check_name,
     check_non_negative,
     check_percent,
     check_positive,
-    check_timezone,
     documented_keys as _documented_keys,
     in_range,
     load_section,
     mapping_setting,
     one_of,
     parse_host_port,
-    read_toml,
     setting,
 )
+from oca.tomlfile import read_toml
 
 DEFAULT_CONFIG_PATH = "/etc/oca/oca.toml"
+# Tables of this file that other programs read and validate (`fill.config`).
+OTHER_PROGRAMS_TABLES = ("fill",)
 
 
 def check_existing_dir(value: str) -> str:
@@ -78,6 +77,12 @@ def check_index_path(value: str) -> str:
     if not os.path.isdir(parent):
         raise ValueError(f"parent directory {parent!r} does not exist")
     return os.path.normpath(value)
+
+
+def check_control_token(value: str) -> str:
+    if not 16 <= len(value) <= 256 or not value.isascii() or not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError("must be 16 to 256 printable ASCII characters without spaces")
+    return value
 
 
 # ---------------------------------------------------------------- sections
@@ -119,7 +124,14 @@ class ServerConfig:
     max_ranges: int = setting(16, doc="Ranges in one request; more → 200 with the whole file (nginx max_ranges).", check=lambda v: in_range(v, 0, 1024))
     shutdown_timeout_s: float = setting(30, doc="On SIGTERM or reload, time in-flight responses get to finish.", check=check_positive)
     cache_control: str = setting("no-store", doc="Cache-Control of content responses (errors always send no-store).")
-    control_allow: tuple[str, ...] = setting((), doc="CIDRs allowed to use /health, /inventory, /routes and /metrics; empty: everyone.", check=lambda v: check_cidrs(v))
+    control_allow: tuple[str, ...] = setting(
+        (), doc="CIDRs allowed to use /health, /inventory, /routes and /metrics besides loopback (always allowed); "
+        "empty: loopback only; 0.0.0.0/0 and ::/0: everyone.", check=lambda v: check_cidrs(v)
+    )
+    control_token: str | None = setting(
+        None, doc="When set, control endpoints also need 'Authorization: Bearer <token>' (16 to 256 printable ASCII characters).",
+        check=lambda v: check_control_token(v),
+    )
     access_log: str = setting("", doc="Access log: '' off, '-' stdout, or a file path (reopened on SIGUSR1).")
     access_log_format: str = setting("combined", doc="'combined' (nginx's) or 'json'.", check=lambda v: one_of(v, ("combined", "json")))
     fd_cache_size: int = setting(1000, doc="Open file descriptors kept per worker (nginx open_file_cache max).", check=lambda v: in_range(v, 0, 1 << 20))
@@ -191,36 +203,6 @@ class SigningConfig:
         return {k: v.encode("utf-8") for k, v in self.keys.items()}
 
 
-def check_window(value: str) -> str:
-    from fill.window import parse_window
-
-    parse_window(value)  # raises ValueError with a precise message
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class FillConfig:
-    manifest_url: str = setting(doc="Where the manifest is published (http or https).", check=check_http_url)
-    window: str | None = setting(None, doc="Local fill window 'HH:MM-HH:MM' (may cross midnight). Unset: no window limit.", check=check_window)
-    timezone: str | None = setting(None, doc="IANA time zone of the window. Unset: the machine's local time.", check=check_timezone)
-    rate_limit_mbps: float | None = setting(None, doc="Rate cap for all downloads together, in 10^6 bit/s. Unset: no cap.", check=check_positive)
-    nightly_budget_gb: float | None = setting(None, doc="Bytes (10^9) downloaded per run at most. Unset: no budget.", check=check_positive)
-    concurrency: int = setting(4, doc="Downloads at once.", check=lambda v: in_range(v, 1, 256))
-    signing_key_id: str | None = setting(None, doc="Key (from [signing] keys) used to sign peer-fill URLs. Unset: [signing] key_id.")
-    delete_grace_h: float = setting(
-        72, doc="A file still listed but no longer chosen is deleted after this many hours, or sooner when space is needed.", check=check_non_negative
-    )
-    max_delete_share: float = setting(
-        0.5, doc="Refuse a manifest that would delete more than this share of what the appliance holds, unless --force.", check=check_fraction
-    )
-    require_signed_manifest: bool = setting(False, doc="Refuse manifests without a valid HMAC signature made with a [signing] key.")
-    retries: int = setting(3, doc="Attempts per source before the next source is tried.", check=lambda v: in_range(v, 1, 100))
-    backoff_s: float = setting(2, doc="First retry delay; doubles with each retry.", check=check_non_negative)
-    connect_timeout_s: float = setting(10, doc="TCP connect timeout per request.", check=check_positive)
-    read_timeout_s: float = setting(30, doc="A source that sends nothing for this long has failed (stall guard).", check=check_positive)
-    peer_fill: bool = setting(True, doc="Fetch from appliances of the same site that hold the file before the origin.")
-
-
 @dataclass(frozen=True, slots=True)
 class Config:
     appliance: ApplianceConfig = setting(doc="Identity of this appliance.")
@@ -230,7 +212,6 @@ class Config:
     check: CheckConfig = setting(CheckConfig(), doc="Start-up reconciliation.")
     signing: SigningConfig = setting(SigningConfig(), doc="Signed URLs.")
     routes: RoutesConfig = setting(RoutesConfig(), doc="Client prefixes reported on /routes.")
-    fill: FillConfig | None = setting(None, doc="The nightly fill agent (oca-fill); optional for the server.")
 
 
 def _validate_config(cfg: Config) -> None:
@@ -245,12 +226,6 @@ def _validate_config(cfg: Config) -> None:
             raise ConfigError(f"index.path: must not be inside stores[{i}].path")
     if cfg.signing.key_id is not None and cfg.signing.key_id not in cfg.signing.keys:
         raise ConfigError(f"signing.key_id: {cfg.signing.key_id!r} is not one of signing.keys")
-    if cfg.fill is not None:
-        kid = cfg.fill.signing_key_id
-        if kid is not None and kid not in cfg.signing.keys:
-            raise ConfigError(f"fill.signing_key_id: {kid!r} is not one of signing.keys")
-        if cfg.fill.require_signed_manifest and not cfg.signing.keys:
-            raise ConfigError("fill.require_signed_manifest: needs at least one key in signing.keys")
     if cfg.signing.required and not cfg.signing.keys:
         raise ConfigError("signing.keys: required = true needs at least one key")
 
@@ -259,7 +234,13 @@ def _validate_config(cfg: Config) -> None:
 
 
 def parse_config(data: dict) -> Config:
-    """Validate an already-parsed TOML document into a `Config`."""
+    """Validate an already-parsed TOML document into a `Config`.
+
+    A `[fill]` table is let through unvalidated: it belongs to the fill agent
+    (`fill.config`), which shares this file.
+    """
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in OTHER_PROGRAMS_TABLES}
     cfg = load_section(Config, data, "")
     if not cfg.stores:
         raise ConfigError("stores: at least one [[stores]] table is required")

@@ -17,7 +17,10 @@ What it does, with the real programs:
 Rules kept here:
 - Everything it writes lands in one working directory that it names
   (default `./demo`); nginx's temporary paths and logs are pointed there.
-- Every process it starts is stopped on exit, Ctrl-C included.
+- Every process it starts is stopped on exit: on Ctrl-C, and on SIGTERM or
+  SIGHUP (a supervisor, `timeout`, a closed terminal), which end the demo
+  the same way. Children never outlive it: each is started with
+  PR_SET_PDEATHSIG (SIGTERM), so even a `kill -9` of the demo stops them.
 - `DemoSystem` is also what the end-to-end test drives.
 """
 
@@ -218,7 +221,8 @@ class DemoSystem:
 
     def _spawn(self, args: list[str], log: Path) -> subprocess.Popen:
         fh = open(log, "ab")
-        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))
         fh.close()
         self.procs.append(proc)
         return proc
@@ -251,7 +255,7 @@ class DemoSystem:
 
     def fill(self, node: Node) -> dict:
         proc = subprocess.run([str(self.bin / "oca-fill"), "--config", str(node.config), "run", "--ignore-window"],
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, preexec_fn=_die_with_parent(os.getpid()))
         with (node.dir / "fill.log").open("a") as fh:
             fh.write(proc.stderr)
         status = json.loads(subprocess.run([str(self.bin / "oca-fill"), "--config", str(node.config), "status"],
@@ -276,7 +280,10 @@ class DemoSystem:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 proc.wait(5)
 
     # ------------------------------------------------------------ the player
@@ -347,6 +354,33 @@ class Playback:
     complete: bool = False
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int):
+    """A preexec_fn: the child gets SIGTERM when the demo dies, however it dies."""
+
+    def preexec() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the demo died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP asked the demo to stop."""
+
+
+def _stop_on_signal(signum: int, _frame) -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # one teardown, however many signals follow
+    raise Stopped(signal.Signals(signum).name)
+
+
 def wait_http(url: str, timeout_s: float, ok_codes=(200,)) -> None:
     deadline = time.monotonic() + timeout_s
     last = None
@@ -370,13 +404,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default="demo", help="working directory (default ./demo); nothing is written elsewhere")
     p.add_argument("--port", type=int, default=8080, help="port for every service, each on its own 127.0.0.x address")
     p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (default: wait for Ctrl-C)")
+    p.add_argument("--random-titles", action="store_true", help="random bytes instead of encoding videos with ffmpeg (faster)")
     args = p.parse_args(argv)
     sysm = DemoSystem(Path(args.dir), base_port=args.port)
     say = lambda msg: print(f"demo: {msg}", flush=True)  # noqa: E731
     say(f"working directory {sysm.work} (nothing is written outside it)")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_signal)
     try:
         sysm.prepare()
-        real = sysm.make_content()
+        real = sysm.make_content(use_ffmpeg=False if args.random_titles else None)
         say(f"{len(TITLES)} sample titles in {sysm.content} ({'H.264 MP4 via ffmpeg' if real else 'random bytes: install ffmpeg for playable ones'})")
         doc = sysm.publish_manifest()
         sysm.start_origin()
@@ -428,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if pb.checksum == expected else 1
     except KeyboardInterrupt:
         return 0
+    except Stopped as exc:
+        say(f"{exc.args[0]}: stopping")
+        return 0
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # the teardown itself is never interrupted
         sysm.stop()
         say("stopped everything it started")
 

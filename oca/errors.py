@@ -2,7 +2,9 @@
 
 - `ConfigError`: the operator's file is wrong; the message names the key path.
 - `ContentIdError`: a caller passed an id outside the allowed alphabet.
-- `StoreError` and its children: a disk or the index misbehaved.
+- `StoreError` and its children: a disk or the index misbehaved, or a store
+  operation was refused (`oca.store.disks`: full, failed, unreadable;
+  `oca.store.index`: busy, corrupt, newer schema, write not committed).
 
 User mistakes are reported by the command-line shells as one line on stderr,
 never as a traceback.
@@ -19,3 +21,7 @@ class ConfigError(OcaError):
 
 class ContentIdError(OcaError, ValueError):
     """A content id does not match the allowed pattern."""
+
+
+class StoreError(OcaError):
+    """A store or the index could not do what was asked."""

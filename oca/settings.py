@@ -242,14 +242,11 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def read_toml(path: str) -> dict:
-    """Read and parse a TOML file, turning every failure into `ConfigError`."""
+def parse_toml(raw: bytes, path: str) -> dict:
+    """Parse a TOML document read from `path`, turning every failure into `ConfigError`."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None

@@ -30,10 +30,10 @@ from oca.settings import (
     check_positive,
     load_section,
     mapping_setting,
-    read_toml,
     setting,
     check_keys,
 )
+from oca.tomlfile import read_toml
 
 DEFAULT_STEERING_CONFIG = "/etc/oca/steering.toml"
 

@@ -282,7 +282,7 @@ class Steering:
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
-        return web.Response(text=render_status(self), content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
+        return web.Response(text=render_status(self.registry, self.poller, len(self.table), self.recent, self.results, time.time()), content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
     @web.middleware
     async def access(self, request: web.Request, handler) -> web.StreamResponse:

@@ -18,6 +18,12 @@ below DIR), with keep-alive, and misbehaves as MODE says:
     wrong-length  200 with the file plus 4 KiB of junk, Content-Length to
                   match (a consistent response for a different file)
     flaky         the first N requests (--flaky-n, default 2) get 500, then ok
+    oversize      200 without Content-Length (the body ends at close), the file
+                  plus 4 KiB of junk
+    redirect-loop       302 to the same path, forever
+    redirect-ftp        302 to ftp://127.0.0.1/<path>
+    redirect-javascript 302 to javascript:alert(1)
+    redirect-malformed  302 to a Location that is not a URL (http://[::1/x)
 
 Plain asyncio streams, no framework, so that every byte on the wire is
 chosen here. ``GET /_stats`` answers a JSON object with the requests seen,
@@ -42,7 +48,13 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-MODES = ("ok", "corrupt", "truncate", "500", "stall", "wrong-length", "flaky")
+REDIRECTS = {
+    "redirect-loop": "{path}",
+    "redirect-ftp": "ftp://127.0.0.1{path}",
+    "redirect-javascript": "javascript:alert(1)",
+    "redirect-malformed": "http://[::1{path}",
+}
+MODES = ("ok", "corrupt", "truncate", "500", "stall", "wrong-length", "flaky", "oversize", *REDIRECTS)
 CHUNK = 256 << 10
 CORRUPT_EVERY = 64 << 10
 STALL_AFTER = 64 << 10
@@ -137,6 +149,12 @@ class Origin:
             record["status"] = 500
             await self.simple(writer, 500, b"origin trouble\n", close=not keep)
             return keep
+        if self.mode in REDIRECTS:
+            record["status"] = 302
+            location = REDIRECTS[self.mode].format(path=path)
+            writer.write(f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode("latin-1"))
+            await writer.drain()
+            return keep
         file = self.locate(path)
         if file is None:
             record["status"] = 404
@@ -150,7 +168,7 @@ class Origin:
         status = 200
         rng = headers.get("range")
         if_range = headers.get("if-range")
-        if rng is not None and self.mode != "wrong-length":
+        if rng is not None and self.mode not in ("wrong-length", "oversize"):
             # RFC 9110 13.1.5: a validator that does not match means "send it all".
             honour = if_range is None or if_range == etag or if_range == last_modified
             parsed = parse_single_range(rng, size)
@@ -164,12 +182,12 @@ class Origin:
             if honour and parsed is not None:
                 start, end = parsed
                 status = 206
-        extra = JUNK if self.mode == "wrong-length" else 0
+        extra = JUNK if self.mode in ("wrong-length", "oversize") else 0
         length = end - start + extra
         lines = [
             f"HTTP/1.1 {status} {'Partial Content' if status == 206 else 'OK'}",
             "Content-Type: application/octet-stream",
-            f"Content-Length: {length}",
+            "Connection: close" if self.mode == "oversize" else f"Content-Length: {length}",
             f"ETag: {etag}",
             f"Last-Modified: {last_modified}",
             "Accept-Ranges: bytes",
@@ -200,13 +218,13 @@ class Origin:
                 pos += len(data)
                 self.bytes_sent += len(data)
                 record["bytes"] += len(data)
-        if self.mode == "wrong-length":
+        if self.mode in ("wrong-length", "oversize"):
             writer.write(b"\0" * JUNK)
             await writer.drain()
             self.bytes_sent += JUNK
             record["bytes"] += JUNK
-        if self.mode == "truncate":
-            writer.transport.close()  # FIN after half the promised body
+        if self.mode in ("truncate", "oversize"):
+            writer.transport.close()  # FIN: after half the promised body, or the end of an undelimited one
             return False
         if self.mode == "stall":
             await asyncio.sleep(24 * 3600)  # headers and a little body, then silence

@@ -21,6 +21,7 @@ def write_config(
     listen: list[str] | None = None,
     extra: str = "",
     reserve_percent: float | None = None,
+    server_extra: str = "",
 ) -> Path:
     """Write an appliance config under `base` (creating store dirs) and return its path."""
     base.mkdir(parents=True, exist_ok=True)
@@ -35,6 +36,7 @@ def write_config(
         f'site = "{site}"',
         "[server]",
         "listen = [" + ", ".join(f'"{x}"' for x in listen) + "]",
+        *([server_extra.strip()] if server_extra.strip() else []),
         "[index]",
         f'path = "{base / "index"}"',
         "map_size_gb = 1",

@@ -38,6 +38,8 @@ from typing import Any, Callable, Protocol
 
 import httptools
 
+from oca.http.messages import Request, Response
+
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
 LINGER_S = 2.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST (see _abort)
@@ -47,47 +49,33 @@ IDLE = 0  # waiting for a request's first byte
 HEAD = 1  # reading a request's head
 BUSY = 2  # a response is being produced or sent
 CLOSING = 3  # write side shut, draining input
+PHASES = (IDLE, HEAD, BUSY, CLOSING)
+DEADLINE_KINDS = ("header", "idle", "send", "linger")
+
+# What a passed deadline does, by (phase, deadline kind). Pure data: the
+# sweep looks the pair up and `expire` carries the action out.
+NOTHING = "nothing"  # the deadline no longer applies (the phase moved on)
+CLOSE = "close"  # close quietly (FIN)
+ABORT = "abort"  # reset: unsent data is dropped (a client that stopped reading)
+TIMEOUT = "timeout"  # answer 408 (the client sent part of a head), then linger
+EXPIRY: dict[tuple[int, str], str] = {
+    (IDLE, "header"): CLOSE,  # connected and sent nothing
+    (HEAD, "header"): TIMEOUT,  # slowloris: part of a head, too slowly
+    (IDLE, "idle"): CLOSE,  # keep-alive timeout
+    **{(phase, "send"): ABORT for phase in PHASES},
+    **{(phase, "linger"): CLOSE for phase in PHASES},
+}
 
 
-class Request:
-    __slots__ = (
-        "method",
-        "target",
-        "path",
-        "query",
-        "headers",
-        "version",
-        "keep_alive",
-        "started",
-        "error",
-    )
+def expiry_action(phase: int, kind: str, busy: bool) -> str:
+    """The action for a passed deadline of `kind` in `phase` (`busy`: a response is in flight).
 
-    def __init__(self) -> None:
-        self.method = ""
-        self.target = b""
-        self.path = ""
-        self.query = ""
-        self.headers: dict[str, str] = {}
-        self.version = "1.1"
-        self.keep_alive = True
-        self.started = 0.0
-        self.error: tuple[int, str] | None = None
-
-
-class Response:
-    """What to send: `head` (status line and headers) and body `segments`."""
-
-    __slots__ = ("status", "head", "segments", "body_bytes", "close", "on_done", "on_error")
-
-    def __init__(self, status: int, head: bytes, segments: list, body_bytes: int, close: bool = False):
-        self.status = status
-        self.head = head
-        self.segments = segments
-        self.body_bytes = body_bytes
-        self.close = close
-        self.on_done: Callable[[], None] | None = None
-        # Called with the OSError when sendfile fails on the file side.
-        self.on_error: Callable[[OSError], None] | None = None
+    A header deadline never cuts a response in flight: the pipelined head
+    being read meanwhile is timed again once the response is done.
+    """
+    if busy and kind == "header":
+        return NOTHING
+    return EXPIRY.get((phase, kind), NOTHING)
 
 
 class Handler(Protocol):
@@ -134,6 +122,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_count = 0
         self._header_bytes = 0
         self._body_bytes = 0
+        self._in_head = False  # header callbacks now are head fields, not chunked trailers
         self._queue: deque[Request] = deque()
         self._paused = False
         self._fd = -1
@@ -198,11 +187,10 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._req is not None and self._head_bytes:
             if self._began_in_chunk:
-                # Count only this head's bytes (found by tests/fault): the chunk
-                # may also hold earlier pipelined requests, and counting all of
-                # it refused small pipelined requests with 431 whenever a read
-                # ended inside one. The new head starts after the last blank
-                # line in the chunk (an over-estimate only by a previous body).
+                # Only this head's bytes count: the chunk may also hold earlier
+                # pipelined requests, which must not push a small head over the
+                # limit. The new head starts after the last blank line in the
+                # chunk (an over-estimate only by a previous body).
                 end = data.rfind(b"\r\n\r\n")
                 self._head_bytes += len(data) - (end + 4 if end >= 0 else 0)
             else:
@@ -226,6 +214,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_count = 0
         self._header_bytes = 0
         self._body_bytes = 0
+        self._in_head = True
         if self.phase == IDLE:
             self.phase = HEAD
             self.deadline = req.started + self.limits.header_timeout_s
@@ -255,6 +244,11 @@ class HttpConnection(asyncio.Protocol):
         except UnicodeDecodeError:
             req.error = (400, "header name is not ASCII")
             raise httptools.HttpParserError("bad header name") from None
+        if not self._in_head:
+            # A chunked trailer field (RFC 9112 §7.1.2): counted against the
+            # limits above, never merged into the request's header fields,
+            # which were decided on when the head ended (RFC 9110 §6.5.1).
+            return
         text = value.decode("latin-1")
         old = req.headers.get(key)
         # RFC 9110 §5.3: repeated fields combine as a comma-separated list.
@@ -267,6 +261,7 @@ class HttpConnection(asyncio.Protocol):
         req.method = p.get_method().decode("ascii", "replace")
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
+        self._in_head = False
         target = b"".join(self._url_parts)
         req.target = target
         path, _, query = target.partition(b"?")
@@ -297,11 +292,10 @@ class HttpConnection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start the next queued response, if no response is in flight."""
-        # Iterate, never recurse (found by tests/fault): a response sent at once
-        # calls _response_sent -> _next from inside this loop, so a burst of a
-        # few hundred pipelined requests used to nest _next/_start/_pump/
-        # _response_sent until RecursionError (a 500, then a broken connection).
-        # A nested call returns; this loop picks up the next request.
+        # Iterative, never recursive: a response sent at once calls
+        # _response_sent -> _next from inside this loop; the nested call
+        # returns and this loop picks up the next request, so any number of
+        # pipelined requests uses constant stack.
         if self._in_next:
             return
         self._in_next = True
@@ -440,9 +434,8 @@ class HttpConnection(asyncio.Protocol):
         assert resp is not None
         close = resp.close
         self._finish(complete=True)
-        # A client that half-closed while this response was in flight (found by
-        # tests/fault: an /inventory answered in a thread, or a long transfer)
-        # sends nothing more: close now instead of idling until keepalive_timeout_s.
+        # A client that half-closed while this response was in flight sends
+        # nothing more: close now instead of idling until keepalive_timeout_s.
         if close or self.shutting_down or (self.closing_after and not self._queue):
             self._linger()
             return
@@ -505,11 +498,10 @@ class HttpConnection(asyncio.Protocol):
     def _abort(self) -> None:
         self._stop_writer()
         if self.transport is not None and not self._lost:
-            # Reset, not FIN (found by tests/fault): a plain close() of a socket
-            # with unsent data (a client that stopped reading, send timeout)
-            # leaves an orphan in FIN-WAIT-1 holding megabytes of kernel memory
-            # for minutes, and the client is never told. SO_LINGER {on, 0} makes
-            # the last close send RST and free the buffers at once.
+            # Reset, not FIN: a socket closed with unsent data (a client that
+            # stopped reading, send timeout) must not linger in FIN-WAIT-1
+            # holding megabytes of kernel memory. SO_LINGER {on, 0} makes the
+            # last close send RST and free the buffers at once.
             try:
                 sock = self._sock if self._sock is not None else self.transport.get_extra_info("socket")
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -529,24 +521,19 @@ class HttpConnection(asyncio.Protocol):
             self._sock = None
 
     def expire(self, now: float) -> str | None:
-        """Called by the sweep; closes the connection if its deadline passed."""
+        """Called by the sweep; acts on a passed deadline (see EXPIRY). Returns its kind if it acted."""
         if now < self.deadline:
             return None
         kind = self.deadline_kind
-        if kind == "linger":
+        action = expiry_action(self.phase, kind, self._current is not None)
+        if action == CLOSE:
             self._close()
-        elif kind == "send":
+        elif action == ABORT:
             self._abort()
-        elif kind == "header" and self.phase in (IDLE, HEAD) and self._current is None:
-            # A client that sent part of a head: tell it why; an empty one just closes.
-            if self.phase == HEAD:
-                self._fail(408, "request header timeout")
-                self.deadline = now + LINGER_S
-                self.deadline_kind = "linger"
-            else:
-                self._close()
-        elif kind == "idle" and self.phase == IDLE:
-            self._close()
+        elif action == TIMEOUT:
+            self._fail(408, "request header timeout")
+            self.deadline = now + LINGER_S
+            self.deadline_kind = "linger"
         else:
             return None
         return kind

@@ -19,94 +19,65 @@ Rules kept here:
 - Content responses carry the configured Cache-Control; errors always carry
   `no-store`. ETag is the content's xxh3-128 checksum, identical on every
   appliance; Last-Modified is the origin's modification time.
-- A file-side I/O error fails the store (in a thread: an LMDB write does not
-  belong on the serving loop) and drops its cached descriptors.
-- Control endpoints are cheap: `/health` and `/metrics` read counters from
-  shared memory and store states from the index; `/inventory` walks the
-  index in a thread and is cached by generation. An optional CIDR allow-list
-  guards them.
+- A file-side I/O error fails the store if it means a dead disk (in a
+  thread: an LMDB write does not belong on the serving loop) and drops its
+  cached descriptors.
+- Every response head is made by `build_head` (status line, Date, the
+  caller's fields, Content-Length, Connection), so a field that belongs on
+  every response is added in one place.
+- When the index and the file disagree (file gone, a different size, or a
+  symbolic link) the entry is taken out of service at once (in a thread:
+  the index entry is deleted only if it still names that file), so later
+  requests get 404 and `/inventory` stops listing the id.
+- Control endpoints (`oca.server.control` decides who may use them) are
+  cheap on the serving loop: `/health` and `/metrics` read counters from
+  shared memory and store states from the index; `/inventory` reads the
+  index (full listing or journal walk) only in a thread, one build per
+  distinct answer however many ask at once, cached by generation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import errno
 import json
-import mimetypes
 import os
-import re
 import time
-from typing import Any
-from urllib.parse import parse_qsl, unquote
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qsl
 
 from oca import __version__
-from oca.admin import DRAIN_FLAG
 from oca.config import Config
 from oca.http import ranges
 from oca.http.dates import format_http_date
-from oca.http.protocol import HttpConnection, Request, Response
-from oca.ids import is_valid_id
+from oca.http.messages import Request, Response
+from oca.server import control
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.fdcache import CachedFile, FdCache, SizeMismatch
+from oca.server.responses import (
+    _ERROR_FIELDS,
+    _PREFLIGHT_FIELDS,
+    _SIMPLE_RANGE,
+    CONDITIONAL_HEADERS,
+    CORS,
+    REASONS,
+    DateCache,
+    PathError,
+    build_head,
+    content_type_for,
+    has_signature,
+    parse_content_path,
+)
 from oca.signing import verify
 from oca.store.content import ContentStore
 
-REASONS = {
-    200: "OK", 204: "No Content", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
-    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone",
-    412: "Precondition Failed", 413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
-}
-CORS = (
-    b"Access-Control-Allow-Origin: *\r\n"
-    b"Access-Control-Expose-Headers: Content-Range, Content-Length, Accept-Ranges, ETag, Last-Modified\r\n"
-)
-CONTENT_TYPES = {
-    ".mp4": "video/mp4", ".m4v": "video/mp4", ".m4a": "audio/mp4", ".m4s": "video/iso.segment",
-    ".ts": "video/mp2t", ".m3u8": "application/vnd.apple.mpegurl", ".mpd": "application/dash+xml",
-    ".webm": "video/webm", ".mkv": "video/x-matroska", ".vtt": "text/vtt", ".aac": "audio/aac",
-    ".mp3": "audio/mpeg", ".json": "application/json", ".jpg": "image/jpeg", ".png": "image/png",
-}
-RANGE_HEADERS = ("range", "if-range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since")
-CONDITIONAL_HEADERS = frozenset(RANGE_HEADERS[1:])
-# The one Range form video players send, `bytes=<first>-<last>`, decided
-# here without building a Representation and a Decision. Only inputs on
-# which `ranges.decide` is known to answer 206 (first <= last < 10^18,
-# first inside the file, no conditional field, GET, ranges enabled) take
-# this path; everything else goes through `ranges.decide`.
-_SIMPLE_RANGE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{1,18})", re.ASCII)
-
-
-def content_type_for(content_id: str) -> str:
-    dot = content_id.rfind(".")
-    if dot <= 0:
-        return "application/octet-stream"
-    ext = content_id[dot:].lower()
-    known = CONTENT_TYPES.get(ext)
-    if known:
-        return known
-    guess, _enc = mimetypes.guess_type("x" + ext, strict=False)
-    return guess or "application/octet-stream"
-
-
-class DateCache:
-    """The `Date` header line, formatted at most once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self.line = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self.line = f"Date: {format_http_date(now)}\r\n".encode()
-        return self.line
-
+if TYPE_CHECKING:
+    from oca.server.metrics import MetricsSnapshot
 
 class App:
-    def __init__(self, cfg: Config, store: ContentStore, stats: S.SharedStats, log: AccessLog, loop: asyncio.AbstractEventLoop):
+    def __init__(self, cfg: Config, store: ContentStore, stats: S.SharedStats, log: AccessLog, loop: asyncio.AbstractEventLoop,
+                 tasks_down: Callable[[], dict[str, str]] = dict, task_failures: Callable[[], dict[str, int]] = dict):
         self.cfg = cfg
         self.store = store
         self.stats = stats
@@ -120,9 +91,12 @@ class App:
         self.signing_required = cfg.signing.required
         self.skew = cfg.signing.clock_skew_s
         self.max_ranges = cfg.server.max_ranges
-        self.control_nets = [ipaddress.ip_network(c) for c in cfg.server.control_allow]
-        self._inventory_cache: tuple[int, bytes] | None = None
-        self._inventory_task: asyncio.Future | None = None
+        self.control_policy = control.ControlPolicy.from_config(cfg.server.control_allow, cfg.server.control_token)
+        self.tasks_down = tasks_down  # this worker's supervised tasks that are down: name → reason
+        self.task_failures = task_failures
+        self._inventory_cache: dict[tuple, bytes] = {}  # (kind, ..., generation) → body; only the current generation
+        self._building: dict[tuple, asyncio.Future] = {}  # the same keys, while a thread builds them
+        self._withdrawing: set[str] = set()
         self.shutting_down = False
         self.started_s = time.time()
 
@@ -130,34 +104,16 @@ class App:
 
     def error_response(self, status: int, reason: str, close: bool, extra: bytes = b"") -> Response:
         body = (reason + "\n").encode("utf-8", "replace")
-        head = (
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n".encode()
-            + self.dates.get()
-            + self.server_line
-            + b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
-            + CORS
-            + extra
-            + f"Content-Length: {len(body)}\r\n".encode()
-            + (b"Connection: close\r\n" if close else b"")
-            + b"\r\n"
-        )
+        head = build_head(status, self.dates.get(), self.server_line + _ERROR_FIELDS + extra, len(body), close)
         return Response(status, head, [body], len(body), close)
 
     def _simple(self, status: int, content_type: str, body: bytes, req: Request, extra: bytes = b"") -> Response:
         close = not req.keep_alive
-        head = (
-            f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}\r\n".encode()
-            + self.dates.get()
-            + self.server_line
-            + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode()
-            + b"Cache-Control: no-store\r\n"
-            + extra
-            + (b"Connection: close\r\n" if close else b"")
-            + b"\r\n"
-        )
+        fields = self.server_line + f"Content-Type: {content_type}\r\n".encode() + b"Cache-Control: no-store\r\n" + extra
+        head = build_head(status, self.dates.get(), fields, len(body), close)
         return Response(status, head, [] if req.method == "HEAD" else [body], len(body), close)
 
-    def finished(self, req: Request, conn: HttpConnection, status: int, body_bytes: int, complete: bool) -> None:
+    def finished(self, req: Request, conn: Any, status: int, body_bytes: int, complete: bool) -> None:
         now = self.loop.time()
         duration = now - req.started if req.started else 0.0
         self.stats.observe(status if complete else 499 if status < 500 else status, duration, body_bytes)
@@ -170,7 +126,7 @@ class App:
 
     # ------------------------------------------------------------ routing
 
-    def handle(self, req: Request, conn: HttpConnection) -> Response | asyncio.Future:
+    def handle(self, req: Request, conn: Any) -> Response | asyncio.Future:
         path = req.path
         method = req.method
         if path.startswith("/content/"):
@@ -179,69 +135,42 @@ class App:
             if method == "OPTIONS":
                 return self.preflight(req)
             return self.error_response(405, f"method {method} not allowed", not req.keep_alive, b"Allow: GET, HEAD, OPTIONS\r\n")
-        if path in ("/health", "/inventory", "/metrics", "/routes"):
+        if path in control.CONTROL_PATHS:
             if method not in ("GET", "HEAD"):
                 return self.error_response(405, f"method {method} not allowed", not req.keep_alive, b"Allow: GET, HEAD\r\n")
-            if self.control_nets and not self._control_allowed(conn.peer):
-                return self.error_response(403, "control endpoints are not open to this address", not req.keep_alive)
-            if path == "/health":
-                return self.health(req)
-            if path == "/metrics":
-                return self.metrics(req)
-            if path == "/routes":
-                return self.routes(req)
-            return self.inventory(req)
+            refusal = control.control_refusal(conn.peer, req.headers.get("authorization"), self.control_policy)
+            if refusal is not None:
+                return self.error_response(403, refusal, not req.keep_alive)
+            try:
+                if path == "/health":
+                    return self.health(req)
+                if path == "/metrics":
+                    return self.metrics(req)
+                if path == "/routes":
+                    return self.routes(req)
+                return self.inventory(req)
+            except control.QueryError as exc:
+                return self.error_response(400, str(exc), not req.keep_alive)
         if method == "OPTIONS" and path == "*":
             return self.preflight(req)
         if not path.startswith("/"):
             return self.error_response(400, "malformed request target", not req.keep_alive)
         return self.error_response(404, "no such path", not req.keep_alive)
 
-    def _control_allowed(self, peer: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(peer.split("%")[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.control_nets)
-
     def preflight(self, req: Request) -> Response:
-        head = (
-            b"HTTP/1.1 204 No Content\r\n"
-            + self.dates.get()
-            + self.server_line
-            + b"Access-Control-Allow-Origin: *\r\n"
-            b"Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
-            b"Access-Control-Allow-Headers: Range, If-Range, If-None-Match, If-Modified-Since, If-Match, If-Unmodified-Since\r\n"
-            b"Access-Control-Max-Age: 86400\r\n"
-            b"Allow: GET, HEAD, OPTIONS\r\n"
-            b"Cache-Control: no-store\r\nContent-Length: 0\r\n"
-            + (b"Connection: close\r\n" if not req.keep_alive else b"")
-            + b"\r\n"
-        )
-        return Response(204, head, [], 0, not req.keep_alive)
+        close = not req.keep_alive
+        head = build_head(204, self.dates.get(), self.server_line + _PREFLIGHT_FIELDS, 0, close)
+        return Response(204, head, [], 0, close)
 
     # ------------------------------------------------------------ content
 
     def content(self, req: Request, path: str) -> Response:
         close = not req.keep_alive
-        rest = path[9:]
-        slash = rest.find("/")
-        path_range: tuple[int, int] | None = None
-        if slash >= 0:
-            tail = rest[slash + 1 :]
-            rest = rest[:slash]
-            if not tail.startswith("range/"):
-                return self.error_response(400, "malformed path: expected /content/<id>/range/<start>-<end>", close)
-            start_text, dash, end_text = tail[6:].partition("-")
-            if not dash or not start_text.isdigit() or not end_text.isdigit() or not start_text.isascii() or not end_text.isascii() or len(start_text) > 19 or len(end_text) > 19:
-                return self.error_response(400, "malformed range in path: expected <start>-<end> in decimal", close)
-            path_range = (int(start_text), int(end_text))
-        content_id = unquote(rest) if "%" in rest else rest
-        if not is_valid_id(content_id):
-            return self.error_response(400, "malformed content id", close)
-        if self.signing_required or (req.query and "t=" in req.query):
+        try:
+            content_id, path_range = parse_content_path(path)
+        except PathError as exc:
+            return self.error_response(400, str(exc), close)
+        if self.signing_required or has_signature(req.query):
             verdict = self._check_signature(content_id, req.query)
             if verdict is not None:
                 return self.error_response(verdict[0], verdict[1], close)
@@ -253,11 +182,22 @@ class App:
             try:
                 entry = self.fds.open(loc.path, loc.size, lambda fd, size: self._make_entry(fd, size, content_id, loc.checksum, loc.mtime_s, loc.store_uuid))
             except SizeMismatch as exc:
+                self._withdraw(content_id, loc.path)
                 return self.error_response(503, f"content unavailable: {exc.args[0].split(': ', 1)[-1]}", close)
             except OSError as exc:
-                self._file_error(loc.store_uuid, exc, "opening")
+                if exc.errno in (errno.ENOENT, errno.ELOOP):
+                    # Gone, or a symbolic link (never followed): the index is wrong about this id.
+                    self._withdraw(content_id, loc.path)
+                if exc.errno != errno.ELOOP:
+                    self._file_error(loc.store_uuid, exc, "opening")
                 return self.error_response(503, "content unavailable: store error", close)
         entry.used = self.loop.time()
+        resp = self._content_response(req, entry, path_range, close)
+        if entry.retired and resp.on_done is None:
+            self.fds.unused(entry)  # a body-less answer never holds the descriptor
+        return resp
+
+    def _content_response(self, req: Request, entry: CachedFile, path_range: tuple[int, int] | None, close: bool) -> Response:
         size = entry.size
         headers = req.headers
         if path_range is not None:
@@ -293,16 +233,10 @@ class App:
                 return self._file_response(req, entry, 206, start, end - start + 1, ranges.content_range(start, end, size))
             return self._multipart(req, entry, decision.ranges)
         if status == 304:
-            head = (
-                b"HTTP/1.1 304 Not Modified\r\n" + self.dates.get() + self.server_line
-                + f"ETag: {entry.etag}\r\nLast-Modified: {entry.last_modified}\r\n".encode()
-                + self.cache_control + CORS + (b"Connection: close\r\n" if close else b"") + b"\r\n"
-            )
-            return Response(304, head, [], 0, close)
+            fields = self.server_line + f"ETag: {entry.etag}\r\nLast-Modified: {entry.last_modified}\r\n".encode() + self.cache_control + CORS
+            return Response(304, build_head(304, self.dates.get(), fields, None, close), [], 0, close)
         if status == 416:
             return self.error_response(416, "range not satisfiable", close, f"Content-Range: {ranges.unsatisfied_range(size)}\r\n".encode())
-        if status == 400:
-            return self.error_response(400, decision.reason or "bad range", close)
         return self.error_response(status, decision.reason or REASONS.get(status, "error"), close)
 
     def _check_signature(self, content_id: str, query: str) -> tuple[int, str] | None:
@@ -324,14 +258,8 @@ class App:
 
     def _file_response(self, req: Request, entry: CachedFile, status: int, offset: int, count: int, content_range: str | None) -> Response:
         close = not req.keep_alive
-        head = (
-            (b"HTTP/1.1 200 OK\r\n" if status == 200 else b"HTTP/1.1 206 Partial Content\r\n")
-            + self.dates.get()
-            + entry.block
-            + (f"Content-Range: {content_range}\r\n".encode() if content_range else b"")
-            + f"Content-Length: {count}\r\n".encode()
-            + (b"Connection: close\r\n\r\n" if close else b"\r\n")
-        )
+        more = b"" if content_range is None else b"Content-Range: %s\r\n" % content_range.encode()
+        head = build_head(status, self.dates.get(), entry.block, count, close, more)
         if req.method == "HEAD" or count == 0:
             return Response(status, head, [], 0, close)
         resp = Response(status, head, [(entry.fd, offset, count)], count, close)
@@ -342,12 +270,8 @@ class App:
         close = not req.keep_alive
         boundary = os.urandom(12).hex()
         parts, closing, total = ranges.multipart_layout(chosen, entry.size, entry.content_type, boundary)
-        head = (
-            b"HTTP/1.1 206 Partial Content\r\n" + self.dates.get()
-            + entry.block.replace(f"Content-Type: {entry.content_type}\r\n".encode(), f"Content-Type: multipart/byteranges; boundary={boundary}\r\n".encode())
-            + f"Content-Length: {total}\r\n".encode()
-            + (b"Connection: close\r\n\r\n" if close else b"\r\n")
-        )
+        fields = entry.block.replace(f"Content-Type: {entry.content_type}\r\n".encode(), f"Content-Type: multipart/byteranges; boundary={boundary}\r\n".encode())
+        head = build_head(206, self.dates.get(), fields, total, close)
         if req.method == "HEAD":
             return Response(206, head, [], 0, close)
         segments: list[Any] = []
@@ -388,11 +312,41 @@ class App:
 
         self.loop.run_in_executor(None, report)
 
+    def _withdraw(self, content_id: str, path: str) -> None:
+        """Take `content_id` out of service (in a thread) while the index still maps it to `path`."""
+        if content_id in self._withdrawing:
+            return
+        self._withdrawing.add(content_id)
+
+        def work() -> None:
+            self.store.withdraw(content_id, path)
+
+        def done(fut: asyncio.Future) -> None:
+            self._withdrawing.discard(content_id)
+            fut.exception()  # retrieved: a failed withdrawal is retried by the next request
+
+        self.loop.run_in_executor(None, work).add_done_callback(done)
+
     # ------------------------------------------------------------ control
+
+    def task_conditions(self) -> list[dict]:
+        """A `degraded` condition for each long-lived task that is down, in any of the server's processes."""
+        out = []
+        own = self.tasks_down()
+        for name, reason in sorted(own.items()):
+            out.append({"status": "degraded", "reason": f"task {name} is down in worker slot {self.stats.slot}: {reason}"})
+        for slot, bits in enumerate(self.stats.counters[S.C_TASKS_DOWN :: S.SLOT_COUNTERS].tolist()):
+            if not bits or slot == self.stats.slot:
+                continue
+            for name in S.bit_names(bits, S.WORKER_TASKS):
+                out.append({"status": "degraded", "reason": f"task {name} is down in worker slot {slot}"})
+        for name in S.bit_names(int(self.stats.header[S.H_PARENT_TASKS_DOWN]), S.PARENT_TASKS):
+            out.append({"status": "degraded", "reason": f"task {name} is down in the parent process"})
+        return out
 
     def health_document(self) -> dict:
         cfg = self.cfg
-        records = self.store.index.stores()
+        records = self.store.store_records()
         stores = []
         conditions = []
         working = 0
@@ -406,8 +360,11 @@ class App:
                 working += 1
             else:
                 conditions.append({"status": "degraded", "reason": f"store {disk.path} failed: {reason}"})
-        drain = self.store.index.get_flag(DRAIN_FLAG)
-        if drain is not None:
+        conditions.extend(self.task_conditions())
+        routes_down = self.store.routes().down
+        if routes_down:
+            conditions.append({"status": "degraded", "reason": f"task {routes_down} (parent process)"})
+        if self.store.drain() is not None:
             conditions.append({"status": "draining", "reason": "drained by operator"})
         if working == 0:
             conditions.append({"status": "down", "reason": "no working store"})
@@ -417,6 +374,7 @@ class App:
         status = max((c["status"] for c in conditions), key=order.__getitem__, default="ok")
         h = self.stats.header
         nic_util = h[S.H_NIC_UTIL]
+        fill = self.store.fill_status()
         return {
             "status": status,
             "conditions": conditions,
@@ -434,8 +392,11 @@ class App:
                 "nic_capacity_bps": None if h[S.H_NIC_CAPACITY_BPS] < 0 else h[S.H_NIC_CAPACITY_BPS],
                 "sampled_at": h[S.H_SAMPLED_AT],
             },
-            "generation": self.store.index.generation(),
-            "fill": _fill_status(self.store.index.get_flag("fill_status")),
+            "generation": self.store.generation(),
+            "fill": None if fill.last is None and fill.current is None else {
+                "last": None if fill.last is None else dict(fill.last),
+                "current": None if fill.current is None else dict(fill.current),
+            },
         }
 
     def health(self, req: Request) -> Response:
@@ -443,67 +404,96 @@ class App:
         body = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
         return self._simple(503 if doc["status"] == "down" else 200, "application/json", body, req)
 
+    def metrics_snapshot(self) -> "MetricsSnapshot":
+        # Imported on first scrape: prometheus-client costs a worker about 3 MiB.
+        from oca.server.metrics import MetricsSnapshot, StoreFigures
+
+        records = self.store.store_records()
+        figures = []
+        for disk in self.store.disks:
+            rec = records.get(disk.uuid or "")
+            cap = disk.capacity()
+            up = (rec.state if rec is not None else disk.state) == "ok"
+            figures.append(StoreFigures(disk.path, up, cap.total_bytes, cap.used_bytes, cap.free_bytes, cap.reserve_bytes))
+        totals = self.stats.totals()
+        failures = {f"worker.{n}": 0 for n in S.WORKER_TASKS}
+        failures["worker.sweep"] = totals[S.C_TASK_FAILURES]
+        failures["parent"] = int(self.stats.header[S.H_PARENT_TASK_FAILURES])
+        last = self.store.fill_status().last
+        return MetricsSnapshot(
+            __version__, self.cfg.appliance.id, self.cfg.appliance.site, tuple(totals), tuple(self.stats.header),
+            tuple(figures), self.store.generation(), self.store.drain() is not None,
+            dict(last) if last is not None else {}, failures,
+        )
+
     def metrics(self, req: Request) -> Response:
         from oca.server.metrics import render
 
-        body = render(self)
-        return self._simple(200, "text/plain; version=0.0.4; charset=utf-8", body, req)
+        return self._simple(200, "text/plain; version=0.0.4; charset=utf-8", render(self.metrics_snapshot()), req)
 
     def routes(self, req: Request) -> Response:
         """The client prefixes this appliance serves (static + kernel), with a generation."""
-        raw = self.store.index.get_flag("routes")
-        doc = json.loads(raw) if raw else {"generation": 0, "prefixes": []}
-        params = dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}
-        since = params.get("since")
-        out: dict[str, Any] = {"appliance": self.cfg.appliance.id, "site": self.cfg.appliance.site, "generation": doc.get("generation", 0)}
-        if since is not None and since.isdigit() and int(since) == out["generation"]:
+        since = control.parse_routes_query(req.query)
+        current = self.store.routes()
+        out: dict[str, Any] = {"appliance": self.cfg.appliance.id, "site": self.cfg.appliance.site, "generation": current.generation}
+        if since is not None and since == current.generation:
             out["kind"] = "unchanged"
         else:
             out["kind"] = "full"
-            out["prefixes"] = doc.get("prefixes", [])
+            out["prefixes"] = list(current.prefixes)
         return self._simple(200, "application/json", json.dumps(out).encode() + b"\n", req)
 
     def inventory(self, req: Request) -> Response | asyncio.Future:
-        params = dict(parse_qsl(req.query, keep_blank_values=True)) if req.query else {}
-        since_text = params.get("since")
-        if since_text is not None:
-            if not since_text.isdigit() or len(since_text) > 19:
-                return self.error_response(400, "since must be a generation number", not req.keep_alive)
-            changes = self.store.index.changes_since(int(since_text))
-            if changes.kind != "full":
-                doc = {"appliance": self.cfg.appliance.id, "generation": changes.generation, "since": int(since_text), "kind": changes.kind}
-                if changes.kind == "delta":
-                    doc["added"] = list(changes.added)
-                    doc["removed"] = list(changes.removed)
-                return self._simple(200, "application/json", json.dumps(doc).encode() + b"\n", req)
-        generation = self.store.index.generation()
-        cached = self._inventory_cache
-        if cached is not None and cached[0] == generation:
-            return self._simple(200, "application/json", cached[1], req)
-        fut = self.loop.create_future()
+        q = control.parse_inventory_query(req.query)
+        generation = self.store.generation()
+        appliance = self.cfg.appliance.id
+        if q.since is not None and q.since == generation:
+            doc = {"appliance": appliance, "generation": generation, "since": q.since, "kind": "unchanged"}
+            return self._simple(200, "application/json", json.dumps(doc).encode() + b"\n", req)
+        key: tuple = ("full", generation) if q.since is None else ("delta", q.since, q.limit, q.paged, generation)
+        body = self._inventory_cache.get(key)
+        if body is not None:
+            return self._simple(200, "application/json", body, req)
+        store = self.store
 
         def build() -> bytes:
-            gen, ids = self.store.index.inventory()
-            body = json.dumps({"appliance": self.cfg.appliance.id, "generation": gen, "kind": "full", "count": len(ids), "ids": ids}).encode() + b"\n"
-            self._inventory_cache = (gen, body)
-            return body
+            # A thread with its own read transactions: the serving loop never walks the index.
+            if q.since is not None:
+                changes = store.changes_since(q.since, q.limit)
+                if changes.kind != "full":
+                    doc: dict[str, Any] = {"appliance": appliance, "generation": changes.generation, "since": q.since, "kind": changes.kind}
+                    if changes.kind == "delta":
+                        doc["added"] = list(changes.added)
+                        doc["removed"] = list(changes.removed)
+                        if q.paged:
+                            doc["latest"] = changes.latest
+                            doc["more"] = changes.more
+                    return json.dumps(doc).encode() + b"\n"
+            gen, ids = store.inventory()
+            return json.dumps({"appliance": appliance, "generation": gen, "kind": "full", "count": len(ids), "ids": ids}).encode() + b"\n"
 
-        def done(task: asyncio.Future) -> None:
+        shared = self._building.get(key)
+        if shared is None:
+            shared = self.loop.run_in_executor(None, build)
+            self._building[key] = shared
+
+            def built(task: asyncio.Future) -> None:
+                self._building.pop(key, None)
+                if not task.cancelled() and task.exception() is None:
+                    if len(self._inventory_cache) >= 64 or any(k[-1] != key[-1] for k in self._inventory_cache):
+                        self._inventory_cache.clear()  # keep only the current generation's answers
+                    self._inventory_cache[key] = task.result()
+
+            shared.add_done_callback(built)
+        fut = self.loop.create_future()
+
+        def answer(task: asyncio.Future) -> None:
+            if fut.done():
+                return
             try:
                 fut.set_result(self._simple(200, "application/json", task.result(), req))
             except Exception as exc:  # index trouble: answer, don't hang
                 fut.set_result(self.error_response(503, f"inventory unavailable: {type(exc).__name__}", True))
 
-        self.loop.run_in_executor(None, build).add_done_callback(done)
+        shared.add_done_callback(answer)
         return fut
-
-
-def _fill_status(raw: str | None) -> dict | None:
-    """The fill agent's record of its last and current run (written by oca-fill)."""
-    if not raw:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    return {"last": doc.get("last"), "current": doc.get("current")}

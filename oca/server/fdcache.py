@@ -10,7 +10,15 @@ Rules kept here:
 - After `open` the file is re-`fstat`ed: a size that differs from the index
   is refused, never served.
 - At most `max_entries` stay open, and one unused for `inactive_s` is closed
-  by the sweep, so deleted files do not hold disk space for long.
+  by the sweep, so deleted files do not hold disk space for long. With
+  `max_entries == 0` nothing is cached: every entry is closed as soon as
+  no response uses it, whether the response held it (`release`) or not
+  (`unused`: HEAD, 304, 412, 416, empty files).
+- Files are opened with O_NOFOLLOW: a symbolic link under `objects/` is
+  never followed (ELOOP), so a link planted in a store cannot serve
+  another file's bytes.
+- Retired entries (evicted while a response still uses them) are kept in a
+  set: releasing one costs O(1), however many are retired.
 - Each entry carries the pre-built header lines that depend only on the
   file (type, ETag, Last-Modified, CORS...), so a hit costs no formatting.
 """
@@ -23,13 +31,12 @@ from typing import Callable
 
 
 def _close(fd: int) -> None:
-    """Close `fd`, ignoring the error close() may return (found by tests/fault).
+    """Close `fd`, ignoring the error close() may return.
 
-    On a failing store (EIO from a FUSE or NFS flush) os.close raised in the
-    middle of the error path: the client connection was never aborted, the
-    store never marked failed, and the worker's shutdown crashed. Linux
-    releases the descriptor whatever close() returns, so there is nothing to
-    retry; the I/O error itself is seen and reported where the file is read.
+    Linux releases the descriptor whatever close() returns (EIO from a FUSE
+    or NFS flush included), so there is nothing to retry, and raising here
+    would interrupt the error path that aborts the client and fails the
+    store; the I/O error itself is seen and reported where the file is read.
     """
     try:
         os.close(fd)
@@ -38,7 +45,7 @@ def _close(fd: int) -> None:
 
 
 class CachedFile:
-    __slots__ = ("fd", "size", "block", "etag", "last_modified", "last_modified_s", "store_uuid", "used", "refs", "content_type")
+    __slots__ = ("fd", "size", "block", "etag", "last_modified", "last_modified_s", "store_uuid", "used", "refs", "content_type", "retired")
 
     def __init__(self, fd: int, size: int, block: bytes, etag: str, last_modified: str, last_modified_s: int, store_uuid: str, content_type: str):
         self.fd = fd
@@ -51,10 +58,11 @@ class CachedFile:
         self.content_type = content_type
         self.used = 0.0
         self.refs = 0  # responses in flight using the fd
+        self.retired = False  # no longer in the cache: closed when refs reaches 0
 
 
 class SizeMismatch(Exception):
-    pass
+    """The file on disk is not the size the index says (gone files raise FileNotFoundError)."""
 
 
 class FdCache:
@@ -62,7 +70,8 @@ class FdCache:
         self.max_entries = max_entries
         self.inactive_s = inactive_s
         self._entries: "OrderedDict[str, CachedFile]" = OrderedDict()
-        self._retired: list[CachedFile] = []
+        self._retired: set[CachedFile] = set()
+        self._flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,7 +84,7 @@ class FdCache:
 
     def open(self, path: str, expected_size: int, make: Callable[[int, int], CachedFile]) -> CachedFile:
         """Open `path` (raising OSError), check its size, cache and return it."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, self._flags)
         try:
             size = os.fstat(fd).st_size
         except OSError:
@@ -86,7 +95,8 @@ class FdCache:
             raise SizeMismatch(f"{path}: {size} bytes on disk, index says {expected_size}")
         entry = make(fd, size)
         if self.max_entries == 0:
-            self._retired.append(entry)  # closed by `release`
+            entry.retired = True  # closed by `release` or `unused`
+            self._retired.add(entry)
         else:
             self._entries[path] = entry
             while len(self._entries) > self.max_entries:
@@ -97,13 +107,22 @@ class FdCache:
     def release(self, entry: CachedFile) -> None:
         """A response using `entry` is done; close it if it was evicted meanwhile."""
         entry.refs -= 1
-        if entry.refs <= 0 and entry in self._retired:
-            self._retired.remove(entry)
+        self.unused(entry)
+
+    def unused(self, entry: CachedFile) -> None:
+        """A response decided without holding `entry` (no body): close it if uncached."""
+        if entry.refs <= 0 and entry.retired and entry in self._retired:
+            self._retired.discard(entry)
             _close(entry.fd)
 
+    @property
+    def retired_count(self) -> int:
+        return len(self._retired)
+
     def _retire(self, entry: CachedFile) -> None:
+        entry.retired = True
         if entry.refs > 0:
-            self._retired.append(entry)
+            self._retired.add(entry)
         else:
             _close(entry.fd)
 

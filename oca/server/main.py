@@ -7,14 +7,28 @@ Rules kept here:
   address and starts `[server] workers` workers as its direct children, in
   its own process group, each inheriting the listening sockets (the kernel
   balances connections between them).
-- A worker that dies is restarted (with a pause if they keep dying).
+- A worker that dies is restarted (with a pause if they keep dying). A
+  spawn that fails (fork or exec refused: EAGAIN, EMFILE, ENOMEM, the
+  interpreter gone) never ends the parent: the slot is remembered and
+  spawned again with back-off, and the parent's `/health` shows `spawn`
+  down meanwhile.
+- Every step of the parent's loop (reap, spawn, sample, reload, routes)
+  runs under `LoopGuard`, the synchronous loop's `Supervisor`: an exception
+  is logged with its traceback and counted, the step is retried with the
+  same back-off, and while it is down the workers' `/health` names it
+  (bits in the shared block's header).
 - SIGTERM/SIGINT: workers stop accepting and finish what they are sending,
   up to `shutdown_timeout_s`; then the parent exits.
 - SIGHUP: reload the config and replace the workers one at a time; each
   new worker is serving before the old one is told to stop, and the old one
   finishes its responses. Workers are exec'd afresh, so a code upgrade
   followed by SIGHUP needs no downtime. A config that does not load is
-  reported and the running workers stay.
+  reported and the running workers stay. A refused reload changes nothing:
+  the config, the sockets and the workers stay as they were. Stores the new
+  config adds are attached (new empty ones initialised) by the parent
+  before any new worker starts. The shared block has a slot for every
+  worker `[server] workers` allows, twice over, so raising `workers` never
+  blocks later reloads.
 - SIGUSR1 is passed to the workers (they reopen the access log).
 - Once a second the parent samples load (bytes/s out, CPU, NIC use) into
   shared memory for `/health` and `/metrics`.
@@ -44,6 +58,10 @@ from oca.routes import RoutesManager
 from oca.server import stats as S
 from oca.store.content import ContentStore
 from oca.store.index import Index
+from oca.supervise import restart_delay_s
+
+MAX_WORKERS = 256  # [server] workers' upper bound (oca.config)
+SLOTS = 2 * MAX_WORKERS + 2  # every worker of a reload, and every one it replaces
 
 READY_TIMEOUT_S = 30.0
 SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -93,6 +111,65 @@ def bind_sockets(listen: tuple[str, ...], backlog: int) -> dict[str, socket.sock
     return socks
 
 
+class LoopGuard:
+    """The parent's synchronous loop's equivalent of `oca.supervise.Supervisor`.
+
+    `run(name, step)` calls `step()`. If it raises, the traceback is logged,
+    the failure counted (shared header, `oca_task_failures`), the task marked
+    down (its bit in the header) and `step` kept to be retried when its
+    back-off (`restart_delay_s`) has passed: `due()` tells the loop when,
+    and `retry(now)` runs what is due. A success clears the mark. Time is
+    passed in, so the rules are testable without sleeping.
+    """
+
+    def __init__(self, stats: S.SharedStats, log_fn=None, first_s: float = 0.5, max_s: float = 30.0):
+        self.stats = stats
+        self.log = log_fn or log
+        self.first_s = first_s
+        self.max_s = max_s
+        self.in_a_row: dict[str, int] = {}
+        self.pending: dict[str, tuple[float, object]] = {}  # name → (retry at, step)
+        self.reasons: dict[str, str] = {}
+
+    def run(self, name: str, step, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the parent's loop must not die
+            import traceback
+
+            n = self.in_a_row.get(name, 0) + 1
+            self.in_a_row[name] = n
+            delay = restart_delay_s(n, self.first_s, self.max_s)
+            self.pending[name] = (now + delay, step)
+            self.reasons[name] = f"{type(exc).__name__}: {exc}"
+            self.stats.header[S.H_PARENT_TASK_FAILURES] += 1
+            self._publish()
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+            self.log(f"task {name} failed ({n} in a row), retrying in {delay:.1f} s:\n{tb}")
+            return False
+        if name in self.pending or name in self.in_a_row:
+            self.pending.pop(name, None)
+            self.in_a_row.pop(name, None)
+            self.reasons.pop(name, None)
+            self._publish()
+        return True
+
+    def due(self) -> float | None:
+        return min((t for t, _ in self.pending.values()), default=None)
+
+    def retry(self, now: float) -> None:
+        for name, (at, step) in list(self.pending.items()):
+            if at <= now and name in self.pending:
+                self.run(name, step, now)  # type: ignore[arg-type]
+
+    def down(self) -> dict[str, str]:
+        return dict(self.reasons)
+
+    def _publish(self) -> None:
+        self.stats.header[S.H_PARENT_TASKS_DOWN] = float(S.task_bits(self.reasons, S.PARENT_TASKS))
+
+
 @dataclass
 class WorkerProc:
     proc: subprocess.Popen
@@ -111,6 +188,8 @@ class Master:
     workers: list[WorkerProc] = field(default_factory=list)
     crash_times: list[float] = field(default_factory=list)
     stopping: bool = False
+    index: Index | None = None  # the parent's own index (routes, store attach on reload)
+    missing: list[int] = field(default_factory=list)  # slots whose spawn failed, to spawn again
 
     def free_slot(self) -> int:
         used = {w.slot for w in self.workers}
@@ -121,7 +200,7 @@ class Master:
 
     def spawn(self, slot: int | None = None, wait_ready: bool = True) -> WorkerProc:
         slot = self.free_slot() if slot is None else slot
-        r, w = os.pipe()
+        r, w = os.pipe()  # OSError (EMFILE) reaches the caller before anything is started
         fds = [s.fileno() for s in self.socks.values()]
         args = [
             sys.executable, "-m", "oca.server.worker",
@@ -132,7 +211,12 @@ class Master:
             "--ready-fd", str(w),
             "--parent", str(os.getpid()),
         ]
-        proc = subprocess.Popen(args, pass_fds=[*fds, self.stats.fd, w], close_fds=True)
+        try:
+            proc = subprocess.Popen(args, pass_fds=[*fds, self.stats.fd, w], close_fds=True)
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
         os.close(w)
         wp = WorkerProc(proc, slot, time.monotonic())
         self.workers.append(wp)
@@ -182,7 +266,23 @@ class Master:
                 self.crash_times = [t for t in self.crash_times if now - t < 10] + [now]
                 if len(self.crash_times) > 5:
                     time.sleep(1.0)  # crash loop: do not spin
-                self.spawn(wp.slot, wait_ready=False)
+                self.missing.append(wp.slot)  # started by spawn_missing, under the loop's guard
+
+    def spawn_missing(self) -> None:
+        """Spawn the workers whose slots are empty; raises (after trying each) if one cannot start."""
+        failed: list[int] = []
+        error: OSError | None = None
+        for slot in self.missing:
+            if self.stopping:
+                break
+            try:
+                self.spawn(slot, wait_ready=False)
+            except OSError as exc:
+                failed.append(slot)
+                error = exc
+        self.missing = failed
+        if error is not None:
+            raise OcaError(f"cannot start a worker for slot(s) {', '.join(map(str, failed))}: {error}") from error
 
     def stop(self) -> None:
         self.stopping = True
@@ -203,6 +303,15 @@ class Master:
         except OcaError as exc:
             log(f"reload refused, keeping the running config: {exc}")
             return
+        needed = cfg.server.workers
+        if len(self.workers) + needed > self.stats.slots:
+            log("reload refused: workers from the last reload are still finishing; try again shortly")
+            return
+        try:
+            init_stores(cfg, self.index)
+        except (OcaError, OSError) as exc:
+            log(f"reload refused: stores: {exc}")
+            return
         old_socks = self.socks
         if cfg.server.listen != self.cfg.server.listen:
             keep = {k: v for k, v in old_socks.items() if k in cfg.server.listen}
@@ -214,15 +323,14 @@ class Master:
             self.socks = {**keep, **fresh}
         self.cfg = cfg
         old = [w for w in self.workers if not w.retiring]
-        needed = cfg.server.workers
-        if len(self.workers) + needed > self.stats.slots:
-            log("reload refused: workers from the last reload are still finishing; try again shortly")
-            self.cfg = cfg
-            return
         log(f"reloading: replacing {len(old)} workers with {needed}")
         for i in range(max(needed, len(old))):
             if i < needed:
-                new = self.spawn()
+                try:
+                    new = self.spawn()
+                except OSError as exc:
+                    log(f"reload: cannot start a new worker ({exc}); the old ones keep serving")
+                    return
                 if not new.ready:
                     log("reload: a new worker failed to start; the old ones keep serving")
                     _signal(new.proc, signal.SIGTERM)
@@ -282,16 +390,25 @@ class LoadSampler:
         self.last_t, self.last_bytes, self.last_nic = now, total, nic
 
 
+def init_stores(cfg: Config, index: Index | None = None) -> None:
+    """Attach the configured stores, in the parent, initialising new empty ones.
+
+    With `index` (the parent's own, open for routes) it is used and left open.
+    """
+    store = ContentStore.open(cfg, writable=True, index=index)
+    failed = [f"{d.path} ({d.reason})" for d in store.disks if not d.working]
+    if index is None:
+        store.close()
+    for f in failed:
+        log(f"store failed: {f}")
+
+
 def serve(config_path: str) -> int:
     cfg = load_config(config_path)
     nofile = raise_nofile_limit()
-    store = ContentStore.open(cfg, writable=True)
-    failed = [f"{d.path} ({d.reason})" for d in store.disks if not d.working]
-    store.close()
-    for f in failed:
-        log(f"store failed: {f}")
+    init_stores(cfg)
     socks = bind_sockets(cfg.server.listen, cfg.server.backlog)
-    stats = S.SharedStats.create(slots=cfg.server.workers * 2 + 2)
+    stats = S.SharedStats.create(slots=SLOTS)
     os.set_inheritable(stats.fd, True)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     master = Master(os.path.abspath(config_path), cfg, socks, stats)
@@ -307,33 +424,51 @@ def serve(config_path: str) -> int:
     )
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
     routes_index = Index(cfg.index.path, map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)), max_readers=cfg.index.max_readers)
+    master.index = routes_index
     routes = RoutesManager(routes_index, log)
     routes.configure(cfg.routes.static, cfg.routes.kernel_table, cfg.routes.kernel_protocols)
     sampler = LoadSampler(stats, cfg.appliance.nic_capacity_mbps)
+    guard = LoopGuard(stats)
     next_sample = time.monotonic() + 1.0
+
+    def reload() -> None:
+        notify_systemd("RELOADING=1")
+        try:
+            master.reload()
+            sampler.nic_capacity_mbps = master.cfg.appliance.nic_capacity_mbps
+        finally:
+            notify_systemd("READY=1")
+
+    def configure_routes() -> None:
+        r = master.cfg.routes
+        routes.configure(r.static, r.kernel_table, r.kernel_protocols)
+
     try:
         while True:
-            timeout = max(0.0, next_sample - time.monotonic())
-            info = signal.sigtimedwait(SIGNALS, timeout)
+            now = time.monotonic()
+            due = guard.due()
+            wake = next_sample if due is None else min(next_sample, due)
+            info = signal.sigtimedwait(SIGNALS, max(0.0, wake - now))
+            now = time.monotonic()
+            guard.retry(now)
+            if now >= next_sample:
+                guard.run("sample", sampler.sample, now)
+                next_sample = now + 1.0
             if info is None:
-                sampler.sample()
-                next_sample = time.monotonic() + 1.0
                 continue
             signum = info.si_signo
             if signum == signal.SIGCHLD:
-                master.reap()
+                guard.run("reap", master.reap, now)
+                if master.missing and "spawn" not in guard.pending:
+                    guard.run("spawn", master.spawn_missing, now)
             elif signum in (signal.SIGTERM, signal.SIGINT):
                 log("stopping: letting responses in flight finish")
                 notify_systemd("STOPPING=1")
                 master.stop()
                 break
             elif signum == signal.SIGHUP:
-                notify_systemd("RELOADING=1")
-                master.reload()
-                sampler.nic_capacity_mbps = master.cfg.appliance.nic_capacity_mbps
-                r = master.cfg.routes
-                routes.configure(r.static, r.kernel_table, r.kernel_protocols)
-                notify_systemd("READY=1")
+                guard.run("reload", reload, now)
+                guard.run("routes", configure_routes, now)
             elif signum == signal.SIGUSR1:
                 master.forward(signal.SIGUSR1)
     finally:

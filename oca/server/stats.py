@@ -12,7 +12,10 @@ Rules kept here:
   counters never go backwards. Gauges of a dead worker's slot (open
   connections) are zeroed by the parent when it reaps the worker.
 - The parent writes the sampled load (bytes/s out, CPU, NIC utilisation)
-  into the header once a second; workers only read it.
+  and the state of its own long-lived tasks into the header; workers only
+  read it.
+- The layout is fixed for the life of one parent: a change to it needs a
+  restart, not a reload (workers exec'd by a reload map the parent's block).
 - A scrape sums the slots: a few thousand integer reads, no I/O.
 """
 
@@ -40,7 +43,9 @@ C_HIST = 16
 HIST_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 C_CODES = C_HIST + len(HIST_BOUNDS_S)
 COUNTED_CODES = (200, 206, 304, 400, 403, 404, 405, 410, 412, 416, 431, 500, 503)
-SLOT_COUNTERS = C_CODES + len(COUNTED_CODES)
+C_TASK_FAILURES = C_CODES + len(COUNTED_CODES)  # the worker's supervised tasks, all failures
+C_TASKS_DOWN = C_TASK_FAILURES + 1  # gauge: bit i set while WORKER_TASKS[i] is down
+SLOT_COUNTERS = C_TASKS_DOWN + 1
 _CODE_INDEX = {code: C_CODES + i for i, code in enumerate(COUNTED_CODES)}
 
 # Header doubles written by the parent.
@@ -50,7 +55,22 @@ H_NIC_UTIL = 2  # -1: unknown
 H_NIC_CAPACITY_BPS = 3  # -1: unknown
 H_SAMPLED_AT = 4
 H_WORKER_RESTARTS = 5
+H_PARENT_TASKS_DOWN = 6  # bit i set while PARENT_TASKS[i] is down (an integer below 2**53)
+H_PARENT_TASK_FAILURES = 7
 HEADER_DOUBLES = 8
+
+# Long-lived tasks, by name; their down bits are shared so that any worker's
+# /health can name a task that is down in another process.
+WORKER_TASKS = ("sweep",)
+PARENT_TASKS = ("reap", "spawn", "sample", "reload", "routes")
+
+
+def task_bits(names: "set[str] | dict[str, str]", known: tuple[str, ...]) -> int:
+    return sum(1 << i for i, n in enumerate(known) if n in names)
+
+
+def bit_names(bits: int, known: tuple[str, ...]) -> list[str]:
+    return [n for i, n in enumerate(known) if bits >> i & 1]
 
 
 class SharedStats:
@@ -100,21 +120,18 @@ class SharedStats:
 
     def zero_gauges(self, slot: int) -> None:
         self.counters[slot * SLOT_COUNTERS + C_CONNECTIONS_OPEN] = 0
+        self.counters[slot * SLOT_COUNTERS + C_TASKS_DOWN] = 0
 
     # ---------------------------------------------------------------- readers
 
     def total(self, index: int) -> int:
-        c = self.counters
-        return sum(c[s * SLOT_COUNTERS + index] for s in range(self.slots))
+        return sum(self.counters[index::SLOT_COUNTERS].tolist())
 
     def totals(self) -> list[int]:
-        c = self.counters
-        out = [0] * SLOT_COUNTERS
-        for s in range(self.slots):
-            base = s * SLOT_COUNTERS
-            for i in range(SLOT_COUNTERS):
-                out[i] += c[base + i]
-        return out
+        # One copy out of shared memory, then strided sums in C: the block has
+        # a slot for every worker the config allows, mostly unused.
+        values = self.counters.tolist()
+        return [sum(values[i::SLOT_COUNTERS]) for i in range(SLOT_COUNTERS)]
 
     def slot_value(self, slot: int, index: int) -> int:
         return self.counters[slot * SLOT_COUNTERS + index]

@@ -9,7 +9,10 @@ Rules kept here:
   here, after the process started.
 - Once a second a sweep closes connections past their deadline, closes
   idle cached descriptors, flushes the access log and publishes the number
-  of open connections.
+  of open connections. The sweep runs under `oca.supervise.Supervisor`: one
+  that raises is logged with its traceback, counted (`oca_task_failures`),
+  shown as down in every worker's `/health` (through the shared block)
+  and restarted with back-off.
 - SIGTERM (or SIGINT): stop accepting, close idle connections, let
   responses in flight finish until `shutdown_timeout_s`, then exit.
   SIGUSR1 reopens the access log. The worker exits by itself if its parent
@@ -33,8 +36,19 @@ from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.app import App
 from oca.store.content import ContentStore
+from oca.supervise import Supervisor
 
 PR_SET_PDEATHSIG = 1
+# Tests only: while the file named by OCA_TEST_FAULT_SWEEP exists, the sweep
+# raises, so the supervision of a real worker can be seen at work.
+_FAULT_SWEEP = os.environ.get("OCA_TEST_FAULT_SWEEP")
+
+
+def _log_line(slot: int):
+    def log(msg: str) -> None:
+        print(f"oca-server worker {slot}[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def _die_with_parent() -> None:
@@ -60,7 +74,8 @@ class Worker:
         self.stats = S.SharedStats(self.args.stats_fd, self.args.slots, self.args.slot)
         self.store = ContentStore.open(cfg, writable=False)
         self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
-        self.app = App(cfg, self.store, self.stats, self.log, loop)
+        self.supervisor = Supervisor(_log_line(self.args.slot), on_failure=self._task_failed)
+        self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)
         sc = cfg.server
         limits = Limits(
             header_timeout_s=sc.header_timeout_s,
@@ -90,7 +105,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        sweeper = loop.create_task(self.sweep())
+        self.supervisor.start("sweep", self.sweep)
         if self.args.ready_fd >= 0:
             try:
                 os.write(self.args.ready_fd, b"R")
@@ -102,7 +117,7 @@ class Worker:
             finally:
                 os.close(self.args.ready_fd)
         await self.done
-        sweeper.cancel()
+        await self.supervisor.stop()
         self.log.close()
         self.app.fds.clear()
         stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = 0
@@ -120,10 +135,18 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.stop_deadline = loop.time() + self.cfg.server.shutdown_timeout_s
 
+    def _task_failed(self, name: str) -> None:
+        self.stats.add(S.C_TASK_FAILURES)
+        self._publish_tasks_down()
+
+    def _publish_tasks_down(self) -> None:
+        self.stats.counters[self.stats.base + S.C_TASKS_DOWN] = S.task_bits(self.supervisor.down(), S.WORKER_TASKS)
+
     async def sweep(self) -> None:
         loop = asyncio.get_running_loop()
         stats = self.stats
         kinds = {"header": S.C_TIMEOUT_HEADER, "idle": S.C_TIMEOUT_IDLE, "send": S.C_TIMEOUT_SEND}
+        self._publish_tasks_down()  # running again: this slot's bits clear
         while True:
             await asyncio.sleep(1.0 if not self.stopping else 0.1)
             now = loop.time()
@@ -132,6 +155,8 @@ class Worker:
                 if kind in kinds:
                     stats.add(kinds[kind])
             self.app.fds.sweep(now)
+            if _FAULT_SWEEP is not None and os.path.exists(_FAULT_SWEEP):
+                raise RuntimeError(f"sweep fault injected by {_FAULT_SWEEP}")
             self.log.flush()
             stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = len(self.conns)
             if os.getppid() != self.parent and not self.stopping:
@@ -175,8 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.parent:
         args.parent = os.getppid()
     elif os.getppid() != args.parent:
-        # The parent died before prctl took effect (found by
-        # tests/integration/test_server_ops.py): nobody will ever signal us.
+        # The parent died before prctl took effect: nobody will ever signal us.
         sys.exit(0)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:

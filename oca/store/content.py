@@ -5,7 +5,9 @@ Rules kept here:
 - Publishing is atomic: bytes go to a temporary file in the target store,
   are fsynced, renamed into place, the directory is fsynced, and only then is
   the index committed. A crash at any point leaves either nothing visible or
-  the whole file; `check` cleans up the leftovers.
+  the whole file; `check` cleans up the leftovers. When the commit fails (the
+  index cannot grow, its disk fails) the renamed file is removed again: no
+  file stays in `objects/` without its entry.
 - Removal deletes the index entry first, then the file. A transfer still
   reading a removed file keeps its open descriptor and finishes normally.
 - A publish or remove holds the maintenance lock shared; `check` and
@@ -50,7 +52,7 @@ from oca.store.disks import (
     is_disk_failure,
 )
 from oca.store import flags
-from oca.store.index import STATE_FAILED, STATE_OK, Entry, Index, StoreRecord
+from oca.store.index import STATE_FAILED, STATE_OK, Changes, Entry, Index, IndexError_, StoreRecord
 from oca.store.layout import (
     MARKER_NAME,
     PARTIAL_DIR,
@@ -89,13 +91,14 @@ class ContentStore:
         self._lock_path = os.path.join(index.path, LOCK_NAME)
 
     @classmethod
-    def open(cls, cfg: Config, *, writable: bool = True) -> "ContentStore":
-        """Open the index and attach the configured stores (call after fork)."""
-        index = Index(
-            cfg.index.path,
-            map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)),
-            max_readers=cfg.index.max_readers,
-        )
+    def open(cls, cfg: Config, *, writable: bool = True, index: Index | None = None) -> "ContentStore":
+        """Open the index (or use `index`, already open in this process) and attach the configured stores (call after fork)."""
+        if index is None:
+            index = Index(
+                cfg.index.path,
+                map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)),
+                max_readers=cfg.index.max_readers,
+            )
         disks = [Disk(s.path, s.reserve_percent) for s in cfg.stores]
         attach(disks, index, writable=writable)
         if writable:
@@ -135,6 +138,18 @@ class ContentStore:
         return self.index.generation()
 
     # ------------------------------------------------------------ lookups
+
+    def entries(self) -> Iterator[Entry]:
+        """Every indexed entry, servable or not (on failed stores too): for planning and reports."""
+        return self.index.entries()
+
+    def changes_since(self, since: int, limit: int | None = None) -> Changes:
+        """The journal's changes after generation `since` (at most `limit` records). Walks LMDB: call off the serving loop."""
+        return self.index.changes_since(since, limit)
+
+    def store_records(self) -> dict[str, StoreRecord]:
+        """What the index records of each store (state, reason), by UUID."""
+        return self.index.stores()
 
     def disk(self, uuid: str) -> Disk | None:
         for d in self.disks:
@@ -280,6 +295,10 @@ class ContentStore:
                 ingest.abort()
                 raise
 
+    def partial_dir(self, disk: Disk) -> str:
+        """The directory where the fill agent keeps `disk`'s resumable downloads (left alone by check)."""
+        return disk.join(PARTIAL_DIR)
+
     def partial_path(self, disk: Disk, name: str) -> str:
         """Where the fill agent keeps a resumable download (left alone by check)."""
         return disk.join(f"{PARTIAL_DIR}/{name}")
@@ -312,21 +331,31 @@ class ContentStore:
         relpath = object_relpath(content_id, checksum, mtime_s)
         final = disk.join(relpath)
         fan_dir = os.path.dirname(final)
+        assert disk.uuid is not None
+        entry = Entry(content_id, disk.uuid, relpath, size, checksum, int(mtime_s), time.time(), float(popularity))
         with self.maintenance_lock(exclusive=False):
             try:
                 if not os.path.isdir(fan_dir):
                     os.makedirs(fan_dir, exist_ok=True)
                     fsync_dir(os.path.dirname(fan_dir))
                     fsync_dir(os.path.dirname(os.path.dirname(fan_dir)))
+                # The same name means the same id, checksum and mtime: the same bytes,
+                # already indexed. Such a file must survive a failed commit below.
+                existed = os.path.lexists(final)
                 os.rename(tmp_path, final)
                 fsync_dir(fan_dir)
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_path)
                 self._raise_for(disk, exc, "publishing")
-            assert disk.uuid is not None
-            entry = Entry(content_id, disk.uuid, relpath, size, checksum, int(mtime_s), time.time(), float(popularity))
-            old = self.index.put(entry)
+            try:
+                old = self.index.put(entry)
+            except IndexError_ as exc:
+                # No file renamed into place stays without its index entry.
+                if not existed:
+                    with contextlib.suppress(OSError):
+                        os.unlink(final)
+                raise StoreError(f"{content_id}: not published: {exc}") from exc
         if old is not None and (old.store_uuid, old.relpath) != (entry.store_uuid, entry.relpath):
             self._unlink_entry_file(old)
         return entry
@@ -341,6 +370,22 @@ class ContentStore:
             if old is not None:
                 self._unlink_entry_file(old)
         return old
+
+    def withdraw(self, content_id: str, path: str) -> bool:
+        """Take `content_id` out of service while the index still maps it to `path`.
+
+        For a server that found the file gone, of another size, or a link:
+        the entry is deleted (so /inventory stops listing it), the file is
+        left for `check`. A republished entry (another path) is kept. True
+        when an entry was deleted.
+        """
+        entry = self.index.get(content_id)
+        if entry is None:
+            return False
+        disk = self.disk(entry.store_uuid)
+        if disk is None or disk.join(entry.relpath) != path:
+            return False
+        return self.index.delete(content_id, only_if=entry) is not None
 
     def _unlink_entry_file(self, entry: Entry) -> None:
         disk = self.disk(entry.store_uuid)

@@ -3,14 +3,11 @@
 Rules kept here:
 - Each store directory carries a marker (`.oca-store`: a UUID and a format
   version). The index records which UUID belongs to which path.
-- An empty directory the index has never seen is initialised on first use.
-  Nothing else is ever initialised silently: a path the index knows whose
-  marker is missing (an empty mount point is what a dead disk looks like) or
-  carries another UUID (a disk swapped into another slot), a marker of an
-  unknown format, or a non-empty directory without a marker is a failed
-  store, and its content leaves lookups and the inventory.
-- A failed state is written to the index, so it survives a restart until an
-  operator runs `oca-admin enable-store`.
+- Which directories may serve, which are initialised and which failures are
+  recorded is decided by `oca.store.identity.classify_store` (pure, with its
+  rule table); `attach` gathers its inputs and carries out its action.
+  Nothing but an empty directory the index has never seen is initialised.
+  A failed store's content leaves lookups and the inventory.
 - I/O errors that mean the disk is gone or broken (EIO, ENODEV, ENXIO,
   ENOTCONN, ESTALE, EROFS...) fail the store; ENOSPC never does.
 """
@@ -25,8 +22,21 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass
 
-from oca.errors import OcaError
-from oca.store.index import STATE_FAILED, STATE_OK, Index, StoreRecord
+from oca.errors import StoreError
+from oca.store.identity import (
+    ACTION_ENSURE_DIRS,
+    ACTION_INITIALISE,
+    ACTION_RECORD_FAILURE,
+    LISTING_EMPTY,
+    LISTING_NOT_NEEDED,
+    LISTING_USED,
+    STATE_FAILED,
+    STATE_OK,
+    MarkerSeen,
+    StoreRecord,
+    classify_store,
+)
+from oca.store.index import Index
 from oca.store.layout import FORMAT_VERSION, IGNORABLE_IN_EMPTY, MARKER_NAME, STORE_DIRS
 
 # errnos after which a disk cannot be trusted: it is taken out of service.
@@ -35,16 +45,16 @@ DISK_FAILURE_ERRNOS = frozenset(
 )
 
 
-class StoreError(OcaError):
-    """A store could not do what was asked."""
-
-
 class StoreFullError(StoreError):
     """No store has room (or the chosen one hit ENOSPC). The store stays working."""
 
 
 class StoreFailedError(StoreError):
     """The store's disk failed; it has been taken out of service."""
+
+
+class StoreUnreadableError(StoreError):
+    """A directory of the store cannot be listed: its files are unknown, not missing."""
 
 
 def is_disk_failure(exc: BaseException) -> bool:
@@ -130,18 +140,33 @@ class Disk:
         for name in STORE_DIRS:
             os.makedirs(os.path.join(self.path, name), exist_ok=True)
 
-    def health_problem(self) -> str | None:
-        """Why this disk cannot be used right now, or None if it looks sound."""
+    def inspect(self) -> MarkerSeen:
+        """What the directory and its marker look like now (never raises)."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            return MarkerSeen(problem="directory does not exist")
+        except OSError as exc:  # EIO, ENOTCONN...: a dead disk, not a missing directory
+            return MarkerSeen(problem=f"cannot reach the store: {os.strerror(exc.errno or 0)}")
+        if not stat.S_ISDIR(mode):
+            return MarkerSeen(problem="not a directory")
         try:
             marker = self.read_marker()
         except OSError as exc:
-            return f"cannot read marker: {os.strerror(exc.errno or 0)}"
+            return MarkerSeen(problem=f"cannot read marker: {os.strerror(exc.errno or 0)}")
         except StoreError as exc:
-            return str(exc)
-        if marker is None:
+            return MarkerSeen(problem=str(exc))
+        return MarkerSeen() if marker is None else MarkerSeen(uuid=marker[0], format=marker[1])
+
+    def health_problem(self) -> str | None:
+        """Why this disk cannot be used right now, or None if it looks sound."""
+        seen = self.inspect()
+        if seen.problem is not None:
+            return seen.problem
+        if seen.uuid is None:
             return "marker missing (disk vanished or unmounted?)"
-        if marker[0] != self.uuid:
-            return f"marker uuid {marker[0]} is not this store's {self.uuid}"
+        if seen.uuid != self.uuid:
+            return f"marker uuid {seen.uuid} is not this store's {self.uuid}"
         return None
 
 
@@ -154,7 +179,7 @@ def fsync_dir(path: str) -> None:
 
 
 def attach(disks: list[Disk], index: Index, *, now_s: float | None = None, writable: bool = True) -> None:
-    """Give every disk its identity and state, following the module's rules.
+    """Give every disk its identity and state: gather, `classify_store`, carry out its action.
 
     With `writable`, new empty stores are initialised and registered, and
     newly found failures are recorded in the index. Read-only callers (the
@@ -165,77 +190,24 @@ def attach(disks: list[Disk], index: Index, *, now_s: float | None = None, writa
     by_path = {rec.path: rec for rec in known.values()}
     for disk in disks:
         record = by_path.get(disk.path)
-        problem, marker = _inspect(disk)
-        if record is not None:
-            disk.uuid = record.uuid
-            if problem is None:
-                if marker is None:
-                    problem = "marker missing: empty mount point or dead disk; never re-initialised"
-                elif marker[0] != record.uuid:
-                    problem = f"another disk is mounted here (uuid {marker[0]}, expected {record.uuid})"
-                elif marker[1] != FORMAT_VERSION:
-                    problem = f"unknown store format {marker[1]}"
-            if problem is None and record.state != STATE_OK:
-                problem = f"{record.reason or 'failed'} (failed since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.since_s))}; run oca-admin enable-store)"
-                _set(disk, STATE_FAILED, problem)
-                continue
-            if problem is None:
-                _set(disk, STATE_OK, "")
-                if writable:
-                    disk.ensure_dirs()
-            else:
-                _set(disk, STATE_FAILED, problem)
-                if writable:
-                    index.put_store(StoreRecord(record.uuid, disk.path, STATE_FAILED, problem, now_s))
-            continue
-        # A path the index has never seen.
-        if problem is not None:
-            _set(disk, STATE_FAILED, problem)
-            continue
-        if marker is not None:
-            owner = known.get(marker[0])
-            if owner is not None:
-                problem = f"this disk belongs in {owner.path} (uuid {marker[0]}); disk swapped between slots?"
-            elif marker[1] != FORMAT_VERSION:
-                problem = f"unknown store format {marker[1]}"
-            else:
-                problem = "store has a marker but is not in the index; run oca-admin rebuild-index"
-            disk.uuid = marker[0]
-            _set(disk, STATE_FAILED, problem)
-            continue
-        try:
-            empty = disk.is_empty()
-        except OSError as exc:
-            _set(disk, STATE_FAILED, f"cannot list directory: {os.strerror(exc.errno or 0)}")
-            continue
-        if not empty:
-            _set(disk, STATE_FAILED, "directory is not empty and has no store marker; refusing to initialise it")
-            continue
-        if not writable:
-            _set(disk, STATE_FAILED, "new store not initialised yet (start a writer: oca-admin check)")
-            continue
-        disk.uuid = disk.initialise()
-        index.put_store(StoreRecord(disk.uuid, disk.path, STATE_OK, "initialised", now_s))
-        _set(disk, STATE_OK, "")
+        marker = disk.inspect()
+        owner = known.get(marker.uuid) if marker.uuid is not None else None
+        listing = _listing(disk) if record is None and marker.problem is None and marker.uuid is None else LISTING_NOT_NEEDED
+        state, reason, action, uuid = classify_store(record, marker, listing, owner=owner, writable=writable)
+        disk.uuid = uuid
+        if action == ACTION_ENSURE_DIRS:
+            disk.ensure_dirs()
+        elif action == ACTION_RECORD_FAILURE:
+            assert uuid is not None
+            index.put_store(StoreRecord(uuid, disk.path, STATE_FAILED, reason, now_s))
+        elif action == ACTION_INITIALISE:
+            disk.uuid = disk.initialise()
+            index.put_store(StoreRecord(disk.uuid, disk.path, STATE_OK, "initialised", now_s))
+        disk.state, disk.reason = state, reason
 
 
-def _inspect(disk: Disk) -> tuple[str | None, tuple[str, int] | None]:
+def _listing(disk: Disk) -> str:
     try:
-        mode = os.stat(disk.path).st_mode
-    except FileNotFoundError:
-        return "directory does not exist", None
-    except OSError as exc:  # EIO, ENOTCONN...: a dead disk, not a missing directory
-        return f"cannot reach the store: {os.strerror(exc.errno or 0)}", None
-    if not stat.S_ISDIR(mode):
-        return "not a directory", None
-    try:
-        return None, disk.read_marker()
+        return LISTING_EMPTY if disk.is_empty() else LISTING_USED
     except OSError as exc:
-        return f"cannot read marker: {os.strerror(exc.errno or 0)}", None
-    except StoreError as exc:
-        return str(exc), None
-
-
-def _set(disk: Disk, state: str, reason: str) -> None:
-    disk.state = state
-    disk.reason = reason
+        return f"cannot list directory: {os.strerror(exc.errno or 0)}"

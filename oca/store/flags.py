@@ -25,6 +25,7 @@ _DRAIN = "drain"
 _ROUTES = "routes"
 _FILL_STATUS = "fill_status"
 _UNCHOSEN = "fill_unchosen"
+_MAX_REASON_CHARS = 1000  # a reason is one log line, not a document
 
 
 class FlagStore(Protocol):
@@ -46,6 +47,9 @@ class Routes:
     generation: int = 0
     prefixes: tuple[str, ...] = ()
     updated_s: float = 0.0
+    # Why the kernel route follower is down ("" while it runs): the prefixes
+    # may be stale, and /health names it.
+    down: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +118,15 @@ def read_routes(index: FlagStore) -> Routes:
         generation=gen if isinstance(gen, int) and not isinstance(gen, bool) and gen >= 0 else 0,
         prefixes=tuple(p for p in prefixes if isinstance(p, str)) if isinstance(prefixes, list) else (),
         updated_s=_number(doc.get("updated_s")) or 0.0,
+        down=down[:_MAX_REASON_CHARS] if isinstance(down := doc.get("down"), str) else "",
     )
 
 
 def write_routes(index: FlagStore, routes: Routes) -> None:
-    index.set_flag(_ROUTES, _dump({"generation": routes.generation, "prefixes": list(routes.prefixes), "updated_s": routes.updated_s}))
+    doc = {"generation": routes.generation, "prefixes": list(routes.prefixes), "updated_s": routes.updated_s}
+    if routes.down:
+        doc["down"] = routes.down[:_MAX_REASON_CHARS]
+    index.set_flag(_ROUTES, _dump(doc))
 
 
 # ---------------------------------------------------------------- fill status

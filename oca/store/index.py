@@ -14,6 +14,18 @@ Rules kept here:
   to a bounded journal, so pollers can ask what changed since a generation.
 - The index holds no file data: the store layer writes and fsyncs files
   before committing here, and deletes the entry here before the file.
+- A write that finds the map full doubles the map and runs once more (the
+  failed transaction was aborted, so nothing is applied twice); if it is
+  still full, or LMDB fails otherwise, it raises `IndexWriteError` and the
+  index is as it was before the write.
+- Every open `Index` holds a shared `flock` on `<index path>.holders` (a
+  sibling of the directory, so it survives the directory being moved aside)
+  for as long as it is open. `rebuild-index` takes it exclusively and
+  without waiting: it refuses while a server, a fill run or another
+  `oca-admin` has the index open, and an open during a rebuild is refused.
+  (Making running servers notice a rebuilt index and reopen it was
+  rejected: every worker would need a second code path on the serving loop
+  for an offline repair that the operator runs with the server stopped.)
 
 Records are packed with `struct` rather than JSON: a lookup is one `get` and
 one unpack (about a microsecond), which is the serving path's budget.
@@ -21,15 +33,19 @@ one unpack (about a microsecond), which is the serving path's budget.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import functools
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import lmdb
 
-from oca.errors import OcaError
+from oca.errors import StoreError
+from oca.store.identity import STATE_FAILED, STATE_OK, StoreRecord
 
 SCHEMA_VERSION = 2
 # Version history:
@@ -54,12 +70,18 @@ _LOCATE = struct.Struct("<16s16sQq")  # the prefix of _RECORD that serving needs
 _current_pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _current_pid.__setitem__(0, os.getpid()))
 
-STATE_OK = "ok"
-STATE_FAILED = "failed"
 
 
-class IndexError_(OcaError):
+class IndexError_(StoreError):
     """The index cannot be opened or used."""
+
+
+class IndexBusyError(IndexError_):
+    """Another process holds the index open (or is rebuilding it)."""
+
+
+class IndexWriteError(IndexError_):
+    """A write was not committed (map full even after growing, or the index's disk failed)."""
 
 
 class IndexCorruptError(IndexError_):
@@ -68,6 +90,85 @@ class IndexCorruptError(IndexError_):
 
 class SchemaError(IndexError_):
     """The index was written by a newer version of this software."""
+
+
+def holders_path(index_path: str) -> str:
+    """The lock file every open index holds shared (see the module docstring)."""
+    return os.path.normpath(index_path) + ".holders"
+
+
+def lock_holder_pids(path: str) -> list[int]:
+    """Pids holding a `flock` on `path`, read from /proc/locks (best effort: [] if unknown)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    want = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        try:
+            kind, pid, dev = fields[1], int(fields[4]), fields[5].split(":")
+            found = (int(dev[0], 16), int(dev[1], 16), int(dev[2]))
+        except (IndexError, ValueError):
+            continue
+        if kind == "FLOCK" and found == want and pid != os.getpid():
+            pids.add(pid)
+    return sorted(pids)
+
+
+def hold_index(index_path: str, *, exclusive: bool) -> int:
+    """Take the holders lock without waiting; returns its fd. Raises `IndexBusyError`."""
+    lock_path = holders_path(index_path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        try:  # a reader that may not write beside the index can still lock an existing file
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise IndexError_(f"{lock_path}: cannot open the index's lock file: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise IndexError_(f"{lock_path}: cannot lock: {exc.strerror}") from None
+        pids = lock_holder_pids(lock_path)
+        who = f" (pids {', '.join(map(str, pids))})" if pids else ""
+        if exclusive:
+            raise IndexBusyError(
+                f"{index_path}: the index is open in other processes{who}; stop oca-server and "
+                "any fill run or oca-admin command first"
+            ) from None
+        raise IndexBusyError(f"{index_path}: the index is being rebuilt{who}; try again when oca-admin rebuild-index ends") from None
+    return fd
+
+
+def _writer(method):
+    """Run an `Index` write method; on a full map grow the map and run it once more."""
+
+    @functools.wraps(method)
+    def run(self: "Index", *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except lmdb.MapFullError:
+            self._grow_map()
+        except lmdb.Error as exc:
+            raise IndexWriteError(f"{self.path}: index write failed: {exc}") from exc
+        try:
+            return method(self, *args, **kwargs)
+        except lmdb.MapFullError:
+            raise IndexWriteError(
+                f"{self.path}: index map is full at {self.env.info()['map_size']} bytes; raise [index] map_size_gb"
+            ) from None
+        except lmdb.Error as exc:
+            raise IndexWriteError(f"{self.path}: index write failed: {exc}") from exc
+
+    return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,32 +208,18 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
-class StoreRecord:
-    uuid: str
-    path: str
-    state: str
-    reason: str = ""
-    since_s: float = 0.0
-
-    def pack(self) -> bytes:
-        return json.dumps(
-            {"path": self.path, "state": self.state, "reason": self.reason, "since": self.since_s}
-        ).encode()
-
-    @classmethod
-    def unpack(cls, uuid: str, raw: bytes) -> "StoreRecord":
-        d = json.loads(bytes(raw))
-        return cls(uuid, d["path"], d["state"], d.get("reason", ""), float(d.get("since", 0.0)))
-
-
-@dataclass(frozen=True, slots=True)
 class Changes:
     """What `changes_since` found: kind is "unchanged", "delta" or "full"."""
 
     kind: str
-    generation: int
+    generation: int  # the generation this answer brings its reader to
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    latest: int = field(default=0, compare=False)  # the index's generation when read (> generation: more pages follow)
+
+    @property
+    def more(self) -> bool:
+        return self.latest > self.generation
 
 
 def _migrate_1_to_2(txn: lmdb.Transaction, env: lmdb.Environment) -> None:
@@ -148,7 +235,9 @@ _MIGRATIONS = {1: _migrate_1_to_2}
 class Index:
     """An open LMDB index, usable only in the process that opened it."""
 
-    def __init__(self, path: str, *, map_size_bytes: int = 16 << 30, max_readers: int = 2048, readonly: bool = False):
+    def __init__(self, path: str, *, map_size_bytes: int = 16 << 30, max_readers: int = 2048, readonly: bool = False,
+                 hold: bool = True):
+        """Open the index. `hold=False` only for `rebuild-index`, which holds the lock exclusively itself."""
         self.path = path
         self.readonly = readonly
         self._pid = os.getpid()
@@ -156,6 +245,17 @@ class Index:
             os.makedirs(path, exist_ok=True)
         elif not os.path.isdir(path):
             raise IndexError_(f"{path}: index does not exist")
+        self._hold_fd = hold_index(path, exclusive=False) if hold else None
+        try:
+            self._open_env(path, map_size_bytes, max_readers, readonly)
+        except BaseException:
+            self._release()
+            raise
+        self._stores_version: object = -1
+        self._stores_cache: dict[str, StoreRecord] = {}
+        self._working: dict[bytes, tuple[str, str]] = {}
+
+    def _open_env(self, path: str, map_size_bytes: int, max_readers: int, readonly: bool) -> None:
         try:
             self.env = lmdb.open(
                 path,
@@ -182,9 +282,11 @@ class Index:
         except IndexError_:
             self.env.close()  # a refused index must not stay open in this process
             raise
-        self._stores_version: object = -1
-        self._stores_cache: dict[str, StoreRecord] = {}
-        self._working: dict[bytes, tuple[str, str]] = {}
+
+    def _release(self) -> None:
+        fd, self._hold_fd = self._hold_fd, None
+        if fd is not None:
+            os.close(fd)
 
     # ------------------------------------------------------------ set-up
 
@@ -193,7 +295,7 @@ class Index:
         if self.readonly:
             # Handles are opened without a txn: a handle opened inside a
             # read-only transaction dies with it (LMDB 0.9 publishes new
-            # handles only on a write commit), which made every later read
+            # handles only on a write commit), and every later read would
             # fail with "mdb_get: Invalid argument". py-lmdb's own internal
             # transaction keeps them.
             try:
@@ -249,27 +351,35 @@ class Index:
         if os.getpid() != self._pid:
             raise IndexError_("an LMDB index must not be used across fork(); open it in the child")
 
-    def _read(self) -> lmdb.Transaction:
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        """A transaction; a map another process grew is adopted first."""
         self._guard()
-        try:
-            return self.env.begin(buffers=False)
-        except lmdb.MapResizedError:
-            self.env.set_mapsize(0)
-            return self.env.begin(buffers=False)
-
-    def _write(self) -> lmdb.Transaction:
-        self._guard()
-        if self.readonly:
+        if write and self.readonly:
             raise IndexError_(f"{self.path}: index was opened read-only")
         try:
-            return self.env.begin(write=True)
+            return self.env.begin(write=write, buffers=False)
         except lmdb.MapResizedError:
             self.env.set_mapsize(0)
-            return self.env.begin(write=True)
+            return self.env.begin(write=write, buffers=False)
+
+    def _read(self) -> lmdb.Transaction:
+        return self._begin(write=False)
+
+    def _write(self) -> lmdb.Transaction:
+        return self._begin(write=True)
+
+    def _grow_map(self) -> None:
+        """Double the map (sparse on disk); other processes adopt it at their next transaction."""
+        size = self.env.info()["map_size"]
+        try:
+            self.env.set_mapsize(size * 2)
+        except lmdb.Error as exc:
+            raise IndexWriteError(f"{self.path}: index map is full at {size} bytes and cannot grow: {exc}") from exc
 
     def close(self) -> None:
         if os.getpid() == self._pid:
             self.env.close()
+            self._release()
 
     # ------------------------------------------------------------ reads
 
@@ -371,32 +481,45 @@ class Index:
             ]
         return generation, ids
 
-    def changes_since(self, since: int) -> Changes:
+    def changes_since(self, since: int, limit: int | None = None) -> Changes:
         """What changed in the servable set after generation `since`.
 
         "full" when the journal no longer reaches back that far, or when a
-        store changed state in between (too many ids moved to list).
+        store changed state in between (too many ids moved to list). With
+        `limit`, at most that many journal records are read: the answer's
+        `generation` is the last one read, and `latest` says how far the
+        journal goes, so a reader continues with `since=generation`.
+        The walk is a Python loop over a cursor (about 2 µs a record): call
+        it from a thread, never from a serving event loop.
         """
         with self._read() as txn:
             generation = _U64.unpack(txn.get(_K_GENERATION, db=self._meta))[0]
             if since == generation:
-                return Changes("unchanged", generation)
+                return Changes("unchanged", generation, latest=generation)
             if since > generation or since < 1:
-                return Changes("full", generation)
+                return Changes("full", generation, latest=generation)
             cursor = txn.cursor(db=self._journal)
             if not cursor.first() or _U64.unpack(cursor.key())[0] > since + 1:
-                return Changes("full", generation)
+                return Changes("full", generation, latest=generation)
             if not cursor.set_range(_U64.pack(since + 1)):
-                return Changes("full", generation)
+                return Changes("full", generation, latest=generation)
             state: dict[str, bool] = {}
-            for _key, raw in cursor:
+            reached = since
+            budget = limit if limit is not None else -1
+            for key, raw in cursor:
+                if budget == 0:
+                    break
+                budget -= 1
                 op, name = raw[:1], bytes(raw[1:]).decode("ascii")
                 if op == b"*":
-                    return Changes("full", generation)
+                    return Changes("full", generation, latest=generation)
                 state[name] = op == b"+"
+                reached = _U64.unpack(key)[0]
+            if limit is None:
+                reached = generation
         added = tuple(sorted(k for k, v in state.items() if v))
         removed = tuple(sorted(k for k, v in state.items() if not v))
-        return Changes("delta", generation, added, removed)
+        return Changes("delta", reached, added, removed, latest=generation)
 
     def get_flag(self, name: str) -> str | None:
         with self._read() as txn:
@@ -421,6 +544,7 @@ class Index:
                 if not cursor.delete():
                     break
 
+    @_writer
     def put(self, entry: Entry) -> Entry | None:
         """Insert or replace an entry; returns the entry it replaced."""
         key = entry.content_id.encode("ascii")
@@ -430,6 +554,7 @@ class Index:
             self._bump(txn, b"+", entry.content_id)
         return None if old is None else Entry.unpack(entry.content_id, old)
 
+    @_writer
     def put_many(self, entries: list[Entry]) -> None:
         """Insert many entries in one transaction (rebuild-index)."""
         with self._write() as txn:
@@ -437,6 +562,7 @@ class Index:
                 txn.put(entry.content_id.encode("ascii"), entry.pack(), db=self._objects)
                 self._bump(txn, b"+", entry.content_id)
 
+    @_writer
     def set_popularity(self, content_id: str, popularity: float) -> bool:
         key = content_id.encode("ascii")
         with self._write() as txn:
@@ -447,6 +573,7 @@ class Index:
             txn.put(key, Entry(e.content_id, e.store_uuid, e.relpath, e.size, e.checksum, e.mtime_s, e.added_s, popularity).pack(), db=self._objects)
         return True
 
+    @_writer
     def delete(self, content_id: str, *, only_if: Entry | None = None) -> Entry | None:
         """Delete an entry; returns it. With `only_if`, only when it is still that entry."""
         key = content_id.encode("ascii")
@@ -461,6 +588,7 @@ class Index:
             self._bump(txn, b"-", content_id)
         return old
 
+    @_writer
     def delete_store_entries(self, store_uuid: str) -> int:
         """Forget every entry of one store (a disk replaced by a new one)."""
         raw_uuid = bytes.fromhex(store_uuid)
@@ -474,6 +602,12 @@ class Index:
             self._bump(txn, b"*")
         return n
 
+    def _bump_stores_version(self, txn: lmdb.Transaction) -> None:
+        """Tell every process's `locate` cache that the stores changed."""
+        version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
+        txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+
+    @_writer
     def put_store(self, record: StoreRecord) -> None:
         """Record a store; a change of working state bumps the generation."""
         key = record.uuid.encode()
@@ -481,18 +615,18 @@ class Index:
             old = txn.get(key, db=self._stores)
             old_state = None if old is None else StoreRecord.unpack(record.uuid, old).state
             txn.put(key, record.pack(), db=self._stores)
-            version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
-            txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+            self._bump_stores_version(txn)
             if old_state != record.state and (old_state == STATE_OK or record.state == STATE_OK):
                 self._bump(txn, b"*")
 
+    @_writer
     def delete_store(self, uuid: str) -> None:
         with self._write() as txn:
             txn.delete(uuid.encode(), db=self._stores)
-            version = _U64.unpack(txn.get(_K_STORES_VERSION, db=self._meta) or _U64.pack(0))[0]
-            txn.put(_K_STORES_VERSION, _U64.pack(version + 1), db=self._meta)
+            self._bump_stores_version(txn)
             self._bump(txn, b"*")
 
+    @_writer
     def set_flag(self, name: str, value: str | None) -> None:
         with self._write() as txn:
             key = b"flag:" + name.encode()

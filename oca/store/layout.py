@@ -67,8 +67,8 @@ def parse_object_name(name: str) -> tuple[str, str, int] | None:
         return None
     if len(checksum_hex) != CHECKSUM_HEX_LENGTH or not _is_hex(checksum_hex):
         return None
-    # ASCII digits with at most one leading minus: str.isdigit() alone let
-    # "--5" and "\u00b2" through to int(), which raised on names found on disk.
+    # ASCII digits with at most one leading minus, so that int() cannot raise
+    # on any name found on disk ("--5" and "\u00b2" are not ours).
     if not _is_decimal(mtime_text.removeprefix("-")):
         return None
     return content_id, checksum_hex, int(mtime_text)

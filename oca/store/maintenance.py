@@ -1,8 +1,15 @@
 """Offline maintenance: reconcile (`check`), re-hash (`verify`), `rebuild_index`.
 
 Rules kept here:
-- `check` and `rebuild_index` hold the maintenance lock exclusively, so a
-  concurrent publish is never half-seen (see `oca.store.content`).
+- `check` holds the maintenance lock exclusively, so a concurrent publish is
+  never half-seen (see `oca.store.content`). `rebuild_index` holds the index
+  itself exclusively (`oca.store.index.hold_index`): it refuses while any
+  other process has the index open, so no server keeps serving from the
+  index it moves aside.
+- A directory under `objects/` that cannot be listed fails the store, with
+  the reason; its entries are never dropped as missing.
+- Symbolic links and other non-files under `objects/` are never indexed:
+  they are quarantined (a link would serve whatever it points at).
 - `check` repairs and reports; it raises only when it cannot finish:
   * temporary files of ingests whose process is gone are removed;
   * the fill agent's partial downloads are left alone unless older than
@@ -23,17 +30,17 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from oca.checksum import hash_file
 
 from oca.store.content import ContentStore
-from oca.store.disks import Disk
-from oca.store.index import STATE_OK, Entry, Index, StoreRecord
+from oca.store.disks import Disk, StoreUnreadableError
+from oca.store.index import STATE_FAILED, STATE_OK, Entry, Index, StoreRecord, hold_index
 from oca.store.layout import (
     OBJECTS_DIR,
     PARTIAL_DIR,
@@ -53,7 +60,9 @@ class CheckReport:
     entries_dropped_missing: int = 0
     entries_dropped_size: int = 0
     orphans_quarantined: int = 0
+    not_files_quarantined: int = 0
     entries_ok: int = 0
+    stores_failed: int = 0  # by this run: a directory could not be listed
     failed_stores: list[str] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
 
@@ -62,6 +71,7 @@ class CheckReport:
         """True when this run found nothing to repair."""
         return not (
             self.temp_removed or self.entries_dropped_missing or self.entries_dropped_size or self.orphans_quarantined
+            or self.not_files_quarantined or self.stores_failed
         )
 
     def lines(self) -> list[str]:
@@ -72,8 +82,10 @@ class CheckReport:
             f"index entries dropped (file missing): {self.entries_dropped_missing}",
             f"index entries dropped (wrong size): {self.entries_dropped_size}",
             f"unindexed files quarantined: {self.orphans_quarantined}",
+            f"links and other non-files quarantined: {self.not_files_quarantined}",
             f"index entries ok: {self.entries_ok}",
-            f"failed stores skipped: {len(self.failed_stores)}",
+            f"stores failed by this check: {self.stores_failed}",
+            f"failed stores skipped: {len(self.failed_stores) - self.stores_failed}",
         ]
         out.extend(f"  failed: {s}" for s in self.failed_stores)
         out.extend(f"  {d}" for d in self.details)
@@ -92,26 +104,46 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _walk_objects(disk: Disk):
-    """(relpath, name) of every regular file under objects/."""
-    root = disk.join(OBJECTS_DIR)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, disk.path)
-        for name in sorted(filenames):
-            yield f"{rel_dir}/{name}", name
+def _walk_objects(disk: Disk) -> Iterator[tuple[str, str, bool]]:
+    """(relpath, name, regular) of every entry under objects/ that is not a directory, sorted.
+
+    `regular` is False for symbolic links (never followed: a link would serve
+    its target) and for anything else that is not a plain file. A directory
+    that cannot be listed raises `StoreUnreadableError`: its files are
+    unknown, and must never be taken for missing.
+    """
+    yield from _walk_dir(disk, OBJECTS_DIR)
+
+
+def _walk_dir(disk: Disk, rel_dir: str) -> Iterator[tuple[str, str, bool]]:
+    try:
+        with os.scandir(disk.join(rel_dir)) as it:
+            found = sorted(it, key=lambda e: e.name)
+        kinds = [(e.name, e.is_symlink(), e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in found]
+    except OSError as exc:
+        raise StoreUnreadableError(f"cannot list {rel_dir}: {os.strerror(exc.errno or 0)}") from exc
+    for name, link, is_dir, is_file in kinds:
+        relpath = f"{rel_dir}/{name}"
+        if is_dir and not link:
+            yield from _walk_dir(disk, relpath)
+        else:
+            yield relpath, name, is_file and not link
+
+
+def _unused_name(path: str) -> str:
+    """`path`, or `path.N` with the smallest N that does not exist yet."""
+    target, n = path, 0
+    while os.path.lexists(target):
+        n += 1
+        target = f"{path}.{n}"
+    return target
 
 
 def quarantine(disk: Disk, relpath: str, why: str) -> str:
     """Move a file into the store's quarantine directory; returns its new name."""
     qdir = disk.join(QUARANTINE_DIR)
     os.makedirs(qdir, exist_ok=True)
-    base = os.path.basename(relpath)
-    target = os.path.join(qdir, f"{base}.{why}.{int(time.time())}")
-    n = 0
-    while os.path.exists(target):
-        n += 1
-        target = os.path.join(qdir, f"{base}.{why}.{int(time.time())}.{n}")
+    target = _unused_name(os.path.join(qdir, f"{os.path.basename(relpath)}.{why}.{int(time.time())}"))
     os.rename(disk.join(relpath), target)
     return target
 
@@ -131,6 +163,11 @@ def check(cs: ContentStore, *, now_s: float | None = None) -> CheckReport:
                 continue
             try:
                 _check_disk(cs, disk, entries_by_store.pop(disk.uuid or "", {}), now_s, report)
+            except StoreUnreadableError as exc:
+                # Entries are dropped only after a complete listing; none were.
+                cs.mark_failed(disk, f"check: {exc}")
+                report.stores_failed += 1
+                report.failed_stores.append(f"{disk.path}: {disk.reason}")
             except OSError as exc:
                 if cs.report_io_error(disk, exc, "check"):
                     report.failed_stores.append(f"{disk.path}: {disk.reason}")
@@ -175,15 +212,24 @@ def _check_disk(cs: ContentStore, disk: Disk, entries: dict[str, Entry], now_s: 
         else:
             report.partial_kept += 1
     seen = set()
-    for relpath, _name in _walk_objects(disk):
+    for relpath, _name, regular in _walk_objects(disk):
         entry = entries.get(relpath)
+        if not regular:
+            if entry is not None:
+                seen.add(relpath)
+                cs.index.delete(entry.content_id, only_if=entry)
+                report.details.append(f"dropped {entry.content_id}: {disk.path}/{relpath} is not a regular file")
+            quarantine(disk, relpath, "notfile")
+            report.not_files_quarantined += 1
+            report.details.append(f"quarantined {disk.path}/{relpath}: a symbolic link or other non-file")
+            continue
         if entry is None:
             quarantine(disk, relpath, "orphan")
             report.orphans_quarantined += 1
             report.details.append(f"quarantined unindexed {disk.path}/{relpath}")
             continue
         seen.add(relpath)
-        size = os.stat(disk.join(relpath)).st_size
+        size = os.lstat(disk.join(relpath)).st_size
         if size != entry.size:
             cs.index.delete(entry.content_id, only_if=entry)
             quarantine(disk, relpath, "badsize")
@@ -243,14 +289,31 @@ class RebuildReport:
     moved_aside: str | None = None
 
 
-def rebuild_index(index_path: str, disks: list[Disk], open_index, *, now_s: float | None = None) -> RebuildReport:
+def rebuild_index(
+    index_path: str, disks: list[Disk], *, map_size_bytes: int, max_readers: int, now_s: float | None = None
+) -> RebuildReport:
     """Make a new index from the stores alone.
 
-    `open_index(path)` returns a fresh writable `Index`; if opening the old
-    one fails it is moved aside first. Stores keep their UUIDs and their
-    failed state when the old index could still be read.
+    Refused (`IndexBusyError`, nothing touched) while any other process has
+    the index open. If opening the old index fails it is moved aside all the
+    same. Stores keep their UUIDs and their failed state when the old index
+    could still be read. A store with a directory that cannot be listed is
+    recorded failed, with the reason: its files are on disk, and a rebuild
+    after the repair finds them.
     """
     now_s = time.time() if now_s is None else now_s
+
+    def open_index(path: str) -> Index:
+        return Index(path, map_size_bytes=map_size_bytes, max_readers=max_readers, hold=False)
+
+    hold_fd = hold_index(index_path, exclusive=True)
+    try:
+        return _rebuild(index_path, disks, open_index, now_s)
+    finally:
+        os.close(hold_fd)
+
+
+def _rebuild(index_path: str, disks: list[Disk], open_index: Callable[[str], Index], now_s: float) -> RebuildReport:
     report = RebuildReport()
     old_states: dict[str, StoreRecord] = {}
     try:
@@ -260,51 +323,59 @@ def rebuild_index(index_path: str, disks: list[Disk], open_index, *, now_s: floa
     except Exception:  # a corrupt index: whatever the error, start afresh
         old_states = {}
     if os.path.exists(index_path):
-        aside = f"{index_path}.old.{int(now_s)}"
+        aside = _unused_name(f"{index_path}.old.{int(now_s)}")
         os.rename(index_path, aside)
         report.moved_aside = aside
     index = open_index(index_path)
     best: dict[str, tuple[Entry, Disk]] = {}
-    lock_fd = os.open(os.path.join(index_path, "oca-maintenance.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
         for disk in disks:
-            if not os.path.isdir(disk.path):
-                report.stores.append(f"{disk.path}: skipped (directory does not exist)")
+            seen = disk.inspect()
+            if seen.problem is not None or seen.uuid is None:
+                report.stores.append(f"{disk.path}: skipped ({seen.problem or 'no store marker'})")
                 continue
-            marker = disk.read_marker()
-            if marker is None:
-                report.stores.append(f"{disk.path}: skipped (no store marker)")
-                continue
-            disk.uuid = marker[0]
+            disk.uuid = seen.uuid
             prior = old_states.get(disk.uuid)
             state = prior.state if prior is not None and prior.path == disk.path else STATE_OK
             reason = prior.reason if prior is not None and state != STATE_OK else "rebuilt"
+            found: list[tuple[Entry, str]] = []
+            try:
+                for relpath, name, regular in _walk_objects(disk):
+                    found.append((_rebuilt_entry(disk, relpath, name, regular, report), relpath))
+            except StoreUnreadableError as exc:
+                state, reason = STATE_FAILED, f"rebuild-index: {exc}; fix it and run rebuild-index again"
             index.put_store(StoreRecord(disk.uuid, disk.path, state, reason, now_s))
             disk.state, disk.reason = state, reason
             count = 0
-            for relpath, name in _walk_objects(disk):
-                parsed = parse_object_name(name)
-                if parsed is None:
-                    report.quarantined.append(quarantine(disk, relpath, "unnamed"))
+            for entry, relpath in found:
+                if entry is None:
                     continue
-                content_id, checksum, mtime_s = parsed
-                st = os.stat(disk.join(relpath))
-                entry = Entry(content_id, disk.uuid, relpath, st.st_size, checksum, mtime_s, st.st_mtime, 0.0)
-                if content_id in best:
-                    other, other_disk = best[content_id]
+                if entry.content_id in best:
+                    other, other_disk = best[entry.content_id]
                     if other.added_s >= entry.added_s:
                         report.quarantined.append(quarantine(disk, relpath, "duplicate"))
                         continue
                     report.quarantined.append(quarantine(other_disk, other.relpath, "duplicate"))
-                best[content_id] = (entry, disk)
+                best[entry.content_id] = (entry, disk)
                 count += 1
-            report.stores.append(f"{disk.path}: uuid {disk.uuid}, state {state}, {count} files")
+            report.stores.append(f"{disk.path}: uuid {disk.uuid}, state {state}, {count} files" + (
+                f" ({reason})" if state != STATE_OK else ""))
         batch = [e for e, _d in best.values()]
         for i in range(0, len(batch), 5000):
             index.put_many(batch[i : i + 5000])
         report.entries = len(batch)
     finally:
-        os.close(lock_fd)
         index.close()
     return report
+
+
+def _rebuilt_entry(disk: Disk, relpath: str, name: str, regular: bool, report: RebuildReport) -> Entry | None:
+    """The entry a file under objects/ stands for; None (and quarantined) when it stands for none."""
+    parsed = parse_object_name(name) if regular else None
+    if parsed is None:
+        report.quarantined.append(quarantine(disk, relpath, "unnamed" if regular else "notfile"))
+        return None
+    content_id, checksum, mtime_s = parsed
+    st = os.lstat(disk.join(relpath))
+    assert disk.uuid is not None
+    return Entry(content_id, disk.uuid, relpath, st.st_size, checksum, mtime_s, st.st_mtime, 0.0)

@@ -675,3 +675,30 @@ def test_enospc_during_write_via_admin(tmp_path):
         admin(cfg, "ingest", str(src), "--id", "fits", check=True)
         assert ls_ids(cfg) == ["fits"]
         assert STATE_FAILED not in store_line(cfg, mnt)
+
+
+# ---------------------------------------------------------------- 5. index disk full
+
+
+@pytest.mark.root
+@needs_root
+def test_index_disk_full_refuses_the_publish_and_leaves_no_unindexed_file(tmp_path, mounts):
+    """Issue 10 defect 15: a commit the index cannot take removes the file it renamed into place."""
+    from oca.store.disks import StoreError
+
+    mounts.tmpfs(tmp_path / "index", "size=1m")
+    cfg = write_cfg(tmp_path, [tmp_path / "store0"])
+    cs = open_cs(cfg)
+    published = []
+    try:
+        with pytest.raises(StoreError, match="not published: .*index write failed"):
+            for i in range(20_000):
+                publish(cs, f"item-{i:05d}-{'p' * 80}", b"%d" % i, cs.disks[0])
+                published.append(i)
+        assert published, "the index filled before anything was published"
+        assert cs.disks[0].working
+    finally:
+        cs.close()
+    entries = assert_index_consistent(cfg)
+    assert len(entries) == len(published)
+    assert_disks_clean(cfg, entries)

@@ -68,7 +68,10 @@ def test_example_appliance_config_loads(tmp_path):
     cfg_path = tmp_path / "oca.toml"
     cfg_path.write_text(text)
     cfg = load_config(str(cfg_path))
-    assert len(cfg.stores) == 2 and cfg.fill is not None and cfg.fill.window == "02:00-14:00"
+    assert len(cfg.stores) == 2
+    from fill.config import load_fill_config
+
+    assert load_fill_config(str(cfg_path))[1].window == "02:00-14:00"
 
 
 def test_example_steering_config_and_coverage_load():

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from oca.demo import NEW_TITLE, TITLES, DemoSystem, Playback
 from tests.server_proc import free_port
+from tests.support import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
                                 reason="nginx is not installed (bash .ci/setup installs it)")
@@ -137,3 +140,72 @@ def test_second_fill_after_the_manifest_changed(system):
     assert doc["result"] in ("BGP", "COVERAGE_ZONE")
     pb = system.play(NEW_TITLE[0], "127.2.0.9")
     assert pb.complete and pb.checksum == expected
+
+
+# ---------------------------------------------------------------- stopping the demo (issue 10, "also found")
+
+
+DEMO_FLAGS = ["--random-titles"]  # the same system without minutes of encoding
+
+
+def _demo_tree(tmp_path: Path, port: int):
+    """A real `python -m oca.demo` run up to "The system is running"; returns (process, its descendants, log path)."""
+    import psutil
+
+    log = tmp_path / "demo.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "oca.demo", "--dir", str(tmp_path / "demo"), "--port", str(port), "--seconds", "600", *DEMO_FLAGS],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 180
+    while b"The system is running" not in log.read_bytes():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the demo did not come up in 180 s"
+        time.sleep(0.2)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    names = {p.name() for p in tree}
+    assert any("nginx" in n for n in names) and len(tree) >= 9, names  # nginx (2), 3 appliances (3 each), steering
+    return proc, tree, log
+
+
+def _alive(procs) -> list:
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL], ids=["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_stopping_the_demo_stops_everything_it_started(tmp_path, sig):
+    """Also found (issue 10): SIGTERM or SIGHUP to the demo left nginx, the appliances and steering running.
+
+    SIGTERM and SIGHUP run the demo's teardown; after SIGKILL, which nothing
+    can catch, the children stop by themselves (PR_SET_PDEATHSIG).
+    """
+    port = free_port("127.0.0.11")
+    proc, tree, log = _demo_tree(tmp_path, port)
+    try:
+        proc.send_signal(sig)
+        proc.wait(60)
+        deadline = time.monotonic() + 45
+        while _alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _alive(tree)
+        assert not left, [(p.pid, p.name()) for p in left]
+        if sig != signal.SIGKILL:
+            assert proc.returncode == 0
+            assert b"stopped everything it started" in log.read_bytes()
+    finally:
+        for p in _alive(tree):
+            try:
+                p.kill()
+            except Exception:  # noqa: BLE001 - best effort cleanup of a failed test
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -108,7 +108,9 @@ def publish(doc: dict | str | bytes, path: Path) -> None:
 
 def fill_table(manifest_url: str, **settings) -> str:
     lines = ["[fill]", f'manifest_url = "{manifest_url}"']
-    defaults = {"backoff_s": 0.1, "retries": 2, "read_timeout_s": 10, "connect_timeout_s": 5}
+    # The test origins are plain http and most tests publish unsigned manifests:
+    # say so explicitly (the default would require a signature over http).
+    defaults = {"backoff_s": 0.1, "retries": 2, "read_timeout_s": 10, "connect_timeout_s": 5, "require_signed_manifest": False}
     for key, value in {**defaults, **settings}.items():
         if isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
@@ -225,9 +227,9 @@ def site(origin, request) -> Site:
     return s
 
 
-def appliance_cfg(tmp_path: Path, site: Site, *, extra: str = "", appliance_id: str = "oca-a", **fill) -> Path:
+def appliance_cfg(tmp_path: Path, site: Site, *, extra: str = "", appliance_id: str = "oca-a", server_extra: str = "", **fill) -> Path:
     """An appliance in service: config written and stores initialised (a read-only `plan` never initialises)."""
-    cfg = write_config(tmp_path / appliance_id, appliance_id=appliance_id, site="site-a",
+    cfg = write_config(tmp_path / appliance_id, appliance_id=appliance_id, site="site-a", server_extra=server_extra,
                        extra=fill_table(site.manifest_url, **fill) + extra)
     admin(cfg, "check", check=True)
     return cfg
@@ -496,14 +498,17 @@ def test_nightly_budget_stops_the_run(tmp_path, site, concurrency):
 # ---------------------------------------------------------------- peer fill
 
 
-def test_peer_fill_from_an_appliance_of_the_same_site_with_signed_urls(tmp_path, site):
+@pytest.mark.parametrize("token", ["", "site-a-control-token-0123"])
+def test_peer_fill_from_an_appliance_of_the_same_site_with_signed_urls(tmp_path, site, token):
+    """With `[server] control_token` on the site's appliances, the agent sends its own to the peer's /inventory."""
     names = {f"p{i}.mp4": 2 * MiB + 1000 * i for i in range(4)}
     make_files(site.files_dir, names, seed=17)
     datas = {n: (site.files_dir / n).read_bytes() for n in names}
     b_log = tmp_path / "b-access.log"
+    token_line = f'control_token = "{token}"\n' if token else ""
     cfg_b, host_b, port_b = appliance(
         tmp_path / "b", files=datas, appliance_id="oca-b", site="site-a",
-        extra_server=f'access_log = "{b_log}"\naccess_log_format = "json"\n',
+        extra_server=f'access_log = "{b_log}"\naccess_log_format = "json"\n' + token_line,
         extra=signing_table(required=True),
     )
     doc = build_manifest(site.files_dir, site.files_url)
@@ -512,7 +517,7 @@ def test_peer_fill_from_an_appliance_of_the_same_site_with_signed_urls(tmp_path,
     doc["sites"] = {"site-a": [{"id": "oca-a", "url": "http://127.0.0.1:9", "weight": 1000.0},
                                {"id": "oca-b", "url": f"http://{host_b}:{port_b}", "weight": 0.001}]}
     publish(doc, site.manifest_path)
-    cfg_a = appliance_cfg(tmp_path, site, extra=signing_table(), appliance_id="oca-a")
+    cfg_a = appliance_cfg(tmp_path, site, extra=signing_table(), appliance_id="oca-a", server_extra=token_line)
     with ServerProcess(cfg_b, host_b, port_b) as srv:
         plan = oca_fill(cfg_a, "plan", check=True).stdout
         assert "site: 2 appliance(s); 4 of 4 files placed here" in plan
@@ -533,7 +538,7 @@ def test_peer_fill_from_an_appliance_of_the_same_site_with_signed_urls(tmp_path,
         query = x["uri"].split("?", 1)[1]
         assert "e=" in query and "k=k1" in query and "t=" in query, x["uri"]
         assert x["status"] == 200
-    assert any(x["uri"] == "/inventory" for x in lines)
+    assert any(x["uri"] == "/inventory" and x["status"] == 200 for x in lines)
     assert site.entries() == []  # the origin was never asked for a file
     assert "added p0.mp4" in run.stderr and f"from http://{host_b}:{port_b}/content/p0.mp4" in run.stderr
 

@@ -241,3 +241,70 @@ def test_kernel_routes_reach_routes_and_steering(netns: Namespace, tmp_path: Pat
     status, body = ns.curl(f"{steer}/steer?content=clip.mp4&client=2001:db8:20::5")
     assert status == 503 and json.loads(body)["result"] == "NO_CANDIDATES"
     assert server_a.poll() is None, "the appliance was not restarted"
+
+
+def test_a_burst_of_route_changes_is_published_once(netns: Namespace, tmp_path: Path):
+    """Issue 10 defect 21: every netlink batch re-sorted, re-serialised and committed the whole set.
+
+    Twenty routes are added by twenty separate `ip` runs (each its own
+    netlink notification, milliseconds apart, as a daemon installing a
+    batch sends them). The set must be published once for the burst (a
+    loaded machine may split it: at most three), not once per event.
+    """
+    ns = netns
+    cfg, host, port = appliance(tmp_path, host="127.0.0.1", workers=1,
+                                extra=f"[routes]\nkernel_table = {TABLE}\nkernel_protocols = [{PROTO}]\n")
+    ns.ip("route", "add", "blackhole", "10.99.0.0/16", "table", str(TABLE), "proto", str(PROTO))
+    ns.spawn([sys.executable, "-m", "oca.server.main", "--config", str(cfg)], tmp_path / "server.log")
+    base = f"http://{host}:{port}"
+    before = wait_for(lambda: (d := _routes(ns, base)) and d["prefixes"] == ["10.99.0.0/16"] and d, 20,
+                      f"the dumped route ({tmp_path / 'server.log'})")
+    burst = [f"10.{i}.0.0/16" for i in range(100, 120)]
+    for prefix in burst:
+        ns.ip("route", "add", "blackhole", prefix, "table", str(TABLE), "proto", str(PROTO))
+    want = {"10.99.0.0/16", *burst}
+    after = wait_for(lambda: (d := _routes(ns, base)) and set(d["prefixes"]) == want and d, FOLLOW_WITHIN_S, "the burst")
+    time.sleep(1.0)  # anything still pending would be published by now
+    final = _routes(ns, base)
+    assert set(final["prefixes"]) == want
+    assert 1 <= final["generation"] - before["generation"] <= 3, (before["generation"], after["generation"], final["generation"])
+
+
+def test_a_failing_kernel_follower_is_restarted_and_named_while_down(tmp_path: Path):
+    """Issue 10 rule 2: the follower thread runs under the Supervisor, and `Routes.down` says so while it is down.
+
+    Real netlink (a read-only dump of table 4242 in this namespace, which
+    nothing uses) and a real index. The failure is injected through the log
+    callback, the one seam that runs inside `follow()` after the dump.
+    """
+    from oca.routes import KERNEL_ROUTES_TASK, RoutesManager
+    from oca.store.flags import read_routes
+    from oca.store.index import Index
+    from oca.supervise import Supervisor
+
+    logs: list[str] = []
+    raised = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if line.startswith("kernel routes:") and not raised:
+            raised.append(line)
+            raise ConnectionResetError("netlink socket went away")
+
+    index = Index(str(tmp_path / "index"), map_size_bytes=64 << 20)
+    supervisor = Supervisor(log, first_s=1.0, max_s=1.0)
+    manager = RoutesManager(index, log, supervisor)
+    try:
+        manager.configure(["192.0.2.0/24"], 4242, (PROTO,))
+        down = wait_for(lambda: read_routes(index).down, 10, "the record to say the follower is down")
+        assert down.startswith(f"{KERNEL_ROUTES_TASK}: ConnectionResetError") and "netlink socket went away" in down
+        assert KERNEL_ROUTES_TASK in manager.down()
+        assert read_routes(index).prefixes == ("192.0.2.0/24",)
+        wait_for(lambda: not read_routes(index).down and not manager.down(), 10, "the restarted follower to clear it")
+        assert supervisor.failures() == {KERNEL_ROUTES_TASK: 1}
+        assert any("Traceback" in line and "ConnectionResetError" in line for line in logs)
+        generation = read_routes(index).generation
+        assert generation == 1  # the prefix set never changed, only the down reason
+    finally:
+        manager.stop()
+        index.close()

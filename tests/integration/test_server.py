@@ -51,6 +51,7 @@ BIG = 8 * 1024 * 1024 + 12_345  # bigger than a loopback socket's buffers (4 MiB
 SIZES = {"empty.bin": 0, "one.txt": 1, "mid.mp4": 100_000, "big.ts": BIG}
 TYPES = {"empty.bin": "application/octet-stream", "one.txt": "text/plain", "mid.mp4": "video/mp4", "big.ts": "video/mp2t"}
 SECRET = "0123456789abcdef0123"
+CONTROL_TOKEN = "ctl-0123456789abcdef"
 SIGNING = f'[signing]\nrequired = true\nkeys = {{k1 = "{SECRET}"}}\nkey_id = "k1"\n'
 IO_TIMEOUT_S = 15.0  # any single socket operation or subprocess
 SLOW_RCVBUF = 64 * 1024  # receive buffer of the "slow reader" clients
@@ -976,7 +977,7 @@ def signed(tmp_path_factory, files) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("signed")
     cfg, host, port = make_appliance(
         tmp, {"mid.mp4": files["mid.mp4"], "one.txt": files["one.txt"]}, workers=2, extra=SIGNING,
-        extra_server='cache_control = "public, max-age=3600"\ncontrol_allow = ["10.0.0.0/8"]\n',
+        extra_server=f'cache_control = "public, max-age=3600"\ncontrol_allow = ["10.0.0.0/8"]\ncontrol_token = "{CONTROL_TOKEN}"\n',
     )
     with ServerProcess(cfg, host, port) as srv:
         pids = wait_serving(srv, 2)
@@ -1055,12 +1056,17 @@ def test_expired_signature_gets_410(signed):
     assert r.status == 410
 
 
-def test_control_allow_list_refuses_loopback_but_content_is_served(signed):
-    for path in ("/health", "/metrics", "/inventory"):
-        r = signed.get(path)
-        assert r.status == 403, path
-        assert r.headers["cache-control"] == "no-store"
-        assert r.body.count(b"\n") == 1
+def test_control_token_is_required_even_from_loopback_but_content_is_served(signed):
+    """Defect 8: with `control_token` set, control endpoints need the bearer token from every caller."""
+    for path in ("/health", "/metrics", "/inventory", "/routes"):
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": CONTROL_TOKEN},
+                        {"Authorization": f"Basic {CONTROL_TOKEN}"}):
+            r = signed.get(path, headers)
+            assert r.status == 403, (path, headers)
+            assert r.headers["cache-control"] == "no-store"
+            assert r.body == b"control endpoints need a valid bearer token\n"
+        r = signed.get(path, {"Authorization": f"Bearer {CONTROL_TOKEN}"})
+        assert r.status == 200, path
     r = signed.get(_sign(signed, "one.txt"))
     assert r.status == 200 and r.body == signed.files["one.txt"]
 

@@ -1,13 +1,19 @@
 """Operational features of oca-server not covered elsewhere: connection cap,
-pid file, JSON access log, workers dying with their parent. Real processes."""
+pid file, JSON access log, workers dying with their parent, reloads that
+raise `workers` or add stores, failed spawns and supervised loops. Real
+processes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -114,3 +120,149 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
             except ProcessLookupError:
                 pass
         srv.stop()
+
+
+# ---------------------------------------------------------------- reloads, spawning and supervision (issue 10)
+
+
+def _health(base: str) -> dict:
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def _task_failures(base: str) -> dict[str, float]:
+    text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    return {s.labels["task"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if s.name == "oca_task_failures_total"}
+
+
+def _set_server_key(cfg, key: str, value: str) -> None:
+    lines = cfg.read_text().splitlines()
+    out, done = [], False
+    for line in lines:
+        if line.startswith(f"{key} ="):
+            line, done = f"{key} = {value}", True
+        out.append(line)
+    if not done:
+        out.insert(out.index("[index]"), f"{key} = {value}")
+    cfg.write_text("\n".join(out) + "\n")
+
+
+def test_reload_after_raising_workers_accepts_later_reloads(tmp_path):
+    """Defect 13: once a reload raised `workers`, every later SIGHUP was refused."""
+    cfg, host, port = appliance(tmp_path, files={"a.bin": b"a" * 100}, workers=2)
+    with ServerProcess(cfg, host, port) as srv:
+        _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
+        _set_server_key(cfg, "workers", "4")
+        srv.proc.send_signal(signal.SIGHUP)
+        _wait(lambda: "replacing 2 workers with 4" in srv.log_text(), 20, "the first reload")
+        _wait(lambda: len(srv.worker_pids()) == 4, 30, "four workers")
+        _set_server_key(cfg, "workers", "3")
+        srv.proc.send_signal(signal.SIGHUP)
+        _wait(lambda: "replacing 4 workers with 3" in srv.log_text() or "refused" in srv.log_text(), 20, "the second reload")
+        assert "refused" not in srv.log_text(), srv.log_text()[-2000:]
+        _wait(lambda: len(srv.worker_pids()) == 3, 30, "three workers")
+        with urllib.request.urlopen(f"http://{host}:{port}/content/a.bin", timeout=5) as resp:
+            assert resp.read() == b"a" * 100
+
+
+def test_store_added_by_a_reload_is_initialised_and_served(tmp_path):
+    """Defect 22: a store added to the config by a reload was never initialised (workers saw it failed)."""
+    cfg, host, port = appliance(tmp_path, files={"a.bin": b"a"}, stores=1)
+    base = f"http://{host}:{port}"
+    new_store = tmp_path / "added-store"
+    new_store.mkdir()
+    with ServerProcess(cfg, host, port) as srv:
+        _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
+        assert [s["state"] for s in _health(base)["stores"]] == ["ok"]
+        cfg.write_text(cfg.read_text() + f'\n[[stores]]\npath = "{new_store}"\n')
+        srv.proc.send_signal(signal.SIGHUP)
+        _wait(lambda: "replacing 2 workers with 2" in srv.log_text(), 20, "the reload")
+        _wait(lambda: len(_health(base)["stores"]) == 2 and len(srv.worker_pids()) == 2, 30, "workers with two stores")
+        doc = _health(base)
+        assert [s["state"] for s in doc["stores"]] == ["ok", "ok"], doc["stores"]
+        assert doc["status"] == "ok", doc["conditions"]
+
+
+def test_a_failing_worker_sweep_is_restarted_and_shown_in_health(tmp_path):
+    """Defect 22 and rule 2: the worker's sweep loop had no guard; one exception ended it silently.
+
+    The sweep cannot be made to raise from outside, so the worker reads a
+    test-only fault switch (OCA_TEST_FAULT_SWEEP, a file that makes each
+    sweep raise while it exists); everything else is the real server.
+    """
+    fault = tmp_path / "sweep-fault"
+    cfg, host, port = appliance(tmp_path, files={"a.bin": b"a"}, workers=1)
+    base = f"http://{host}:{port}"
+    with ServerProcess(cfg, host, port, env={"OCA_TEST_FAULT_SWEEP": str(fault)}) as srv:
+        _wait(lambda: len(srv.worker_pids()) == 1, 20, "the worker")
+        assert _health(base)["status"] == "ok"
+        fault.touch()
+        _wait(lambda: _health(base)["status"] == "degraded", 10, "/health to say degraded")
+        reasons = [c["reason"] for c in _health(base)["conditions"]]
+        assert any("task sweep is down" in r and "RuntimeError" in r for r in reasons), reasons
+        assert _task_failures(base)["worker.sweep"] >= 1
+        assert "task sweep failed" in srv.log_text() and "Traceback" in srv.log_text()
+        fault.unlink()
+        _wait(lambda: _health(base)["status"] == "ok", 20, "/health to recover once the sweep runs again")
+        assert len(srv.worker_pids()) == 1  # the worker itself never died
+
+
+def _fake_venv(tmp_path, real_venv: str) -> str:
+    """An interpreter path that the test can remove and restore: a copy of python in a venv-shaped dir."""
+    root = tmp_path / "venv"
+    (root / "bin").mkdir(parents=True)
+    os.symlink(os.path.join(real_venv, "lib"), root / "lib")
+    shutil.copy2(os.path.join(real_venv, "pyvenv.cfg"), root / "pyvenv.cfg")
+    python = root / "bin" / "python"
+    shutil.copy2(os.path.realpath(sys.executable), python)
+    return str(python)
+
+
+def test_a_failed_spawn_leaves_the_parent_serving_and_is_retried(tmp_path):
+    """Defect 22: an OSError from spawning a worker (here: the interpreter is gone) killed the parent."""
+    from tests.support import ROOT
+
+    python = _fake_venv(tmp_path, os.path.dirname(os.path.dirname(sys.executable)))
+    cfg, host, port = appliance(tmp_path, files={"a.bin": b"a"}, workers=2)
+    base = f"http://{host}:{port}"
+    log = open(tmp_path / "server.log", "ab")
+    proc = subprocess.Popen([python, "-m", "oca.server.main", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    workers: list[int] = []
+    try:
+        _wait(lambda: len(_children(proc.pid)) == 2, 20, "two workers")
+        _wait(lambda: _health(base)["status"] == "ok", 10, "health")
+        os.rename(python, python + ".away")
+        victim = _children(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: _health(base)["status"] == "degraded", 10, "/health to name the failed spawn")
+        reasons = [c["reason"] for c in _health(base)["conditions"]]
+        assert any("task spawn is down in the parent" in r for r in reasons), reasons
+        assert proc.poll() is None, "the parent died"
+        assert len(_children(proc.pid)) == 1
+        with urllib.request.urlopen(base + "/content/a.bin", timeout=5) as resp:
+            assert resp.read() == b"a"
+        os.rename(python + ".away", python)
+        _wait(lambda: len(_children(proc.pid)) == 2, 40, "the worker to be spawned again")
+        _wait(lambda: _health(base)["status"] == "ok", 10, "/health to recover")
+        assert _task_failures(base)["parent"] >= 1
+    finally:
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]

@@ -1011,3 +1011,185 @@ def test_read_only_index_reads_what_a_writer_commits(tmp_path):
     assert reader.returncode == 0
     with pytest.raises(index_module.IndexError_, match="does not exist"):
         Index(str(tmp_path / "nowhere"), readonly=True)
+
+
+# ---------------------------------------------------------------- issue 10: defects 12, 14, 15, 20
+
+
+def admin_without_dac_override(cfg: Path, *args: str) -> subprocess.CompletedProcess:
+    """`oca-admin` that file permissions apply to, as they would for the `oca` user.
+
+    As root the process is started without CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH (setpriv), so a mode-000 directory cannot be listed;
+    it stays uid 0, so everything else root-owned is still its own.
+    """
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    if prefix and shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root's file-permission override")
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "oca.admin", "--config", str(cfg), *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+
+
+def _entry_keys(cfg: Path) -> dict[str, tuple]:
+    idx = Index(str(cfg.parent / "index"), map_size_bytes=1 << 30)
+    try:
+        return {e.content_id: entry_key(e) for e in idx.entries()}
+    finally:
+        idx.close()
+
+
+def test_rebuild_index_is_refused_while_a_server_holds_the_index(tmp_path):
+    """Defect 12: a rebuild under a running server left its workers on the moved-aside index."""
+    from tests.server_proc import ServerProcess, appliance
+    import urllib.request
+
+    cfg, host, port = appliance(tmp_path, files={"before": b"b" * 1000})
+    with ServerProcess(cfg, host, port):
+        with urllib.request.urlopen(f"http://{host}:{port}/content/before", timeout=10) as resp:
+            assert resp.read() == b"b" * 1000  # the workers have the index open
+        proc = admin(cfg, "rebuild-index")
+        assert_one_line_error(proc, contains="open in other processes")
+        assert "stop oca-server" in proc.stderr
+        assert not list(tmp_path.glob("index.old.*")), "the index was moved aside under the server"
+        # The server still serves from the one index, including what is published now.
+        src = tmp_path / "after.bin"
+        src.write_bytes(b"a" * 2000)
+        admin(cfg, "ingest", str(src), "--id", "after", check=True)
+        with urllib.request.urlopen(f"http://{host}:{port}/content/after", timeout=10) as resp:
+            assert resp.read() == b"a" * 2000
+    proc = admin(cfg, "rebuild-index", check=True)
+    assert "index rebuilt: 2 entries" in proc.stdout
+
+
+def test_an_open_during_a_rebuild_is_refused(tmp_path):
+    from oca.store.index import IndexBusyError, hold_index
+
+    cfg = write_cfg(tmp_path, 1)
+    open_cs(cfg).close()
+    fd = hold_index(str(tmp_path / "index"), exclusive=True)
+    try:
+        with pytest.raises(IndexBusyError, match="being rebuilt"):
+            open_cs(cfg)
+        assert_one_line_error(admin(cfg, "ls"), contains="being rebuilt")
+    finally:
+        os.close(fd)
+    open_cs(cfg).close()
+
+
+def _three_files_one_locked(tmp_path: Path) -> tuple[Path, dict[str, tuple], Path]:
+    """Three published files on one store; the fan-out directory of "b" made mode 000."""
+    cfg = write_cfg(tmp_path, 1)
+    cs = open_cs(cfg)
+    try:
+        for name in ("a", "b", "c"):
+            publish(cs, name, payload(3000, ord(name)))
+        locked = Path(cs.disks[0].join(cs.index.get("b").relpath)).parent
+    finally:
+        cs.close()
+    before = _entry_keys(cfg)
+    locked.chmod(0)
+    return cfg, before, locked
+
+
+def test_check_fails_a_store_with_an_unreadable_fanout_dir_and_drops_nothing(tmp_path):
+    """Defect 14: os.walk swallowed the error, so check dropped the entries as missing."""
+    cfg, before, locked = _three_files_one_locked(tmp_path)
+    try:
+        proc = admin_without_dac_override(cfg, "check")
+        assert proc.returncode == 0, proc.stderr
+        assert "stores failed by this check: 1" in proc.stdout, proc.stdout
+        assert "index entries dropped (file missing): 0" in proc.stdout, proc.stdout
+        assert "cannot list objects/" in proc.stdout and "Permission denied" in proc.stdout
+        assert _entry_keys(cfg) == before
+        assert store_files(tmp_path / "store0", QUARANTINE_DIR) == []
+        stores = admin(cfg, "stores", check=True).stdout
+        assert " failed " in stores and "cannot list objects/" in stores
+    finally:
+        locked.chmod(0o755)
+    # Repaired by the operator: back in service, with every entry.
+    admin(cfg, "enable-store", str(tmp_path / "store0"), check=True)
+    proc = admin(cfg, "check", check=True)
+    assert proc.stdout.splitlines()[-1] == "consistent" and "index entries ok: 3" in proc.stdout
+    assert _entry_keys(cfg) == before
+
+
+def test_rebuild_index_with_an_unreadable_fanout_dir_fails_the_store(tmp_path):
+    cfg, before, locked = _three_files_one_locked(tmp_path)
+    try:
+        proc = admin_without_dac_override(cfg, "rebuild-index")
+        assert proc.returncode == 0, proc.stderr
+        assert "state failed" in proc.stdout and "cannot list objects/" in proc.stdout
+    finally:
+        locked.chmod(0o755)
+    proc = admin(cfg, "rebuild-index", check=True)
+    assert "index rebuilt: 3 entries" in proc.stdout
+    assert _entry_keys(cfg) == before
+
+
+def test_a_full_index_map_grows_and_no_file_is_left_unindexed(tmp_path):
+    """Defect 15: lmdb.MapFullError escaped `_commit` and left the renamed file unindexed."""
+    from oca.store.disks import attach
+
+    index = Index(str(tmp_path / "index"), map_size_bytes=64 << 10)
+    (tmp_path / "store0").mkdir()
+    disks = [Disk(str(tmp_path / "store0"), 0.0)]
+    attach(disks, index)
+    cs = ContentStore(index, disks)
+    try:
+        first = index.env.info()["map_size"]
+        for i in range(400):
+            publish(cs, f"id-{i:04d}-{'x' * 60}", b"%d" % i)
+        assert index.env.info()["map_size"] > first
+        assert index.count() == 400
+        indexed = {e.relpath.split("/", 1)[1] for e in index.entries()}
+        assert set(store_files(tmp_path / "store0", OBJECTS_DIR)) == indexed
+        assert maintenance.check(cs, now_s=FAKE_NOW).consistent
+    finally:
+        cs.close()
+
+
+def test_symlinks_under_objects_are_never_indexed(tmp_path):
+    """Defect 20: rebuild-index indexed a symbolic link, and the server then served its target."""
+    cfg = write_cfg(tmp_path, 1)
+    cs = open_cs(cfg)
+    try:
+        real = publish(cs, "real", b"real bytes")
+    finally:
+        cs.close()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not for clients")
+    checksum = xxhash.xxh3_128_hexdigest(b"not for clients")
+    fan = tmp_path / "store0" / os.path.dirname(real.relpath)
+    (fan / f"link@{checksum}@{MTIME}").symlink_to(secret)
+    (fan / "dirlink").symlink_to(tmp_path)
+    proc = admin(cfg, "rebuild-index", check=True)
+    assert "index rebuilt: 1 entries" in proc.stdout, proc.stdout
+    assert proc.stdout.count("quarantined ") == 2
+    assert set(_entry_keys(cfg)) == {"real"}
+    assert sorted(n.split(".")[1] for n in os.listdir(tmp_path / "store0" / QUARANTINE_DIR)) == ["notfile", "notfile"]
+    assert secret.read_bytes() == b"not for clients"
+    # check treats a link the same way, indexed or not.
+    cs = open_cs(cfg)
+    try:
+        link = fan / f"late@{checksum}@{MTIME}"
+        link.symlink_to(secret)
+        cs.index.put(Entry("late", cs.disks[0].uuid, str(link.relative_to(tmp_path / "store0")), 15, checksum, MTIME, 0.0, 0.0))
+        report = maintenance.check(cs, now_s=FAKE_NOW)
+        assert report.not_files_quarantined == 1 and not report.consistent
+        assert cs.index.get("late") is None and cs.lookup("real") is not None
+        assert maintenance.check(cs, now_s=FAKE_NOW).consistent
+    finally:
+        cs.close()
+
+
+def test_rebuild_index_skips_a_store_whose_marker_is_unreadable(tmp_path):
+    """One bad marker must not abort a rebuild halfway, after the old index was moved aside."""
+    cfg = write_cfg(tmp_path, 2)
+    before, _uuids = _populate(cfg, n_per_store=2)
+    (tmp_path / "store1" / MARKER_NAME).write_text("{not json")
+    proc = admin(cfg, "rebuild-index", check=True)
+    assert f"{tmp_path / 'store1'}: skipped (" in proc.stdout and "unreadable" in proc.stdout
+    assert "index rebuilt: 2 entries" in proc.stdout
+    assert set(_entry_keys(cfg)) == {k for k in before if k.startswith("s0-")}

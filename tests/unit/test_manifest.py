@@ -20,13 +20,14 @@ from fill.manifest import (
     ManifestError,
     ManifestFile,
     SiteAppliance,
-    build_manifest,
     canonical_bytes,
+    check_fresh,
     parse_manifest,
-    read_popularity,
     sign,
     signature_for,
 )
+from fill.errors import FillError
+from fill.manifest_build import build_manifest, read_popularity
 from oca.errors import OcaError
 
 SUM = "0123456789abcdef0123456789abcdef"
@@ -163,8 +164,11 @@ ERROR_CASES = [
     ("version float", set_top("version", 1.0), "version: must be an integer"),
     ("version from the future", set_top("version", 2), "version: 2 is not supported"),
     ("version zero", set_top("version", 0), "version: 0 is not supported"),
-    ("generated_s float", set_top("generated_s", 1.5), "generated_s: must be an integer"),
-    ("generated_s string", set_top("generated_s", "now"), "generated_s: must be an integer"),
+    ("generated_s float", set_top("generated_s", 1.5), "generated_s: must be a non-negative integer"),
+    ("generated_s string", set_top("generated_s", "now"), "generated_s: must be a non-negative integer"),
+    ("generated_s negative", set_top("generated_s", -1), "generated_s: must be a non-negative integer"),
+    ("generated_s huge", set_top("generated_s", 10**30), "generated_s: must be a non-negative integer"),
+    ("generated_s bool", set_top("generated_s", True), "generated_s:"),
     ("files missing", _drop_top("files"), "files: must be a list"),
     ("files object", set_top("files", {}), "files: must be a list"),
     # one file: missing fields
@@ -179,7 +183,10 @@ ERROR_CASES = [
     ("id not a string", set_file("id", 7), "files[0].id: '7' is not a valid content id"),
     ("duplicate id", _dup_file, "files[1].id: 'a.mp4' is listed twice"),
     # sizes and numbers
-    ("negative size", set_file("size", -1), f"{A}.size: must be a non-negative integer"),
+    ("negative size", set_file("size", -1), f"{A}.size: must be an integer from 0 to"),
+    ("huge size", set_file("size", 10**40), f"{A}.size: must be an integer from 0 to"),
+    ("non-ASCII id", set_file("id", "tïtle.mp4"), "files[0].id: 'tïtle.mp4' is not a valid content id"),
+    ("id too long", set_file("id", "a" * 5000), "files[0].id:"),
     ("size as string", set_file("size", "10"), f"{A}.size:"),
     ("size float", set_file("size", 10.0), f"{A}.size:"),
     ("size bool", set_file("size", True), f"{A}.size:"),
@@ -190,6 +197,7 @@ ERROR_CASES = [
     ("checksum not hex", set_file("xxh128", "g" * 32), f"{A}.xxh128:"),
     ("checksum int", set_file("xxh128", 12), f"{A}.xxh128:"),
     ("negative mtime", set_file("mtime", -1), f"{A}.mtime: must be a non-negative integer"),
+    ("huge mtime", set_file("mtime", 10**30), f"{A}.mtime:"),
     ("mtime float", set_file("mtime", 1.5), f"{A}.mtime:"),
     ("mtime bool", set_file("mtime", False), f"{A}.mtime:"),
     ("negative popularity", set_file("popularity", -0.1), f"{A}.popularity: must be a finite number >= 0"),
@@ -228,7 +236,7 @@ ERROR_CASES = [
     ("weight bool", set_member("weight", True), "sites.site-a[0].weight:"),
     ("weight null", set_member("weight", None), "sites.site-a[0].weight:"),
     ("weight NaN", set_member("weight", float("nan")), "sites.site-a[0].weight:"),
-    # An infinite weight would take every file (fill/manifest.py fix).
+    # An infinite weight would take every file.
     ("weight inf", set_member("weight", float("inf"), j=1), "sites.site-a[1].weight:"),
     # signature shape
     ("signature a string", set_top("signature", "abc"), "signature: must be"),
@@ -260,8 +268,11 @@ def test_errors_name_the_entry_and_field(mutate, message):
          + '", "mtime": 1, "popularity": NaN, "sources": ["http://o/a"]}]}', "files[0] (a).popularity:"),
         ('{"format": "oca-manifest", "version": 1, "files": [{"id": "a", "size": 1, "xxh128": "' + SUM
          + '", "mtime": 1, "popularity": Infinity, "sources": ["http://o/a"]}]}', "files[0] (a).popularity:"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"format": "oca-manifest", "version": 1, "files": [], "sites": {"s": [{"id": "x", "url": "http://x", "weight": NaN}]}}',
+         "sites.s[0].weight:"),
     ],
-    ids=["truncated", "not utf-8", "empty", "a list", "a string", "NaN literal", "Infinity literal"],
+    ids=["truncated", "not utf-8", "empty", "a list", "a string", "NaN literal", "Infinity literal", "deep nesting", "NaN weight"],
 )
 def test_raw_text_errors(raw, message):
     with pytest.raises(ManifestError) as info:
@@ -513,7 +524,7 @@ def test_read_popularity(tmp_path, text, expected):
         ("a one\n", ":1:", "'one' is not a number"),
         ("a 1\nb -1\n", ":2:", "must be a finite number >= 0"),
         ("a nan\n", ":1:", "must be a finite number >= 0"),
-        ("a inf\n", ":1:", "must be a finite number >= 0"),  # fill/manifest.py fix
+        ("a inf\n", ":1:", "must be a finite number >= 0"),  # as parse_manifest refuses them
         ("\n\n\na -Infinity\n", ":4:", "must be a finite number >= 0"),
     ],
     ids=["one field", "three fields", "not a number", "negative", "nan", "inf", "-inf"],
@@ -535,8 +546,8 @@ def test_read_popularity_line_errors_name_the_line(tmp_path, text, where, words)
         ('{"a": "1"}', "popularity of 'a'"),
         ('{"a": true}', "popularity of 'a'"),
         ('{"a": null}', "popularity of 'a'"),
-        ('{"a": NaN}', "popularity of 'a'"),  # fill/manifest.py fix
-        ('{"a": Infinity}', "popularity of 'a'"),  # fill/manifest.py fix
+        ('{"a": NaN}', "popularity of 'a'"),  # as parse_manifest refuses them
+        ('{"a": Infinity}', "popularity of 'a'"),  # as parse_manifest refuses them
     ],
     ids=["truncated", "negative", "string", "bool", "null", "NaN", "Infinity"],
 )
@@ -561,3 +572,39 @@ def test_popularity_file_feeds_build(tmp_path):
     pop_path.write_text("a.mp4 10\nc.mp4 1\n")
     with pytest.raises(ManifestError, match="c.mp4"):
         build_manifest(str(content), "http://o.example", read_popularity(str(pop_path)))
+
+
+# --- freshness: replay and age --------------------------------------------------------
+
+NOW = 1_795_677_000
+HOUR = 3600
+# (case, generated_s, newest accepted, words in the error or None when accepted)
+FRESH_CASES = [
+    ("fresh, first ever", NOW - HOUR, None, None),
+    ("the same manifest again", NOW - HOUR, NOW - HOUR, None),
+    ("newer than the last", NOW - 60, NOW - HOUR, None),
+    ("just under the age limit", NOW - 72 * HOUR + 1, None, None),
+    ("a little in the future (clock skew)", NOW + 300, None, None),
+    ("missing", None, None, "generated_s: required"),
+    ("missing, after one was accepted", None, NOW - HOUR, "generated_s: required"),
+    ("replayed: older than the newest accepted", NOW - 2 * HOUR, NOW - HOUR, "older than the newest manifest accepted"),
+    ("one second older than the newest", NOW - HOUR - 1, NOW - HOUR, "replayed?"),
+    ("too old", NOW - 73 * HOUR, None, "73.0 h old (limit 72 h)"),
+    ("far in the future", NOW + 2 * HOUR, None, "in the future"),
+    ("epoch zero", 0, None, "h old"),
+]
+
+
+@pytest.mark.parametrize("generated,newest,words", [c[1:] for c in FRESH_CASES], ids=[c[0] for c in FRESH_CASES])
+def test_check_fresh(generated, newest, words):
+    if words is None:
+        check_fresh(generated, newest, NOW, 72 * HOUR)
+        return
+    with pytest.raises(ManifestError) as info:
+        check_fresh(generated, newest, NOW, 72 * HOUR)
+    assert str(info.value).startswith("generated_s: ")
+    assert words in str(info.value)
+
+
+def test_manifest_errors_share_the_fill_root():
+    assert issubclass(ManifestError, FillError) and issubclass(FillError, OcaError)

@@ -210,13 +210,23 @@ def test_night_without_budget_fills_everything_that_fits():
 
 
 def test_night_deletes_then_makes_room_least_valuable_first():
+    before = held(("gone", 5), ("old1", 15), ("old2", 15), ("kept", 40), ("k1", 1), ("k2", 1))
+    plan = plan_of([mf("new", 20)], delete_now=["gone"], if_needed=["old1", "old2"], keep=["kept", "k1", "k2"], held_bytes=77)
+    night = ob.apply_night(plan, before, 72, None)
+    # After "gone": 72 used of 72. "new" needs 20: old1 (15) is not enough, old1 + old2 is;
+    # three deletions of six files (35 of 77 bytes) fit the night's deletion budget (half).
+    assert set(night.held) == {"kept", "k1", "k2", "new"}
+    assert (night.deleted, night.added, night.skipped_room) == (3, 1, 0)
+    assert before.keys() == {"gone", "old1", "old2", "kept", "k1", "k2"}  # the input is not changed
+
+
+def test_night_makes_room_only_within_the_deletion_budget():
     before = held(("gone", 5), ("old1", 15), ("old2", 15), ("kept", 10))
     plan = plan_of([mf("new", 20)], delete_now=["gone"], if_needed=["old1", "old2"], keep=["kept"], held_bytes=45)
     night = ob.apply_night(plan, before, 40, None)
-    # After "gone": 40 used of 40. "new" needs 20: old1 (15) is not enough, old1 + old2 is.
-    assert set(night.held) == {"kept", "new"}
-    assert (night.deleted, night.added, night.skipped_room) == (3, 1, 0)
-    assert before.keys() == {"gone", "old1", "old2", "kept"}  # the input is not changed
+    # "gone" spends one of the two deletions half of four files allow; "new" would need two more.
+    assert set(night.held) == {"old1", "old2", "kept"}
+    assert (night.deleted, night.added, night.skipped_room) == (1, 0, 1)
 
 
 def test_night_skips_an_add_that_no_room_can_be_made_for():

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 
 from fill.manifest import Manifest, ManifestFile, SiteAppliance
+from oca.store.layout import StoreRoom
 from fill.plan import (
     CopyPolicy,
     Held,
@@ -19,7 +20,8 @@ from fill.plan import (
     choose,
     holders_with,
     hrw_score,
-    make_room,
+    DeleteBudget,
+    place,
     placement,
     plan_fill,
     rank_appliances,
@@ -409,7 +411,7 @@ def test_plan_adds_follow_popularity_across_a_site():
         ({"a": 50, "b": 50}, {"a", "b"}, 0.0),
         ({"a": 50, "b": 50}, set(), 1.0),
         ({}, set(), 0.0),
-        # Zero-byte files: the count still says all of them go (fill/plan.py fix).
+        # Zero-byte files: the count still says all of them go.
         ({"e1": 0, "e2": 0}, set(), 1.0),
     ],
     ids=["by bytes", "by count", "nothing deleted", "everything deleted", "nothing held", "zero-byte files"],
@@ -423,31 +425,85 @@ def test_delete_share(held_sizes, listed, share):
 
 # --- making room, peers --------------------------------------------------------------
 
-SIZES = {"a": 10, "b": 20, "c": 30}
+def room(uuid: str, free: int, reserve: int = 0, working: bool = True) -> StoreRoom:
+    return StoreRoom(uuid, working, free, reserve)
 
-# (need, free, candidates, victims)
-MAKE_ROOM_CASES = [
-    ("already fits", 10, 10, ["a", "b"], []),
-    ("first suffices", 15, 10, ["a", "b", "c"], ["a"]),
-    ("in the given order", 35, 10, ["a", "b", "c"], ["a", "b"]),
-    ("order respected", 35, 10, ["c", "a"], ["c"]),
-    ("all needed", 70, 10, ["a", "b", "c"], ["a", "b", "c"]),
-    ("impossible", 71, 10, ["a", "b", "c"], []),
-    ("no candidates", 11, 10, [], []),
-    ("unknown size counts nothing", 15, 10, ["zz", "a"], ["zz", "a"]),
+
+UNLIMITED = DeleteBudget(None, None)
+# Held files: id -> (store uuid, size). "a".."c" on store s1, "d" on s2.
+HELD_AT = {"a": ("s1", 10), "b": ("s1", 20), "c": ("s1", 30), "d": ("s2", 25)}
+
+# (case, need, rooms, claimed, candidates, budget, only, expected store, expected evictions, words in the reason)
+PLACE_CASES = [
+    ("fits without deleting: most room wins", 10, [room("s1", 50), room("s2", 80)], {}, ["a"], UNLIMITED, None, "s2", (), ""),
+    ("ties go to the lowest uuid", 10, [room("s2", 50), room("s1", 50)], {}, [], UNLIMITED, None, "s1", (), ""),
+    ("the reserve is never used", 45, [room("s1", 50, reserve=10)], {}, [], UNLIMITED, None, None, (), "no store has room"),
+    ("downloads in progress claim room", 40, [room("s1", 50), room("s2", 45)], {"s1": 20, "s2": 10}, [], UNLIMITED, None,
+     None, (), "no store has room"),
+    ("claimed room on one store, the other fits", 40, [room("s1", 50), room("s2", 45)], {"s1": 20}, [], UNLIMITED, None, "s2", (), ""),
+    ("a failed store is not used", 10, [room("s1", 50, working=False)], {}, ["a"], UNLIMITED, None, None, (), "no working store"),
+    ("evictions in the candidates' order", 35, [room("s1", 10)], {}, ["a", "b", "c"], UNLIMITED, None, "s1", ("a", "b"), ""),
+    ("order respected", 35, [room("s1", 10)], {}, ["c", "a"], UNLIMITED, None, "s1", ("c",), ""),
+    ("only files on that store free its room", 30, [room("s1", 0), room("s2", 10)], {}, ["d", "a"], UNLIMITED, None,
+     "s2", ("d",), ""),
+    ("fewest deletions wins", 30, [room("s1", 0), room("s2", 10)], {}, ["a", "b", "d"], UNLIMITED, None, "s2", ("d",), ""),
+    ("impossible even after every candidate", 100, [room("s1", 10)], {}, ["a", "b", "c"], UNLIMITED, None, None, (),
+     "even after deleting every file"),
+    ("unknown candidates free nothing", 15, [room("s1", 10)], {}, ["zz"], UNLIMITED, None, None, (), "even after"),
+    ("the deletion budget by count", 35, [room("s1", 10)], {}, ["a", "b"], DeleteBudget(1, 10**9), None, None, (),
+     "deletion budget"),
+    ("the deletion budget by bytes", 35, [room("s1", 10)], {}, ["a", "b"], DeleteBudget(5, 29), None, None, (), "deletion budget"),
+    ("within the budget exactly", 35, [room("s1", 10)], {}, ["a", "b"], DeleteBudget(2, 30), None, "s1", ("a", "b"), ""),
+    ("a spent budget still places what fits", 5, [room("s1", 10)], {}, ["a"], DeleteBudget(0, 0), None, "s1", (), ""),
+    ("only: a resumed download's store", 10, [room("s1", 20), room("s2", 80)], {}, [], UNLIMITED, "s1", "s1", (), ""),
+    ("only: room made on that store", 30, [room("s1", 5), room("s2", 80)], {}, ["d", "c"], UNLIMITED, "s1", "s1", ("c",), ""),
+    ("only: that store failed", 10, [room("s1", 20, working=False)], {}, [], UNLIMITED, "s1", None, (), "not working"),
+    ("zero bytes always fit a working store", 0, [room("s1", 0)], {}, [], UNLIMITED, None, "s1", (), ""),
 ]
 
 
-@pytest.mark.parametrize("need,free,candidates,victims", [c[1:] for c in MAKE_ROOM_CASES], ids=[c[0] for c in MAKE_ROOM_CASES])
-def test_make_room(need, free, candidates, victims):
-    assert make_room(need, free, candidates, SIZES) == victims
+@pytest.mark.parametrize("need,rooms,claimed,candidates,budget,only,store,evictions,words",
+                         [c[1:] for c in PLACE_CASES], ids=[c[0] for c in PLACE_CASES])
+def test_place(need, rooms, claimed, candidates, budget, only, store, evictions, words):
+    got = place(need, rooms, claimed, candidates, HELD_AT, budget, only=only)
+    assert (got.store_uuid, got.evictions) == (store, evictions)
+    assert words in got.reason
+    assert (got.reason == "") == (store is not None)
 
 
-def test_make_room_with_the_plans_candidates_removes_least_popular_first():
+# (case, share, held files, held bytes, unlimited, expected budget)
+BUDGET_CASES = [
+    ("half of four files", 0.5, 4, 400, False, DeleteBudget(2, 200)),
+    ("rounds down", 0.5, 5, 501, False, DeleteBudget(2, 250)),
+    ("nothing held", 0.5, 0, 0, False, DeleteBudget(0, 0)),
+    ("share 1", 1.0, 3, 30, False, DeleteBudget(3, 30)),
+    ("share 0", 0.0, 3, 30, False, DeleteBudget(0, 0)),
+    ("--force", 0.5, 4, 400, True, DeleteBudget(None, None)),
+    ("float noise does not lose a file", 0.3, 10, 100, False, DeleteBudget(3, 30)),
+]
+
+
+@pytest.mark.parametrize("share,n,nbytes,unlimited,expected", [c[1:] for c in BUDGET_CASES], ids=[c[0] for c in BUDGET_CASES])
+def test_delete_budget_of_share(share, n, nbytes, unlimited, expected):
+    assert DeleteBudget.of_share(share, n, nbytes, unlimited=unlimited) == expected
+
+
+def test_delete_budget_is_spent_by_every_deletion():
+    b = DeleteBudget(2, 100)
+    assert b.allows(2, 100) and not b.allows(3, 1) and not b.allows(1, 101)
+    b = b.spend(1, 60)
+    assert b == DeleteBudget(1, 40)
+    assert b.allows(1, 40) and not b.allows(1, 41)
+    assert not b.spend(1, 40).allows(1, 0)
+    assert UNLIMITED.spend(5, 10**12).allows(10**6, 10**15)
+
+
+def test_place_with_the_plans_candidates_removes_least_popular_first():
     m, held = unchosen_setup()
     plan = plan_fill(m, "oca-1", "s", held, 30, T0, GRACE_S)
-    sizes = {cid: h.size for cid, h in held.items()}
-    assert make_room(25, 0, plan.delete_if_needed, sizes) == ["p1", "p2", "p3"]
+    held_at = {cid: ("s1", h.size) for cid, h in held.items()}
+    got = place(25, [room("s1", 0)], {}, plan.delete_if_needed, held_at, UNLIMITED)
+    assert got.evictions == ("p1", "p2", "p3")
 
 
 def test_holders_with_lists_only_peers_holding_it_in_rendezvous_order():

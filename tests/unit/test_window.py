@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fill.window import Window, current_or_next, in_window, parse_window, seconds_left, seconds_until_open, zone
+from fill.localzone import zone
+from fill.window import Window, current_or_next, in_window, parse_window, seconds_left, seconds_until_open
 
 UTC = ZoneInfo("UTC")
 AMS = ZoneInfo("Europe/Amsterdam")

@@ -1,0 +1,127 @@
+"""The fill agent's `[fill]` table: declared here, validated against `[signing]`.
+
+Rules kept here:
+- `oca.config.Config` knows nothing of `[fill]`: the appliance's loader lets
+  the table through unvalidated, and `load_fill_config` validates it (with
+  `oca.settings.load_section`, so errors name the key path) together with
+  its cross-checks against `[signing]`.
+- `require_signed_manifest` is tri-state: unset means "required unless the
+  manifest URL is https" (`requires_signature`); an explicit `false` over
+  plain http is allowed and reported by `unsigned_http_warning`.
+- Nothing here performs I/O beyond reading the config file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from oca.config import Config, load_config
+from oca.errors import ConfigError
+from oca.settings import (
+    check_fraction,
+    check_http_url,
+    check_non_negative,
+    check_positive,
+    check_timezone,
+    in_range,
+    load_section,
+    setting,
+)
+from oca.tomlfile import read_toml
+from oca.settings import documented_keys as _documented_keys
+
+
+def check_window(value: str) -> str:
+    from fill.window import parse_window
+
+    parse_window(value)  # raises ValueError with a precise message
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class FillConfig:
+    manifest_url: str = setting(doc="Where the manifest is published (http or https).", check=check_http_url)
+    window: str | None = setting(None, doc="Local fill window 'HH:MM-HH:MM' (may cross midnight). Unset: no window limit.", check=check_window)
+    timezone: str | None = setting(None, doc="IANA time zone of the window. Unset: the machine's local time.", check=check_timezone)
+    rate_limit_mbps: float | None = setting(None, doc="Rate cap for all downloads together, in 10^6 bit/s. Unset: no cap.", check=check_positive)
+    nightly_budget_gb: float | None = setting(None, doc="Bytes (10^9) downloaded per run at most. Unset: no budget.", check=check_positive)
+    concurrency: int = setting(4, doc="Downloads at once.", check=lambda v: in_range(v, 1, 256))
+    signing_key_id: str | None = setting(None, doc="Key (from [signing] keys) used to sign peer-fill URLs. Unset: [signing] key_id.")
+    delete_grace_h: float = setting(
+        72, doc="A file still listed but no longer chosen is deleted after this many hours, or sooner when space is needed.", check=check_non_negative
+    )
+    max_delete_share: float = setting(
+        0.5,
+        doc="Share of what the appliance holds (by bytes or count) that one run may delete, by every path together; "
+            "a manifest deleting more at once is refused, unless --force.",
+        check=check_fraction,
+    )
+    require_signed_manifest: bool | None = setting(
+        None,
+        doc="Refuse manifests without a valid HMAC signature made with a [signing] key. "
+            "Unset: required unless manifest_url is https.",
+    )
+    max_manifest_age_h: float = setting(
+        72, doc="Refuse a manifest whose generated_s is older than this many hours (replay guard).", check=check_positive
+    )
+    max_response_mb: float = setting(
+        64, doc="Largest manifest or peer /inventory answer accepted, in 10^6 bytes.", check=check_positive
+    )
+    retries: int = setting(3, doc="Attempts per source before the next source is tried.", check=lambda v: in_range(v, 1, 100))
+    backoff_s: float = setting(2, doc="First retry delay; doubles with each retry.", check=check_non_negative)
+    connect_timeout_s: float = setting(10, doc="TCP connect timeout per request.", check=check_positive)
+    read_timeout_s: float = setting(30, doc="A source that sends nothing for this long has failed (stall guard).", check=check_positive)
+    peer_fill: bool = setting(True, doc="Fetch from appliances of the same site that hold the file before the origin.")
+
+    @property
+    def requires_signature(self) -> bool:
+        """Whether an unsigned manifest is refused (unset: unless the URL is https)."""
+        if self.require_signed_manifest is not None:
+            return self.require_signed_manifest
+        return urlsplit(self.manifest_url).scheme != "https"
+
+    @property
+    def unsigned_http_warning(self) -> str | None:
+        """The warning an explicit `require_signed_manifest = false` over plain http earns, or None."""
+        if self.require_signed_manifest is False and urlsplit(self.manifest_url).scheme != "https":
+            return ("fill.require_signed_manifest = false with an http manifest_url: anyone on the path "
+                    "can change what this appliance holds")
+        return None
+
+    @property
+    def max_response_bytes(self) -> int:
+        return int(self.max_response_mb * 1e6)
+
+
+def parse_fill(data: object, cfg: Config) -> FillConfig:
+    """Validate the `[fill]` table of an already-parsed document, with its cross-checks against `cfg.signing`."""
+    fill = load_section(FillConfig, data, "fill")
+    kid = fill.signing_key_id
+    if kid is not None and kid not in cfg.signing.keys:
+        raise ConfigError(f"fill.signing_key_id: {kid!r} is not one of signing.keys")
+    if fill.requires_signature and not cfg.signing.keys:
+        if fill.require_signed_manifest:
+            raise ConfigError("fill.require_signed_manifest: needs at least one key in signing.keys")
+        raise ConfigError(
+            "fill.require_signed_manifest: unset, so required for the http manifest_url, and signing.keys is empty; "
+            "add a key, use https, or set require_signed_manifest = false"
+        )
+    return fill
+
+
+def load_fill_config(path: str) -> tuple[Config, FillConfig]:
+    """The appliance's config and its validated `[fill]` table. Raises ConfigError naming the key path."""
+    cfg = load_config(path)
+    data = read_toml(path)
+    if "fill" not in data:
+        raise ConfigError(f"{path}: no [fill] table; oca-fill needs at least fill.manifest_url")
+    try:
+        return cfg, parse_fill(data["fill"], cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def documented_keys() -> list[tuple[str, object, str]]:
+    """Every `fill.*` key with its default and doc (configs/oca.toml must show each)."""
+    return _documented_keys(FillConfig, "fill.")

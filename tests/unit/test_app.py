@@ -1,0 +1,302 @@
+"""`App` against an in-memory store: routing, content answers, control access,
+health conditions and descriptor handling, without sockets or processes.
+
+The store is `MemoryStore`: a dict for the index and the serving face of
+`ContentStore` (lookup, withdraw, flags, generation, inventory), with each
+file's bytes in a temporary file, since the App sends from real descriptors.
+The shared counters are a real memfd block; the clock is the loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
+
+import pytest
+
+from oca.config import load_config
+from oca.http.messages import Request, Response
+from oca.server import stats as S
+from oca.server.accesslog import AccessLog
+from oca.server.app import App
+from oca.store import flags
+from oca.store.content import Located
+from oca.store.disks import Capacity
+from tests.support import write_config
+
+MTIME = 1_600_000_000
+
+
+class MemoryStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.entries: dict[str, Located] = {}
+        self.gen = 1
+        self.disks = [SimpleNamespace(path=str(root), uuid="u1", state="ok", reason="", working=True,
+                                      capacity=lambda: Capacity(1000, 10, 990, 50))]
+        self.withdrawn: list[str] = []
+        self.io_errors: list[str] = []
+        self.drained: flags.Drain | None = None
+        self.routes_down = ""
+
+    def add(self, content_id: str, data: bytes) -> Path:
+        path = self.root / content_id
+        path.write_bytes(data)
+        self.entries[content_id] = Located(str(path), len(data), "ab" * 16, MTIME, "u1")
+        self.gen += 1
+        return path
+
+    def lookup(self, content_id: str) -> Located | None:
+        return self.entries.get(content_id)
+
+    def withdraw(self, content_id: str, path: str) -> bool:
+        loc = self.entries.get(content_id)
+        if loc is None or loc.path != path:
+            return False
+        del self.entries[content_id]
+        self.withdrawn.append(content_id)
+        self.gen += 1
+        return True
+
+    def disk(self, uuid: str):
+        return SimpleNamespace(uuid=uuid)
+
+    def report_io_error(self, disk, exc: OSError, doing: str) -> bool:
+        self.io_errors.append(f"{doing}: {exc.errno}")
+        return False
+
+    def drain(self) -> flags.Drain | None:
+        return self.drained
+
+    def fill_status(self) -> flags.FillStatus:
+        return flags.FillStatus()
+
+    def routes(self) -> flags.Routes:
+        return flags.Routes(3, ("192.0.2.0/24",), down=self.routes_down)
+
+    def store_records(self) -> dict:
+        return {}
+
+    def changes_since(self, since: int, limit: int | None = None):
+        from oca.store.index import Changes
+
+        return Changes("full", self.gen, latest=self.gen)
+
+    def inventory(self) -> tuple[int, list[str]]:
+        return self.gen, sorted(self.entries)
+
+    def generation(self) -> int:
+        return self.gen
+
+
+class Conn:
+    def __init__(self, peer: str = "127.0.0.1") -> None:
+        self.peer = peer
+
+
+@pytest.fixture
+def rig(tmp_path) -> Iterator[SimpleNamespace]:
+    cfg = load_config(str(write_config(tmp_path, stores=1, extra="")))
+    cfg = _with_server(cfg, fd_cache_size=0, control_allow=("10.1.0.0/16",))
+    loop = asyncio.new_event_loop()
+    stats = S.SharedStats.create(slots=4)
+    stats.slot, stats.base = 0, 0
+    store = MemoryStore(tmp_path)
+    down: dict[str, str] = {}
+    app = App(cfg, store, stats, AccessLog("", "combined"), loop, tasks_down=lambda: dict(down))  # type: ignore[arg-type]
+    yield SimpleNamespace(app=app, store=store, loop=loop, stats=stats, down=down)
+    app.fds.clear()
+    loop.close()
+    stats.close()
+    os.close(stats.fd)
+
+
+def _with_server(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, **changes))
+
+
+def make_request(path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Request:
+    r = Request()
+    r.method = method
+    p, _, q = path.partition("?")
+    r.path, r.query = p, q
+    r.target = path.encode()
+    r.headers = {k.lower(): v for k, v in (headers or {}).items()}
+    return r
+
+
+def answer(rig, path: str, method: str = "GET", headers: dict | None = None, peer: str = "127.0.0.1") -> Response:
+    resp = rig.app.handle(make_request(path, method, headers), Conn(peer))
+    if not isinstance(resp, Response):
+        resp = rig.loop.run_until_complete(resp)
+    return resp
+
+
+def body_of(resp: Response) -> bytes:
+    out = b""
+    for seg in resp.segments:
+        if isinstance(seg, tuple):
+            fd, offset, count = seg
+            out += os.pread(fd, count, offset)
+        else:
+            out += bytes(seg)
+    return out
+
+
+def finish(resp: Response) -> None:
+    if resp.on_done is not None:
+        resp.on_done()
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# ---------------------------------------------------------------- content
+
+
+CONTENT_CASES = [
+    # (path, headers, method, status, body slice)
+    ("/content/v.mp4", {}, "GET", 200, slice(None)),
+    ("/content/v.mp4", {"Range": "bytes=0-9"}, "GET", 206, slice(0, 10)),
+    ("/content/v.mp4", {"Range": "bytes=990-5000"}, "GET", 206, slice(990, 1000)),
+    ("/content/v.mp4/range/10-19", {}, "GET", 200, slice(10, 20)),
+    ("/content/v.mp4", {"Range": "bytes=5000-"}, "GET", 416, None),
+    ("/content/v.mp4", {"If-None-Match": '"abababababababababababababababab"'}, "GET", 304, None),
+    ("/content/v.mp4", {"If-Match": '"other"'}, "GET", 412, None),
+    ("/content/v.mp4", {}, "HEAD", 200, slice(0, 0)),
+    ("/content/v.mp4?start=0", {}, "GET", 200, slice(None)),  # defect 17
+    ("/content/nope.mp4", {}, "GET", 404, None),
+    ("/content/..", {}, "GET", 400, None),
+    ("/content/v.mp4/range/%C2%B2-3", {}, "GET", 400, None),
+    ("/content/v.mp4", {}, "POST", 405, None),
+    ("/elsewhere", {}, "GET", 404, None),
+]
+
+
+@pytest.mark.parametrize("path,headers,method,status,part", CONTENT_CASES)
+def test_content_answers(rig, path, headers, method, status, part):
+    data = bytes(range(250)) * 4
+    rig.store.add("v.mp4", data)
+    resp = answer(rig, path, method, headers)
+    assert resp.status == status, body_of(resp)
+    if part is not None:
+        assert body_of(resp) == data[part]
+    assert resp.head.endswith(b"\r\n\r\n") and resp.head.count(b"Date: ") == 1
+    finish(resp)
+
+
+def test_fd_cache_zero_closes_descriptors_of_bodyless_answers(rig):
+    """Defect 11 without processes: every answer, with a body or not, leaves no descriptor open."""
+    rig.store.add("v.mp4", b"x" * 1000)
+    rig.store.add("empty.bin", b"")
+    before = fd_count()
+    for _ in range(20):
+        for path, headers, method in [("/content/v.mp4", {}, "HEAD"), ("/content/v.mp4", {"Range": "bytes=5000-"}, "GET"),
+                                      ("/content/v.mp4", {"If-None-Match": '"abababababababababababababababab"'}, "GET"),
+                                      ("/content/empty.bin", {}, "GET"), ("/content/v.mp4", {"Range": "bytes=1-2"}, "GET")]:
+            finish(answer(rig, path, method, headers))
+    assert fd_count() == before
+    assert rig.app.fds.retired_count == 0
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "symlink"])
+def test_damaged_file_is_withdrawn_and_answered_503(rig, tmp_path, damage):
+    """Defects 16 and 20: the entry leaves service; a symlink is never followed and never fails the store."""
+    path = rig.store.add("v.mp4", b"y" * 100)
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "truncated":
+        os.truncate(path, 10)
+    else:
+        target = tmp_path / "target"
+        target.write_bytes(b"T" * 100)
+        path.unlink()
+        path.symlink_to(target)
+    resp = answer(rig, "/content/v.mp4")
+    assert resp.status == 503 and b"T" not in body_of(resp)
+    rig.loop.run_until_complete(asyncio.sleep(0.05))  # the withdrawal runs in a thread
+    for _ in range(20):
+        if rig.store.withdrawn:
+            break
+        rig.loop.run_until_complete(asyncio.sleep(0.05))
+    assert rig.store.withdrawn == ["v.mp4"]
+    assert answer(rig, "/content/v.mp4").status == 404
+    if damage == "symlink":
+        assert rig.store.io_errors == []  # ELOOP is this file's problem, not the disk's
+
+
+# ---------------------------------------------------------------- control
+
+
+@pytest.mark.parametrize("peer,status", [("127.0.0.1", 200), ("::1", 200), ("10.1.9.9", 200), ("10.2.0.1", 403), ("192.0.2.7", 403)])
+def test_control_endpoints_open_to_loopback_and_the_allow_list(rig, peer, status):
+    for path in ("/health", "/metrics", "/routes", "/inventory"):
+        assert answer(rig, path, peer=peer).status == status, path
+
+
+def test_health_is_degraded_naming_a_task_that_is_down(rig):
+    doc = json.loads(body_of(answer(rig, "/health")))
+    assert doc["status"] == "ok"
+    rig.down["sweep"] = "RuntimeError: boom (restarting in 0.5 s)"
+    doc = json.loads(body_of(answer(rig, "/health")))
+    assert doc["status"] == "degraded"
+    assert any("task sweep is down in worker slot 0: RuntimeError: boom" in c["reason"] for c in doc["conditions"])
+
+
+def test_health_names_tasks_down_in_other_processes(rig):
+    rig.stats.counters[2 * S.SLOT_COUNTERS + S.C_TASKS_DOWN] = S.task_bits({"sweep"}, S.WORKER_TASKS)
+    rig.stats.header[S.H_PARENT_TASKS_DOWN] = S.task_bits({"spawn"}, S.PARENT_TASKS)
+    reasons = [c["reason"] for c in json.loads(body_of(answer(rig, "/health")))["conditions"]]
+    assert "task sweep is down in worker slot 2" in reasons
+    assert "task spawn is down in the parent process" in reasons
+
+
+def test_health_says_draining_from_the_typed_drain_record(rig):
+    rig.store.drained = flags.Drain(5.0)
+    doc = json.loads(body_of(answer(rig, "/health")))
+    assert doc["status"] == "draining"
+
+
+def test_health_is_degraded_while_the_parents_kernel_route_follower_is_down(rig):
+    rig.store.routes_down = "kernel-routes: ConnectionResetError: netlink socket went away"
+    doc = json.loads(body_of(answer(rig, "/health")))
+    assert doc["status"] == "degraded"
+    assert any(c["reason"].startswith("task kernel-routes: ConnectionResetError") for c in doc["conditions"])
+
+
+def test_metrics_render_from_a_snapshot_with_task_failures(rig):
+    rig.stats.counters[S.C_TASK_FAILURES] = 3
+    rig.stats.header[S.H_PARENT_TASK_FAILURES] = 2
+    text = body_of(answer(rig, "/metrics")).decode()
+    assert 'oca_task_failures_total{task="worker.sweep"} 3.0' in text
+    assert 'oca_task_failures_total{task="parent"} 2.0' in text
+
+
+def test_routes_answer_from_the_typed_record(rig):
+    doc = json.loads(body_of(answer(rig, "/routes")))
+    assert doc["generation"] == 3 and doc["prefixes"] == ["192.0.2.0/24"]
+    assert json.loads(body_of(answer(rig, "/routes?since=3")))["kind"] == "unchanged"
+    assert answer(rig, "/routes?since=%C2%B2").status == 400
+
+
+def test_concurrent_inventory_requests_share_one_build(rig):
+    rig.store.add("a.bin", b"a")
+    calls = []
+    real = rig.store.inventory
+
+    def counted():
+        calls.append(1)
+        return real()
+
+    rig.store.inventory = counted
+    futures = [rig.app.handle(make_request("/inventory"), Conn()) for _ in range(10)]
+    answers = rig.loop.run_until_complete(asyncio.gather(*futures))
+    assert {body_of(a) for a in answers} == {body_of(answers[0])} and len(calls) == 1
+    assert isinstance(answer(rig, "/inventory"), Response) and len(calls) == 1  # cached for this generation
