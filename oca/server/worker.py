@@ -16,7 +16,7 @@ Rules kept here:
 - HTTPS sockets (`--tls-fds`) are served with an SSLContext built here
   from `[tls]` (`oca.tls.make_context`). Each TCP connection on them is
   counted towards `max_connections` from accept, through its handshake
-  (`TlsAcceptor`), and the handshake must finish within
+  (`TlsGuarded`), and the handshake must finish within
   `header_timeout_s` (`ssl_handshake_timeout`). The connection then
   becomes a `TlsConnection` (the copying send path, `oca.http.tlsconn`).
   Content requests on plain sockets are answered with 308 by `Redirector`
@@ -35,7 +35,6 @@ import ctypes
 import os
 import signal
 import socket
-import ssl
 import sys
 import time
 
@@ -77,7 +76,7 @@ class Worker:
         self.cfg = load_config(args.config)
         self.conns: set[HttpConnection] = set()
         self.servers: list[asyncio.base_events.Server] = []
-        self.handshaking = 0  # TLS connections accepted whose handshake has not finished
+        self.handshaking: dict[TlsConnection, float] = {}  # HTTPS connections in their handshake → accept time
         self.stopping = False
         self.parent = args.parent
 
@@ -127,12 +126,20 @@ class Worker:
         if served is not None:
             ctx = served.context
 
+            handshaking = self.handshaking
+
             def tls_factory() -> asyncio.Protocol:
-                return TlsAcceptor(self, ctx, lambda: TlsConnection(self.app, limits, conns, loop, on_stat))
+                refused = len(conns) + len(handshaking) >= max_conns or self.stopping
+                conn = TlsGuarded(self.app, limits, conns, loop, on_stat, self, refused)
+                if not refused:
+                    handshaking[conn] = loop.time()
+                return conn
 
             for fd in self.args.tls_fds:
                 sock = socket.socket(fileno=fd)
-                server = await loop.create_server(tls_factory, sock=sock, backlog=sc.backlog)
+                server = await loop.create_server(
+                    tls_factory, sock=sock, backlog=sc.backlog, ssl=ctx, ssl_handshake_timeout=sc.header_timeout_s,
+                )
                 self.servers.append(server)
         self.done = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
@@ -189,6 +196,12 @@ class Worker:
                 if kind in kinds:
                     stats.add(kinds[kind])
             self.app.fds.sweep(now)
+            if self.handshaking:
+                # Failed handshakes never reach connection_made; the transport
+                # closed them by header_timeout_s (its handshake timeout).
+                too_old = now - self.cfg.server.header_timeout_s - 2.0
+                for conn in [c for c, t in self.handshaking.items() if t < too_old]:
+                    del self.handshaking[conn]
             if _FAULT_SWEEP is not None and os.path.exists(_FAULT_SWEEP):
                 raise RuntimeError(f"sweep fault injected by {_FAULT_SWEEP}")
             self.log.flush()
@@ -220,51 +233,40 @@ class Guarded(HttpConnection):
         super().connection_made(transport)
 
 
-class TlsAcceptor(asyncio.Protocol):
-    """A TCP connection on an HTTPS socket until its handshake is done.
+class TlsGuarded(TlsConnection):
+    """An HTTPS connection, counted towards max_connections from accept.
 
-    Counted (`Worker.handshaking`) towards `max_connections` from accept, so
-    clients that open connections and never finish a handshake cannot take
-    more than the limit; refused beyond it before any crypto is done. The
-    handshake runs under `ssl_handshake_timeout = header_timeout_s`; a
-    failed one (timeout, plain HTTP on this port, an old protocol version)
-    just closes the socket.
+    The TLS transport (`create_server(ssl=..., ssl_handshake_timeout=
+    header_timeout_s)`) calls the factory at accept and `connection_made`
+    only once the handshake is done, so the worker counts the connections
+    in their handshake itself (`Worker.handshaking`, accept time by
+    connection). A handshake that fails never reaches `connection_made`:
+    its entry is dropped by the sweep once `header_timeout_s` has passed,
+    since the transport has closed it by then. One accepted beyond the
+    limit still does its handshake (the factory cannot refuse a socket),
+    then is reset at once.
+
+    Rejected: `loop.start_tls` on a plain accepted transport, which would
+    refuse before any crypto. uvloop starts reading right after the plain
+    protocol's `connection_made`, so a ClientHello could reach the plain
+    protocol before start_tls took the transport over (measured: 19 of 300
+    handshakes stalled).
     """
 
-    def __init__(self, worker: Worker, ctx: ssl.SSLContext, make_conn):
-        self.worker = worker
-        self.ctx = ctx
-        self.make_conn = make_conn
+    def __init__(self, app, limits, registry, loop, on_stat, worker: "Worker", refused: bool):
+        super().__init__(app, limits, registry, loop, on_stat)
+        self._worker = worker
+        self._refused = refused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        w = self.worker
-        if len(w.conns) + w.handshaking >= w.cfg.server.max_connections or w.stopping:
+        w = self._worker
+        w.handshaking.pop(self, None)
+        if self._refused or len(self.registry) >= w.cfg.server.max_connections:
             w.stats.add(S.C_REJECTED)
             transport.abort()
             return
-        w.handshaking += 1
-        transport.pause_reading()  # type: ignore[attr-defined]  # start_tls reads the ClientHello
-        asyncio.get_running_loop().create_task(self._handshake(transport))
-
-    async def _handshake(self, transport: asyncio.BaseTransport) -> None:
-        w = self.worker
-        conn = self.make_conn()
-        try:
-            tls_transport = await asyncio.get_running_loop().start_tls(
-                transport, conn, self.ctx, server_side=True, ssl_handshake_timeout=w.cfg.server.header_timeout_s,  # type: ignore[arg-type]
-            )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, EOFError):
-            transport.abort()
-            return
-        finally:
-            w.handshaking -= 1
-        if tls_transport is None or tls_transport.is_closing():
-            return
         w.stats.add(S.C_CONNECTIONS_TOTAL)
-        conn.connection_made(tls_transport)
-
-    def data_received(self, data: bytes) -> None:  # reading is paused until start_tls takes over
-        pass
+        super().connection_made(transport)
 
 
 class Redirector:
