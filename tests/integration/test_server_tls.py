@@ -31,6 +31,9 @@ from tests.integration.test_server import (  # noqa: F401 - collected here, over
     test_conditional_requests_get_304, test_cors_preflight, test_if_range, test_malformed_or_foreign_range_is_ignored,
     test_multi_range_with_curl, test_path_range_form, test_ranges_adding_up_to_the_whole_file_get_200,
     test_single_range_with_curl, test_unsatisfiable_range_is_416,
+    CONTROL_TOKEN, SIGNING, test_bad_signatures_get_403_with_a_one_line_reason, test_expired_signature_gets_410,
+    test_control_token_is_required_even_from_loopback_but_content_is_served, test_one_signed_url_serves_every_range,
+    test_signed_url_from_oca_admin_is_served,
 )
 from tests.server_proc import ServerProcess, free_port, wait_port
 from tests.support import ROOT
@@ -120,6 +123,24 @@ def served(tmp_path_factory, pki) -> Iterator[HttpsServed]:
             os.environ.pop("CURL_CA_BUNDLE", None)
         else:
             os.environ["CURL_CA_BUNDLE"] = old
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory, pki, served) -> Iterator[HttpsServed]:
+    """test_server.py's signed-URL appliance, over HTTPS (curl's CA bundle is set by `served`)."""
+    files = served.files
+    tmp = tmp_path_factory.mktemp("signed-https")
+    tls_port = free_port()
+    cfg, host, port = make_appliance(
+        tmp, {"mid.mp4": files["mid.mp4"], "one.txt": files["one.txt"]}, workers=2,
+        extra=SIGNING + tls_table(tls_port, pki["ecdsa"]),
+        extra_server=f'cache_control = "public, max-age=3600"\ncontrol_allow = ["10.0.0.0/8"]\ncontrol_token = "{CONTROL_TOKEN}"\n',
+    )
+    with ServerProcess(cfg, host, port) as srv:
+        pids = wait_serving(srv, 2)
+        s = HttpsServed("uvloop", srv, cfg, host, tls_port, "", 0, files, pids)
+        s.pki = pki
+        yield s
 
 
 def cert_fingerprint(port: int, pki) -> str:
