@@ -113,8 +113,11 @@ class TlsConnection(HttpConnection):
         segments = self._segments
         if t is None or t.is_closing() or self._lost:
             return
+        pending: list = []  # bytes segments (the head, multipart delimiters) going out with the next block
         while segments:
             if self._write_paused:
+                if pending:
+                    t.writelines(pending)
                 self.deadline = self.loop.time() + self.limits.send_timeout_s
                 self.deadline_kind = "send"
                 return
@@ -133,18 +136,30 @@ class TlsConnection(HttpConnection):
                 if n == 0:
                     self._send_failed(OSError(0, "file shrank while being sent"), file_side=True)
                     return
-                t.write(view[:n] if n < len(view) else view)
+                if n < len(view):
+                    view = view[:n]
+                if pending:
+                    # One write for the head and the first block: one TLS
+                    # flush and one send instead of two (64 KiB ranges: fewer
+                    # syscalls per request, the cost that shows at that size).
+                    pending.append(view)
+                    t.writelines(pending)
+                    pending = []
+                else:
+                    t.write(view)
                 self._sent += n
                 if n < count:
                     segments[0] = (file_fd, offset + n, count - n)
                 else:
                     segments.popleft()
             else:
-                t.write(seg)
+                pending.append(seg)
                 self._sent += len(seg)
                 segments.popleft()
             if t.is_closing():
                 return
+        if pending:
+            t.writelines(pending)
         self._response_sent()
 
     def _finish(self, complete: bool) -> None:
