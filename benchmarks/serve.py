@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Serving benchmark: oca-server against nginx on the same files, same load.
 
-Run: ``.venv/bin/python benchmarks/serve.py [--quick] [--rounds N]
+Run: ``.venv/bin/python benchmarks/serve.py [--quick] [--https] [--rounds N]
 [--duration S] [--connections C] [--idle N] [--hold S] [--dir DIR]``.
 
 Rules kept here:
@@ -35,6 +35,12 @@ Rules kept here:
 - Ratios are oca / nginx, computed per round (the runs of a round are
   seconds apart) and summarised by their median; the ratio of the medians is
   shown too.
+- ``--https``: both servers serve HTTPS only, with the same throwaway
+  ECDSA P-256 certificate (made with `cryptography` in the temp dir):
+  oca with `[tls]` and an empty `[server] listen`, nginx with `listen ssl`,
+  `ssl_protocols TLSv1.2 TLSv1.3` and `output_buffers 2 256k`; wrk asks
+  for https URLs. The idle-connection test is skipped (it speaks plain
+  HTTP), and the targets printed are the plain-HTTP ones.
 - Correctness is checked once before the load: a handful of ranges (random,
   first and last bytes, one of 2 MiB) fetched from every server must be 206
   with the same Content-Range and body as the source file, byte for byte.
@@ -245,6 +251,18 @@ def make_content(base: Path, size: int) -> Content:
     return Content(ids, sizes, paths)
 
 
+TLS: dict = {}  # --https: {"crt": Path, "key": Path, "ca": Path}
+
+
+def make_certificate(base: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.tlscerts import make_ca, make_leaf
+
+    ca = make_ca(base / "pki")
+    crt, key = make_leaf(ca, base / "pki", "leaf", "ecdsa")
+    TLS.update(crt=crt, key=key, ca=ca.path)
+
+
 def write_oca_config(base: Path, port: int) -> Path:
     stores = [base / "store0", base / "store1"]
     for p in stores:
@@ -254,7 +272,7 @@ def write_oca_config(base: Path, port: int) -> Path:
         'id = "oca-bench-1"',
         'site = "bench"',
         "[server]",
-        f'listen = ["127.0.0.1:{port}"]',
+        f'listen = ["127.0.0.1:{port}"]' if not TLS else "listen = []",
         "workers = 2",
         'event_loop = "uvloop"',
         'access_log = ""',
@@ -266,6 +284,8 @@ def write_oca_config(base: Path, port: int) -> Path:
     ]
     for p in stores:
         lines += ["[[stores]]", f'path = "{p}"']
+    if TLS:
+        lines += ["[tls]", f'listen = ["127.0.0.1:{port}"]', f'cert_file = "{TLS["crt"]}"', f'key_file = "{TLS["key"]}"']
     cfg = base / "oca.toml"
     cfg.write_text("\n".join(lines) + "\n")
     return cfg
@@ -307,7 +327,8 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{" ssl" if TLS else ""};
+        {f"ssl_certificate {TLS['crt']}; ssl_certificate_key {TLS['key']}; ssl_protocols TLSv1.2 TLSv1.3; output_buffers 2 256k;" if TLS else ""}
         root {base / "www"};
         location / {{ }}
     }}
@@ -394,7 +415,13 @@ def store_files(base: Path) -> list[Path]:
 
 
 def fetch(port: int, path: str, first: int, last: int) -> tuple[int, str | None, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    if TLS:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(TLS["ca"]))
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection("localhost", port, timeout=30, context=ctx)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.request("GET", path, headers={"Range": f"bytes={first}-{last}"})
         resp = conn.getresponse()
@@ -489,7 +516,7 @@ def write_lua(base: Path, content: Content, span: int, seed: int) -> Path:
 def run_wrk(srv: Server, script: Path, args: argparse.Namespace, workload: str, rnd: int, cleanup_box: list) -> Run:
     cmd = [
         "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "--timeout", "10s",
-        "-s", str(script), f"http://127.0.0.1:{srv.port}/",
+        "-s", str(script), f"{'https' if TLS else 'http'}://127.0.0.1:{srv.port}/",
     ]
     workers = srv.workers()
     cpu0 = cpu_seconds(workers)
@@ -727,6 +754,7 @@ CONTENDERS = (NGINX, "oca", NGINX_NOCORK)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 round of 3 s, 64 MiB files, 3 s hold")
+    p.add_argument("--https", action="store_true", help="both servers on HTTPS with the same certificate; no idle test")
     p.add_argument("--rounds", type=int, help="rotating rounds (default 3, --quick 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10, --quick 3)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
@@ -777,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
         cleanup.add("temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
         print(f"seed {seed}; temp dir {base}", flush=True)
 
+        if args.https:
+            make_certificate(base)
+            meta["https"] = "ECDSA P-256"
         t0 = time.monotonic()
         content = make_content(base, file_mib * MIB)
         print(f"wrote {FILE_COUNT} x {file_mib} MiB of random bytes in {time.monotonic() - t0:.1f}s", flush=True)
@@ -824,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
 
         idle: list[IdleResult] = []
         asyncio.set_event_loop(loop)
-        for name in ("oca", NGINX):
+        for name in () if args.https else ("oca", NGINX):
             res = loop.run_until_complete(idle_test(servers[name], args.idle, args.hold, f"/content/{content.ids[0]}", holder_box))
             idle.append(res)
             print(f"idle {name}: {res.opened} opened in {res.open_s:.1f}s, {res.alive} alive after {args.hold:g}s, "

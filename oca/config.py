@@ -101,7 +101,10 @@ class ApplianceConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    listen: tuple[str, ...] = setting(doc="Addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
+    listen: tuple[str, ...] = setting(
+        doc="Plain-HTTP addresses to serve on, 'host:port' or '[v6]:port'; may be empty when [tls] listen is set.",
+        check=lambda v: check_listen(v) if v else v,
+    )
     workers: int = setting(2, doc="Worker processes sharing the listening sockets.", check=lambda v: in_range(v, 1, 256))
     event_loop: str = setting(
         "uvloop", doc="'uvloop' (fast) or 'asyncio' (stock loop, for comparison and tests).", check=lambda v: one_of(v, ("uvloop", "asyncio"))
@@ -203,6 +206,34 @@ class SigningConfig:
         return {k: v.encode("utf-8") for k, v in self.keys.items()}
 
 
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+def check_file_path(value: str) -> str:
+    if not value or not os.path.isabs(value):
+        raise ValueError(f"{value!r} must be an absolute path")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    listen: tuple[str, ...] = setting(doc="HTTPS addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
+    cert_file: str = setting(doc="PEM certificate chain, leaf first (reloaded on SIGHUP).", check=check_file_path)
+    key_file: str = setting(doc="PEM private key of the leaf certificate, unencrypted (reloaded on SIGHUP).", check=check_file_path)
+    min_version: str = setting(
+        "TLSv1.2", doc="Oldest protocol accepted: 'TLSv1.2' or 'TLSv1.3' (1.0 and 1.1 are never offered).",
+        check=lambda v: one_of(v, TLS_VERSIONS),
+    )
+    ciphers: str = setting("", doc="OpenSSL cipher list for TLS 1.2 ('' : OpenSSL's defaults).")
+    ciphersuites: str = setting(
+        "", doc="TLS 1.3 suites; must stay '' with Python's ssl, which cannot set them (OpenSSL's defaults are used)."
+    )
+    redirect_http: bool = setting(
+        False, doc="Answer content requests on the plain [server] listen addresses with 308 to HTTPS; control endpoints stay plain."
+    )
+    expiry_warn_days: float = setting(14, doc="/health is degraded when the certificate expires within this many days.", check=check_positive)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     appliance: ApplianceConfig = setting(doc="Identity of this appliance.")
@@ -212,9 +243,19 @@ class Config:
     check: CheckConfig = setting(CheckConfig(), doc="Start-up reconciliation.")
     signing: SigningConfig = setting(SigningConfig(), doc="Signed URLs.")
     routes: RoutesConfig = setting(RoutesConfig(), doc="Client prefixes reported on /routes.")
+    tls: TlsConfig | None = setting(None, doc="HTTPS serving; unset: plain HTTP only.")
 
 
 def _validate_config(cfg: Config) -> None:
+    tls_listen = cfg.tls.listen if cfg.tls is not None else ()
+    if not cfg.server.listen and not tls_listen:
+        raise ConfigError("server.listen: must list at least one 'host:port' (or set [tls] listen)")
+    plain = {parse_host_port(x) for x in cfg.server.listen}
+    for i, item in enumerate(tls_listen):
+        if parse_host_port(item) in plain:
+            raise ConfigError(f"tls.listen[{i}]: {item!r} is also in server.listen")
+    if cfg.tls is not None and cfg.tls.redirect_http and not tls_listen:
+        raise ConfigError("tls.redirect_http: needs tls.listen")
     paths = [s.path for s in cfg.stores]
     for i, path in enumerate(paths):
         for j, other in enumerate(paths[:i]):

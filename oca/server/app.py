@@ -99,6 +99,9 @@ class App:
         self._withdrawing: set[str] = set()
         self.shutting_down = False
         self.started_s = time.time()
+        # Set by the worker when [tls] is configured: {"not_after_s": float | None, "ktls": str}.
+        self.tls_info: dict | None = None
+        self._tls_refusal: tuple[float, str] = (0.0, "")  # (refused at, why), read once per refusal
 
     # ------------------------------------------------------------ plumbing
 
@@ -364,6 +367,7 @@ class App:
         routes_down = self.store.routes().down
         if routes_down:
             conditions.append({"status": "degraded", "reason": f"task {routes_down} (parent process)"})
+        tls_doc = self._tls_health(conditions) if self.tls_info is not None else None
         if self.store.drain() is not None:
             conditions.append({"status": "draining", "reason": "drained by operator"})
         if working == 0:
@@ -393,10 +397,39 @@ class App:
                 "sampled_at": h[S.H_SAMPLED_AT],
             },
             "generation": self.store.generation(),
+            **({"tls": tls_doc} if tls_doc is not None else {}),
             "fill": None if fill.last is None and fill.current is None else {
                 "last": None if fill.last is None else dict(fill.last),
                 "current": None if fill.current is None else dict(fill.current),
             },
+        }
+
+    def _tls_health(self, conditions: list) -> dict:
+        from oca.tls import expiry_condition, judge_pair, read_pair
+
+        info = self.tls_info or {}
+        tls = self.cfg.tls
+        not_after = info.get("not_after_s")
+        now = time.time()
+        if not_after is not None and tls is not None:
+            reason = expiry_condition(not_after, now, tls.expiry_warn_days)
+            if reason is not None:
+                conditions.append({"status": "degraded", "reason": reason})
+        refused_at = self.stats.header[S.H_TLS_RELOAD_REFUSED_AT]
+        refusal = ""
+        if refused_at > 0 and tls is not None:
+            if self._tls_refusal[0] != refused_at:
+                # The parent logged the full reason; the files are judged again
+                # here once per refusal (two small reads) to say why.
+                why = judge_pair(read_pair(tls.cert_file, tls.key_file), now) or "see the server log"
+                self._tls_refusal = (refused_at, why)
+            refusal = self._tls_refusal[1]
+            conditions.append({"status": "degraded", "reason": f"TLS reload refused, the previous key pair is still served: {refusal}"})
+        return {
+            "not_after": not_after,
+            "days_left": None if not_after is None else round((not_after - now) / 86400, 2),
+            "reload_refused": refusal or None,
+            "ktls": info.get("ktls"),
         }
 
     def health(self, req: Request) -> Response:
@@ -429,7 +462,30 @@ class App:
     def metrics(self, req: Request) -> Response:
         from oca.server.metrics import render
 
-        return self._simple(200, "text/plain; version=0.0.4; charset=utf-8", render(self.metrics_snapshot()), req)
+        body = render(self.metrics_snapshot())
+        if self.tls_info is not None:
+            body += self._tls_metrics()
+        return self._simple(200, "text/plain; version=0.0.4; charset=utf-8", body, req)
+
+    def _tls_metrics(self) -> bytes:
+        info = self.tls_info or {}
+        lines = []
+        if info.get("not_after_s") is not None:
+            lines += [
+                "# HELP oca_tls_certificate_expiry_timestamp_seconds When the served TLS certificate expires (Unix time).",
+                "# TYPE oca_tls_certificate_expiry_timestamp_seconds gauge",
+                f"oca_tls_certificate_expiry_timestamp_seconds {info['not_after_s']:.0f}",
+            ]
+        ktls = str(info.get("ktls", ""))
+        lines += [
+            "# HELP oca_tls_ktls_available Whether kernel TLS can be used (1) or not (0), and why not.",
+            "# TYPE oca_tls_ktls_available gauge",
+            'oca_tls_ktls_available{status="%s"} %d' % (ktls.replace("\\", "").replace('"', "'"), ktls == "available"),
+            "# HELP oca_tls_reload_refused Whether the last SIGHUP's key pair was refused (the previous one is served).",
+            "# TYPE oca_tls_reload_refused gauge",
+            f"oca_tls_reload_refused {int(self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0)}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
 
     def routes(self, req: Request) -> Response:
         """The client prefixes this appliance serves (static + kernel), with a generation."""

@@ -29,6 +29,13 @@ Rules kept here:
   before any new worker starts. The shared block has a slot for every
   worker `[server] workers` allows, twice over, so raising `workers` never
   blocks later reloads.
+- `[tls]`: the parent binds the HTTPS addresses too and checks the key
+  pair (`oca.tls.make_context`) before it starts, and at every SIGHUP
+  before any worker is replaced: a pair that does not load refuses the
+  reload (the workers keep the pair they loaded), is logged naming the
+  file and the reason, and is flagged in the shared block so `/health`
+  says so until a reload succeeds. Each worker builds its own SSLContext
+  from the files after exec.
 - SIGUSR1 is passed to the workers (they reopen the access log).
 - Once a second the parent samples load (bytes/s out, CPU, NIC use) into
   shared memory for `/health` and `/metrics`.
@@ -59,6 +66,7 @@ from oca.server import stats as S
 from oca.store.content import ContentStore
 from oca.store.index import Index
 from oca.supervise import restart_delay_s
+from oca.tls import make_context
 
 MAX_WORKERS = 256  # [server] workers' upper bound (oca.config)
 SLOTS = 2 * MAX_WORKERS + 2  # every worker of a reload, and every one it replaces
@@ -83,7 +91,7 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def bind_sockets(listen: tuple[str, ...], backlog: int) -> dict[str, socket.socket]:
+def bind_sockets(listen: tuple[str, ...], backlog: int, key: str = "server.listen") -> dict[str, socket.socket]:
     socks = {}
     for item in listen:
         host, port = parse_host_port(item)
@@ -91,7 +99,7 @@ def bind_sockets(listen: tuple[str, ...], backlog: int) -> dict[str, socket.sock
         try:
             infos = socket.getaddrinfo(host, port, family if ":" in host else socket.AF_UNSPEC, socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise OcaError(f"server.listen: cannot resolve {item!r}: {exc}") from None
+            raise OcaError(f"{key}: cannot resolve {item!r}: {exc}") from None
         fam, _type, _proto, _canon, addr = infos[0]
         sock = socket.socket(fam, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -103,7 +111,7 @@ def bind_sockets(listen: tuple[str, ...], backlog: int) -> dict[str, socket.sock
             sock.close()
             for s in socks.values():
                 s.close()
-            raise OcaError(f"server.listen: cannot bind {item}: {exc.strerror}") from None
+            raise OcaError(f"{key}: cannot bind {item}: {exc.strerror}") from None
         sock.listen(backlog)
         sock.setblocking(False)
         sock.set_inheritable(True)
@@ -190,6 +198,7 @@ class Master:
     stopping: bool = False
     index: Index | None = None  # the parent's own index (routes, store attach on reload)
     missing: list[int] = field(default_factory=list)  # slots whose spawn failed, to spawn again
+    tls_socks: dict[str, socket.socket] = field(default_factory=dict)  # [tls] listen
 
     def free_slot(self) -> int:
         used = {w.slot for w in self.workers}
@@ -202,17 +211,19 @@ class Master:
         slot = self.free_slot() if slot is None else slot
         r, w = os.pipe()  # OSError (EMFILE) reaches the caller before anything is started
         fds = [s.fileno() for s in self.socks.values()]
+        tls_fds = [s.fileno() for s in self.tls_socks.values()]
         args = [
             sys.executable, "-m", "oca.server.worker",
             "--config", self.config_path,
             "--slot", str(slot), "--slots", str(self.stats.slots),
             "--stats-fd", str(self.stats.fd),
             "--listen-fds", ",".join(map(str, fds)),
+            "--tls-fds", ",".join(map(str, tls_fds)),
             "--ready-fd", str(w),
             "--parent", str(os.getpid()),
         ]
         try:
-            proc = subprocess.Popen(args, pass_fds=[*fds, self.stats.fd, w], close_fds=True)
+            proc = subprocess.Popen(args, pass_fds=[*fds, *tls_fds, self.stats.fd, w], close_fds=True)
         except BaseException:
             os.close(r)
             os.close(w)
@@ -294,7 +305,7 @@ class Master:
             time.sleep(0.05)
         for wp in self.workers:
             _signal(wp.proc, signal.SIGKILL)
-        for s in self.socks.values():
+        for s in [*self.socks.values(), *self.tls_socks.values()]:
             s.close()
 
     def reload(self) -> None:
@@ -303,6 +314,14 @@ class Master:
         except OcaError as exc:
             log(f"reload refused, keeping the running config: {exc}")
             return
+        if cfg.tls is not None:
+            try:
+                make_context(cfg.tls, time.time())
+            except OcaError as exc:
+                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] = time.time()
+                log(f"reload refused, the workers keep the key pair they loaded: {exc}")
+                return
+        self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] = 0.0
         needed = cfg.server.workers
         if len(self.workers) + needed > self.stats.slots:
             log("reload refused: workers from the last reload are still finishing; try again shortly")
@@ -321,6 +340,20 @@ class Master:
                 log(f"reload refused: {exc}")
                 return
             self.socks = {**keep, **fresh}
+        old_tls = self.tls_socks
+        tls_listen = cfg.tls.listen if cfg.tls is not None else ()
+        if tuple(old_tls) != tls_listen:
+            keep = {k: v for k, v in old_tls.items() if k in tls_listen}
+            try:
+                fresh = bind_sockets(tuple(x for x in tls_listen if x not in keep), cfg.server.backlog, "tls.listen")
+            except OcaError as exc:
+                for key, sock in self.socks.items():
+                    if key not in old_socks:
+                        sock.close()
+                self.socks = old_socks
+                log(f"reload refused: {exc}")
+                return
+            self.tls_socks = {**keep, **fresh}
         self.cfg = cfg
         old = [w for w in self.workers if not w.retiring]
         log(f"reloading: replacing {len(old)} workers with {needed}")
@@ -341,6 +374,9 @@ class Master:
                 _signal(old[i].proc, signal.SIGTERM)
         for key, sock in old_socks.items():
             if key not in self.socks:
+                sock.close()
+        for key, sock in old_tls.items():
+            if key not in self.tls_socks:
                 sock.close()
 
     def forward(self, signum: int) -> None:
@@ -407,11 +443,19 @@ def serve(config_path: str) -> int:
     cfg = load_config(config_path)
     nofile = raise_nofile_limit()
     init_stores(cfg)
+    if cfg.tls is not None:
+        make_context(cfg.tls, time.time())  # refuse to start on a pair that cannot be served
     socks = bind_sockets(cfg.server.listen, cfg.server.backlog)
+    try:
+        tls_socks = bind_sockets(cfg.tls.listen, cfg.server.backlog, "tls.listen") if cfg.tls is not None else {}
+    except OcaError:
+        for s in socks.values():
+            s.close()
+        raise
     stats = S.SharedStats.create(slots=SLOTS)
     os.set_inheritable(stats.fd, True)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    master = Master(os.path.abspath(config_path), cfg, socks, stats)
+    master = Master(os.path.abspath(config_path), cfg, socks, stats, tls_socks=tls_socks)
     if cfg.server.pid_file:
         with open(cfg.server.pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
@@ -419,7 +463,8 @@ def serve(config_path: str) -> int:
         master.spawn()
     ready = sum(1 for w in master.workers if w.ready)
     log(
-        f"oca {__version__} appliance {cfg.appliance.id} serving on {', '.join(cfg.server.listen)} "
+        f"oca {__version__} appliance {cfg.appliance.id} serving on {', '.join(cfg.server.listen) or '-'}"
+        f"{' and HTTPS on ' + ', '.join(cfg.tls.listen) if cfg.tls is not None else ''} "
         f"with {ready}/{cfg.server.workers} workers ({cfg.server.event_loop}), open-files limit {nofile}"
     )
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
@@ -491,7 +536,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     try:
         if args.check_config:
-            load_config(args.config)
+            cfg = load_config(args.config)
+            if cfg.tls is not None:
+                make_context(cfg.tls, time.time())
             print(f"{args.config}: ok")
             sys.exit(0)
         sys.exit(serve(args.config))

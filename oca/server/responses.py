@@ -27,7 +27,7 @@ from oca.http.dates import format_http_date
 from oca.ids import is_valid_id
 
 REASONS = {
-    200: "OK", 204: "No Content", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
+    200: "OK", 204: "No Content", 206: "Partial Content", 304: "Not Modified", 308: "Permanent Redirect", 400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 410: "Gone",
     412: "Precondition Failed", 413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
     431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable",

@@ -57,7 +57,8 @@ H_SAMPLED_AT = 4
 H_WORKER_RESTARTS = 5
 H_PARENT_TASKS_DOWN = 6  # bit i set while PARENT_TASKS[i] is down (an integer below 2**53)
 H_PARENT_TASK_FAILURES = 7
-HEADER_DOUBLES = 8
+H_TLS_RELOAD_REFUSED_AT = 8  # time.time() of the last refused TLS reload; 0: the last one was fine
+HEADER_DOUBLES = 9
 
 # Long-lived tasks, by name; their down bits are shared so that any worker's
 # /health can name a task that is down in another process.

@@ -13,6 +13,14 @@ Rules kept here:
   that raises is logged with its traceback, counted (`oca_task_failures`),
   shown as down in every worker's `/health` (through the shared block)
   and restarted with back-off.
+- HTTPS sockets (`--tls-fds`) are served with an SSLContext built here
+  from `[tls]` (`oca.tls.make_context`). Each TCP connection on them is
+  counted towards `max_connections` from accept, through its handshake
+  (`TlsGuarded`), and the handshake must finish within
+  `header_timeout_s` (`ssl_handshake_timeout`). The connection then
+  becomes a `TlsConnection` (the copying send path, `oca.http.tlsconn`).
+  Content requests on plain sockets are answered with 308 by `Redirector`
+  when `[tls] redirect_http` is set.
 - SIGTERM (or SIGINT): stop accepting, close idle connections, let
   responses in flight finish until `shutdown_timeout_s`, then exit.
   SIGUSR1 reopens the access log. The worker exits by itself if its parent
@@ -28,15 +36,18 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from oca.config import load_config
 from oca.errors import OcaError
 from oca.http.protocol import HttpConnection, Limits
+from oca.http.tlsconn import TlsConnection
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.app import App
 from oca.store.content import ContentStore
 from oca.supervise import Supervisor
+from oca.tls import ktls_status, make_context
 
 PR_SET_PDEATHSIG = 1
 # Tests only: while the file named by OCA_TEST_FAULT_SWEEP exists, the sweep
@@ -65,6 +76,7 @@ class Worker:
         self.cfg = load_config(args.config)
         self.conns: set[HttpConnection] = set()
         self.servers: list[asyncio.base_events.Server] = []
+        self.handshaking: dict[TlsConnection, float] = {}  # HTTPS connections in their handshake → accept time
         self.stopping = False
         self.parent = args.parent
 
@@ -76,6 +88,9 @@ class Worker:
         self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
         self.supervisor = Supervisor(_log_line(self.args.slot), on_failure=self._task_failed)
         self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)
+        served = make_context(cfg.tls, time.time()) if cfg.tls is not None and self.args.tls_fds else None
+        if cfg.tls is not None:
+            self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status()}
         sc = cfg.server
         limits = Limits(
             header_timeout_s=sc.header_timeout_s,
@@ -96,10 +111,36 @@ class Worker:
         def factory() -> asyncio.Protocol:
             return Guarded(self.app, limits, conns, loop, on_stat, max_conns, stats)
 
+        plain_factory = factory
+        if cfg.tls is not None and cfg.tls.redirect_http and self.args.tls_fds:
+            port = cfg.tls.listen[0].rsplit(":", 1)[1]
+            redirector = Redirector(self.app, port)
+
+            def plain_factory() -> asyncio.Protocol:
+                return Guarded(redirector, limits, conns, loop, on_stat, max_conns, stats)
+
         for fd in self.args.listen_fds:
             sock = socket.socket(fileno=fd)
-            server = await loop.create_server(factory, sock=sock, backlog=sc.backlog)
+            server = await loop.create_server(plain_factory, sock=sock, backlog=sc.backlog)
             self.servers.append(server)
+        if served is not None:
+            ctx = served.context
+
+            handshaking = self.handshaking
+
+            def tls_factory() -> asyncio.Protocol:
+                refused = len(conns) + len(handshaking) >= max_conns or self.stopping
+                conn = TlsGuarded(self.app, limits, conns, loop, on_stat, self, refused)
+                if not refused:
+                    handshaking[conn] = loop.time()
+                return conn
+
+            for fd in self.args.tls_fds:
+                sock = socket.socket(fileno=fd)
+                server = await loop.create_server(
+                    tls_factory, sock=sock, backlog=sc.backlog, ssl=ctx, ssl_handshake_timeout=sc.header_timeout_s,
+                )
+                self.servers.append(server)
         self.done = loop.create_future()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -155,6 +196,12 @@ class Worker:
                 if kind in kinds:
                     stats.add(kinds[kind])
             self.app.fds.sweep(now)
+            if self.handshaking:
+                # Failed handshakes never reach connection_made; the transport
+                # closed them by header_timeout_s (its handshake timeout).
+                too_old = now - self.cfg.server.header_timeout_s - 2.0
+                for conn in [c for c, t in self.handshaking.items() if t < too_old]:
+                    del self.handshaking[conn]
             if _FAULT_SWEEP is not None and os.path.exists(_FAULT_SWEEP):
                 raise RuntimeError(f"sweep fault injected by {_FAULT_SWEEP}")
             self.log.flush()
@@ -186,6 +233,73 @@ class Guarded(HttpConnection):
         super().connection_made(transport)
 
 
+class TlsGuarded(TlsConnection):
+    """An HTTPS connection, counted towards max_connections from accept.
+
+    The TLS transport (`create_server(ssl=..., ssl_handshake_timeout=
+    header_timeout_s)`) calls the factory at accept and `connection_made`
+    only once the handshake is done, so the worker counts the connections
+    in their handshake itself (`Worker.handshaking`, accept time by
+    connection). A handshake that fails never reaches `connection_made`:
+    its entry is dropped by the sweep once `header_timeout_s` has passed,
+    since the transport has closed it by then. One accepted beyond the
+    limit still does its handshake (the factory cannot refuse a socket),
+    then is reset at once.
+
+    Rejected: `loop.start_tls` on a plain accepted transport, which would
+    refuse before any crypto. uvloop starts reading right after the plain
+    protocol's `connection_made`, so a ClientHello could reach the plain
+    protocol before start_tls took the transport over (measured: 19 of 300
+    handshakes stalled).
+    """
+
+    def __init__(self, app, limits, registry, loop, on_stat, worker: "Worker", refused: bool):
+        super().__init__(app, limits, registry, loop, on_stat)
+        self._worker = worker
+        self._refused = refused
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        w = self._worker
+        w.handshaking.pop(self, None)
+        if self._refused or len(self.registry) >= w.cfg.server.max_connections:
+            w.stats.add(S.C_REJECTED)
+            transport.abort()
+            return
+        w.stats.add(S.C_CONNECTIONS_TOTAL)
+        super().connection_made(transport)
+
+
+class Redirector:
+    """The handler of plain-HTTP connections under `[tls] redirect_http`.
+
+    Content requests (`/content/...`) get 308 to the same path and query
+    on the HTTPS port of the host they asked for; everything else (control
+    endpoints, errors) is the App's answer, so monitoring keeps working on
+    plain HTTP. Only plain sockets get this handler: nothing is added to
+    the path of a server without redirect_http.
+    """
+
+    def __init__(self, app: App, https_port: str):
+        self.app = app
+        self.port = https_port
+        self.error_response = app.error_response
+        self.finished = app.finished
+
+    def handle(self, req, conn):
+        if not req.path.startswith("/content/"):
+            return self.app.handle(req, conn)
+        host = req.headers.get("host", "")
+        if host.startswith("["):
+            host = host[: host.find("]") + 1] if "]" in host else ""
+        else:
+            host = host.split(":", 1)[0]
+        if not host or any(c in host for c in "\r\n /@?#"):
+            return self.app.error_response(400, "a Host field is needed to redirect to HTTPS", not req.keep_alive)
+        target = req.target.decode("latin-1")
+        location = f"https://{host}{'' if self.port == '443' else ':' + self.port}{target}"
+        return self.app.error_response(308, f"moved to {location}", not req.keep_alive, f"Location: {location}\r\n".encode("latin-1"))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="oca-server-worker")
     p.add_argument("--config", required=True)
@@ -193,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slots", type=int, required=True)
     p.add_argument("--stats-fd", type=int, required=True)
     p.add_argument("--listen-fds", type=lambda s: [int(x) for x in s.split(",") if x], required=True)
+    p.add_argument("--tls-fds", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
     p.add_argument("--ready-fd", type=int, default=-1)
     p.add_argument("--parent", type=int, default=0, help="the parent's pid: exit if it is gone")
     args = p.parse_args(argv)

@@ -481,3 +481,39 @@ def test_sample_config_loads(tmp_path):
         store["path"] = str(tmp_path / f"store{i}")
     cfg = parse_config(doc)
     assert cfg.appliance.id
+
+
+def _with_tls(base, **tls):
+    doc = dict(base)
+    doc["tls"] = {"listen": ["127.0.0.1:8443"], "cert_file": "/etc/oca/c.pem", "key_file": "/etc/oca/k.pem", **tls}
+    return doc
+
+
+def test_tls_table_defaults(base):
+    cfg = parse_config(_with_tls(base))
+    assert cfg.tls.min_version == "TLSv1.2" and cfg.tls.expiry_warn_days == 14 and cfg.tls.redirect_http is False
+    assert parse_config(base).tls is None
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"min_version": "TLSv1.1"}, r"^tls\.min_version: "),
+    ({"min_version": "TLSv1"}, r"^tls\.min_version: "),
+    ({"cert_file": "relative.pem"}, r"^tls\.cert_file: 'relative\.pem' must be an absolute path"),
+    ({"listen": []}, r"^tls\.listen: must list at least one"),
+    ({"expiry_warn_days": 0}, r"^tls\.expiry_warn_days: "),
+    ({"bogus": 1}, r"^tls\.bogus: unknown key"),
+])
+def test_tls_table_refusals(base, change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_with_tls(base, **change))
+
+
+def test_https_only_appliance_may_leave_server_listen_empty(base):
+    doc = _with_tls(apply(base, "server.listen", []))
+    assert parse_config(doc).server.listen == ()
+
+
+def test_tls_listen_must_not_repeat_server_listen(base):
+    listen = parse_config(base).server.listen[0]
+    with pytest.raises(ConfigError, match=r"^tls\.listen\[0\]: .* is also in server\.listen"):
+        parse_config(_with_tls(base, listen=[listen]))

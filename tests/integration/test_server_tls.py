@@ -1,0 +1,496 @@
+"""`oca-server` over HTTPS: real processes, real sockets, Python's `ssl` and curl.
+
+Certificates come from a throwaway CA made per module (`tests.tlscerts`).
+The range conformance tests of test_server.py run here unchanged, over
+HTTPS: they are imported, and this module's `served` fixture hands them an
+HTTPS appliance (curl trusts the test CA through CURL_CA_BUNDLE). Servers
+with particular settings (timeouts, limits, redirects, reloads) are started
+per test. Every wait is bounded; everything listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.test_server import (  # noqa: F401 - collected here, over HTTPS
+    IO_TIMEOUT_S, RawReader, Reply, Served, _headers, make_appliance, payloads, raw_request, wait_for, wait_serving,
+    test_conditional_requests_get_304, test_cors_preflight, test_if_range, test_malformed_or_foreign_range_is_ignored,
+    test_multi_range_with_curl, test_path_range_form, test_ranges_adding_up_to_the_whole_file_get_200,
+    test_single_range_with_curl, test_unsatisfiable_range_is_416,
+    CONTROL_TOKEN, SIGNING, test_bad_signatures_get_403_with_a_one_line_reason, test_expired_signature_gets_410,
+    test_control_token_is_required_even_from_loopback_but_content_is_served, test_one_signed_url_serves_every_range,
+    test_signed_url_from_oca_admin_is_served,
+)
+from tests.server_proc import ServerProcess, free_port, wait_port
+from tests.support import ROOT
+from tests.tlscerts import make_ca, make_leaf
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca = make_ca(d)
+    out = {"ca": ca, "dir": d}
+    out["ecdsa"] = make_leaf(ca, d, "ecdsa", "ecdsa")
+    out["rsa"] = make_leaf(ca, d, "rsa", "rsa")
+    out["ecdsa2"] = make_leaf(ca, d, "ecdsa2", "ecdsa")
+    out["expired"] = make_leaf(ca, d, "expired", "ecdsa", days=-1, start_days=-30)
+    out["soon"] = make_leaf(ca, d, "soon", "ecdsa", days=3)
+    return out
+
+
+def tls_table(port: int, pair: tuple[Path, Path], extra: str = "") -> str:
+    crt, key = pair
+    return f'[tls]\nlisten = ["127.0.0.1:{port}"]\ncert_file = "{crt}"\nkey_file = "{key}"\n{extra}'
+
+
+def client_context(pki, **kw) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki["ca"].path))
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+def tls_connect(port: int, ctx: ssl.SSLContext, server_hostname: str = "localhost", rcvbuf: int | None = None) -> ssl.SSLSocket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(IO_TIMEOUT_S)
+    sock.connect(("127.0.0.1", port))
+    return ctx.wrap_socket(sock, server_hostname=server_hostname)
+
+
+def https_get(pki, port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> Reply:
+    conn = http.client.HTTPSConnection("localhost", port, timeout=IO_TIMEOUT_S, context=client_context(pki))
+    try:
+        conn.request(method, path, headers=headers or {})
+        resp = conn.getresponse()
+        return Reply(resp.status, _headers(resp.getheaders()), resp.read())
+    finally:
+        conn.close()
+
+
+class HttpsServed(Served):
+    pki: dict = {}
+
+    @property
+    def base(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> Reply:
+        return https_get(self.pki, self.port, path, headers, method)
+
+
+def start_tls_appliance(tmp: Path, pki, pair="ecdsa", files=None, extra_server: str = "", tls_extra: str = "",
+                        workers: int = 2) -> tuple[Path, int, int]:
+    tls_port = free_port()
+    cfg, _host, port = make_appliance(tmp, files or {}, workers=workers, extra_server=extra_server,
+                                      extra=tls_table(tls_port, pki[pair], tls_extra))
+    return cfg, port, tls_port
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, pki) -> Iterator[HttpsServed]:
+    """An HTTPS appliance (uvloop, 2 workers, ECDSA P-256) for the imported conformance tests."""
+    files = payloads()
+    tmp = tmp_path_factory.mktemp("served-https")
+    cfg, port, tls_port = start_tls_appliance(tmp, pki, files=files)
+    old = os.environ.get("CURL_CA_BUNDLE")
+    os.environ["CURL_CA_BUNDLE"] = str(pki["ca"].path)
+    try:
+        with ServerProcess(cfg, "127.0.0.1", port) as srv:
+            pids = wait_serving(srv, 2)
+            wait_port("127.0.0.1", tls_port)
+            s = HttpsServed("uvloop", srv, cfg, "127.0.0.1", tls_port, "", 0, files, pids)
+            s.pki = pki
+            yield s
+    finally:
+        if old is None:
+            os.environ.pop("CURL_CA_BUNDLE", None)
+        else:
+            os.environ["CURL_CA_BUNDLE"] = old
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory, pki, served) -> Iterator[HttpsServed]:
+    """test_server.py's signed-URL appliance, over HTTPS (curl's CA bundle is set by `served`)."""
+    files = served.files
+    tmp = tmp_path_factory.mktemp("signed-https")
+    tls_port = free_port()
+    cfg, host, port = make_appliance(
+        tmp, {"mid.mp4": files["mid.mp4"], "one.txt": files["one.txt"]}, workers=2,
+        extra=SIGNING + tls_table(tls_port, pki["ecdsa"]),
+        extra_server=f'cache_control = "public, max-age=3600"\ncontrol_allow = ["10.0.0.0/8"]\ncontrol_token = "{CONTROL_TOKEN}"\n',
+    )
+    with ServerProcess(cfg, host, port) as srv:
+        pids = wait_serving(srv, 2)
+        s = HttpsServed("uvloop", srv, cfg, host, tls_port, "", 0, files, pids)
+        s.pki = pki
+        yield s
+
+
+def cert_fingerprint(port: int, pki) -> str:
+    with tls_connect(port, client_context(pki)) as s:
+        return hashlib.sha256(s.getpeercert(binary_form=True)).hexdigest()
+
+
+# ================================================================ handshakes
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_tls12_and_tls13_handshakes_offer_http11(served, version):
+    v = getattr(ssl.TLSVersion, version)
+    ctx = client_context(served.pki, minimum_version=v, maximum_version=v)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with tls_connect(served.port, ctx) as s:
+        assert s.version() == version.replace("_", ".")
+        assert s.selected_alpn_protocol() == "http/1.1"
+        assert s.compression() is None
+        s.sendall(raw_request("GET", "/content/mid.mp4", {"Range": "bytes=0-99"}))
+        r = RawReader(s).response()
+        assert r.status == 206 and r.body == served.files["mid.mp4"][:100]
+
+
+@pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
+def test_tls10_and_tls11_refused(served, version):
+    with warnings.catch_warnings():
+        # Building a TLS 1.0/1.1 client is deprecated in Python's ssl; that is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.minimum_version = getattr(ssl.TLSVersion, version)
+        ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the client offer the old protocol at all
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with tls_connect(served.port, ctx):
+            pass
+
+
+def test_wrong_sni_still_served_with_the_one_certificate(served):
+    ctx = client_context(served.pki)
+    ctx.check_hostname = False  # the name asked for is not the certificate's; the chain still verifies
+    with tls_connect(served.port, ctx, server_hostname="not-this-box.example") as s:
+        s.sendall(raw_request("GET", "/content/one.txt"))
+        r = RawReader(s).response()
+        assert r.status == 200 and r.body == served.files["one.txt"]
+
+
+def test_keep_alive_and_pipelining_over_https(served):
+    files = served.files
+    with tls_connect(served.port, client_context(served.pki)) as s:
+        reader = RawReader(s)
+        for _ in range(3):  # keep-alive: one request after the other on one connection
+            s.sendall(raw_request("GET", "/content/big.ts", {"Range": "bytes=100-300099"}))
+            r = reader.response()
+            assert r.status == 206 and r.body == files["big.ts"][100:300100]
+        # pipelining: several requests in one write, answered in order
+        paths = ["/content/mid.mp4", "/content/one.txt", "/content/big.ts", "/content/empty.bin", "/health"]
+        s.sendall(b"".join(raw_request("GET", p) for p in paths))
+        got = [reader.response() for _ in paths]
+        assert [g.status for g in got] == [200, 200, 200, 200, 200]
+        assert got[0].body == files["mid.mp4"] and got[2].body == files["big.ts"]
+        assert b'"tls"' in got[4].body
+
+
+def test_health_and_metrics_report_expiry_and_ktls(served):
+    r = served.get("/health")
+    doc = __import__("json").loads(r.body)
+    assert doc["status"] == "ok"
+    assert doc["tls"]["days_left"] > 80
+    assert doc["tls"]["ktls"].startswith(("available", "unavailable: "))
+    m = served.get("/metrics").body.decode()
+    line = next(x for x in m.splitlines() if x.startswith("oca_tls_certificate_expiry_timestamp_seconds "))
+    assert abs(float(line.split()[1]) - doc["tls"]["not_after"]) < 1
+    assert "oca_tls_ktls_available{" in m
+
+
+def test_rsa_2048_pair(tmp_path, pki):
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, pair="rsa", files={"x.bin": b"x" * 70_000}, workers=1)
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        wait_serving(srv, 1)
+        for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with tls_connect(tls_port, client_context(pki, minimum_version=v, maximum_version=v)) as s:
+                assert s.getpeercert()["subject"] == ((("commonName", "localhost"),),)
+                s.sendall(raw_request("GET", "/content/x.bin"))
+                assert RawReader(s).response().body == b"x" * 70_000
+
+
+# ================================================================ key pairs refused at start and at reload
+
+
+def _check_config(cfg: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "oca.server.main", "--config", str(cfg), "--check-config"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.parametrize("which", ["expired", "mismatched", "unreadable"])
+def test_bad_pair_refused_at_start_naming_the_file(tmp_path, pki, which):
+    crt, key = pki["ecdsa"]
+    if which == "expired":
+        crt, key = pki["expired"]
+        expect = f"{crt}: the certificate expired at"
+    elif which == "mismatched":
+        key = pki["ecdsa2"][1]
+        expect = f"{key}: the key does not match the certificate in {crt}"
+    else:
+        key = tmp_path / "missing.key"
+        expect = f"{key}: cannot read: No such file or directory"
+    cfg, port, _tls_port = start_tls_appliance(tmp_path, pki)
+    text = cfg.read_text()
+    cfg.write_text(text.replace(str(pki["ecdsa"][0]), str(crt)).replace(str(pki["ecdsa"][1]), str(key)))
+    r = _check_config(cfg)
+    assert r.returncode == 1 and expect in r.stderr, r.stderr
+    started = subprocess.run([sys.executable, "-m", "oca.server.main", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert started.returncode == 1 and expect in started.stderr
+
+
+def test_reload_with_a_bad_pair_keeps_the_old_one_then_a_good_one_is_taken(tmp_path, pki):
+    import json
+    import shutil
+
+    live = tmp_path / "live"
+    live.mkdir()
+    crt, key = live / "cert.pem", live / "key.pem"
+    shutil.copy(pki["ecdsa"][0], crt)
+    shutil.copy(pki["ecdsa"][1], key)
+    cfg, port, tls_port = start_tls_appliance(tmp_path / "a", pki, files={"x.bin": b"y" * 1000})
+    cfg.write_text(cfg.read_text().replace(str(pki["ecdsa"][0]), str(crt)).replace(str(pki["ecdsa"][1]), str(key)))
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        wait_serving(srv, 2)
+        first = cert_fingerprint(tls_port, pki)
+        held = tls_connect(tls_port, client_context(pki))  # a connection open across the reloads
+        for bad in ("mismatched", "expired"):
+            shutil.copy(pki["ecdsa2"][0] if bad == "mismatched" else pki["expired"][0], crt)
+            if bad == "expired":
+                shutil.copy(pki["expired"][1], key)
+            refused_before = srv.log_text().count("reload refused")
+            srv.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: srv.log_text().count("reload refused") > refused_before, 15, "the reload to be refused")
+            assert str(key if bad == "mismatched" else crt) in srv.log_text().splitlines()[-1]
+            assert cert_fingerprint(tls_port, pki) == first  # the old pair is still served
+            doc = json.loads(https_get(pki, tls_port, "/health").body)
+            assert doc["status"] == "degraded"
+            assert any("TLS reload refused" in c["reason"] for c in doc["conditions"]), doc["conditions"]
+            assert doc["tls"]["reload_refused"]
+        held.sendall(raw_request("GET", "/content/x.bin"))
+        assert RawReader(held).response().body == b"y" * 1000
+        held.close()
+        # A good new pair is taken at the next SIGHUP, and /health is ok again.
+        shutil.copy(pki["ecdsa2"][0], crt)
+        shutil.copy(pki["ecdsa2"][1], key)
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: cert_fingerprint(tls_port, pki) != first, 30, "the new certificate to be served")
+        wait_for(lambda: json.loads(https_get(pki, tls_port, "/health").body)["status"] == "ok", 15, "/health ok again")
+
+
+def test_certificate_close_to_expiry_degrades_health(tmp_path, pki):
+    import json
+
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, pair="soon", workers=1)
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        wait_serving(srv, 1)
+        doc = json.loads(https_get(pki, tls_port, "/health").body)
+        assert doc["status"] == "degraded"
+        assert any("TLS certificate expires" in c["reason"] for c in doc["conditions"])
+
+
+# ================================================================ hostile and slow clients
+
+
+def client_hello() -> bytes:
+    """The bytes of a real TLS ClientHello (made in memory, nothing sent)."""
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def closed_within(sock: socket.socket, limit_s: float, trickle: bytes = b"", every_s: float = 0.3) -> float:
+    """Seconds until the server closes `sock` (trickling `trickle` a byte at a time meanwhile); fails past limit_s."""
+    t0 = time.monotonic()
+    sock.settimeout(every_s)
+    i = 0
+    while time.monotonic() - t0 < limit_s:
+        if i < len(trickle):
+            try:
+                sock.send(trickle[i : i + 1])
+            except OSError:
+                return time.monotonic() - t0
+            i += 1
+        try:
+            if sock.recv(65536) == b"":
+                return time.monotonic() - t0
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.monotonic() - t0
+    raise AssertionError(f"connection still open after {limit_s} s")
+
+
+@pytest.fixture
+def strict(tmp_path, pki):
+    """An HTTPS appliance with header_timeout_s = 1, send_timeout_s = 1 and a small max_connections."""
+    data = payloads()["big.ts"]
+    cfg, port, tls_port = start_tls_appliance(
+        tmp_path, pki, files={"big.ts": data}, workers=1,
+        extra_server="header_timeout_s = 1\nsend_timeout_s = 1\nmax_connections = 16\n",
+    )
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        wait_serving(srv, 1)
+        yield srv, port, tls_port, data
+
+
+def test_handshake_never_started_or_trickled_is_closed_within_header_timeout(strict, pki):
+    _srv, _port, tls_port, _data = strict
+    silent = socket.create_connection(("127.0.0.1", tls_port))
+    trickle = socket.create_connection(("127.0.0.1", tls_port))
+    try:
+        hello = client_hello()
+        assert closed_within(silent, 4.0) < 2.5  # header_timeout_s = 1
+        assert closed_within(trickle, 4.0, trickle=hello[:-1]) < 2.5
+    finally:
+        silent.close()
+        trickle.close()
+
+
+def test_handshakes_count_towards_max_connections(strict, pki):
+    _srv, _port, tls_port, _data = strict
+    stalled = [socket.create_connection(("127.0.0.1", tls_port)) for _ in range(16)]
+    try:
+        time.sleep(0.3)
+        # The 17th is refused: reset once its handshake is done (or during it),
+        # without ever being answered.
+        with pytest.raises((ssl.SSLError, ConnectionError, EOFError, OSError)):
+            with tls_connect(tls_port, client_context(pki)) as extra:
+                extra.sendall(raw_request("GET", "/health"))
+                RawReader(extra).response()
+    finally:
+        for s in stalled:
+            s.close()
+    # Once the stalled ones are gone, clients are served again.
+    wait_for(lambda: _try_get(pki, tls_port), 10, "a handshake to succeed again")
+
+
+def _try_get(pki, port: int) -> bool:
+    try:
+        return https_get(pki, port, "/health").status == 200
+    except (OSError, ssl.SSLError, http.client.HTTPException):
+        return False
+
+
+def test_client_that_stops_reading_mid_body_hits_the_send_timeout(strict, pki):
+    _srv, _port, tls_port, data = strict
+    s = tls_connect(tls_port, client_context(pki), rcvbuf=64 * 1024)
+    try:
+        s.sendall(raw_request("GET", "/content/big.ts"))
+        reader = RawReader(s)
+        status, headers = reader.read_head()
+        assert status == 200 and int(headers["content-length"]) == len(data)
+        time.sleep(3.5)  # send_timeout_s = 1, plus the once-a-second sweep
+        got = len(reader.buf)
+        with pytest.raises((EOFError, ConnectionError, ssl.SSLError, OSError)):
+            while True:
+                reader._fill()
+                got = len(reader.buf)
+        assert got < len(data)
+    finally:
+        s.close()
+
+
+def test_plain_http_on_the_tls_port_is_closed_cleanly(served):
+    s = socket.create_connection(("127.0.0.1", served.port), timeout=IO_TIMEOUT_S)
+    try:
+        s.sendall(raw_request("GET", "/content/one.txt"))
+        t0 = time.monotonic()
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        assert time.monotonic() - t0 < 5
+        assert not data.startswith(b"HTTP/")  # at most a TLS alert, never an HTTP answer in clear
+    finally:
+        s.close()
+    assert https_get(served.pki, served.port, "/content/one.txt").status == 200  # the server is fine
+
+
+def test_200_stalled_handshakes_while_20_clients_are_served(tmp_path, pki):
+    data = os.urandom(256 * 1024)
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"f.bin": data}, extra_server="header_timeout_s = 20\n")
+    hello = client_hello()
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        wait_serving(srv, 2)
+        stalled = []
+        try:
+            for _ in range(200):
+                s = socket.create_connection(("127.0.0.1", tls_port))
+                s.sendall(hello[:20])  # a ClientHello that never completes
+                stalled.append(s)
+            errors: list[BaseException] = []
+            done = [0]
+
+            def client() -> None:
+                try:
+                    with tls_connect(tls_port, client_context(pki)) as c:
+                        reader = RawReader(c)
+                        for i in range(5):
+                            c.sendall(raw_request("GET", "/content/f.bin", {"Range": f"bytes={i * 1000}-{i * 1000 + 65535}"}))
+                            r = reader.response()
+                            assert r.status == 206 and r.body == data[i * 1000 : i * 1000 + 65536]
+                            done[0] += 1
+                except BaseException as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=client) for _ in range(20)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert not errors, errors[:3]
+            assert done[0] == 100
+            assert time.monotonic() - t0 < 15
+        finally:
+            for s in stalled:
+                s.close()
+
+
+def test_redirect_http_sends_content_to_https_and_keeps_control_plain(tmp_path, pki):
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"x.bin": b"z" * 100}, tls_extra="redirect_http = true\n", workers=1)
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        wait_serving(srv, 1)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=IO_TIMEOUT_S)
+        try:
+            conn.request("GET", "/content/x.bin?e=1&k=a", headers={"Host": f"localhost:{port}", "Range": "bytes=0-1"})
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 308
+            assert r.getheader("Location") == f"https://localhost:{tls_port}/content/x.bin?e=1&k=a"
+            conn.request("GET", "/health")  # same keep-alive connection: control stays plain
+            r = conn.getresponse()
+            assert r.status == 200 and b'"status"' in r.read()
+        finally:
+            conn.close()
+        assert https_get(pki, tls_port, "/content/x.bin").body == b"z" * 100
