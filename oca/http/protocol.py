@@ -337,13 +337,17 @@ class HttpConnection(asyncio.Protocol):
         self._start(resp)
         self._next()
 
-    def _start(self, resp: Response) -> None:
+    def _begin(self, resp: Response) -> None:
+        """Make `resp` the response being sent for the current request (plain and TLS alike)."""
         req = self._current
         assert req is not None
         if not req.keep_alive:
             resp.close = True
         self._response = resp
         self._sent = 0
+
+    def _start(self, resp: Response) -> None:
+        self._begin(resp)
         self._segments = deque(resp.segments)
         self._segments.appendleft(resp.head)
         if self._sock is None:

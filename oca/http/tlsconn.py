@@ -83,12 +83,7 @@ class TlsConnection(HttpConnection):
     # ------------------------------------------------------------ sending
 
     def _start(self, resp: Response) -> None:
-        req = self._current
-        assert req is not None
-        if not req.keep_alive:
-            resp.close = True
-        self._response = resp
-        self._sent = 0
+        self._begin(resp)
         self._segments.clear()
         self._segments.append(resp.head)
         self._segments.extend(resp.segments)
