@@ -28,6 +28,22 @@ def main(argv: list[str] | None = None) -> None:
             path = coverage_path(cfg, args.config)
             if path:
                 load_coverage(path)
+            import ssl
+            import time
+
+            from oca.errors import ConfigError
+            from oca.tls import TlsError, make_context
+            from steering.poller import client_context
+
+            if cfg.tls is not None:
+                try:
+                    make_context(cfg.tls, time.time())
+                except TlsError as exc:
+                    raise TlsError(f"{args.config}: tls: {exc}") from None
+            try:
+                client_context(cfg.health.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"{args.config}: health.ca_file: {cfg.health.ca_file}: {exc}") from None
             print(f"{args.config}: ok")
             sys.exit(0)
         import uvloop

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,16 @@ class PollLimits:
     max_response_bytes: int = 64 * 1_000_000
     max_prefixes: int = 100_000
     token: str | None = None  # sent as Authorization: Bearer
+    # Verifies https appliances ([health] ca_file, or the system store). Always
+    # a verifying context: there is no unverified or plain-HTTP fallback.
+    tls: ssl.SSLContext | None = None
+
+
+def client_context(ca_file: str | None) -> ssl.SSLContext:
+    """The context https polls verify with; raises OSError/ssl.SSLError for an unreadable ca_file."""
+    ctx = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 class PollFailure(Exception):
@@ -99,6 +110,7 @@ class Poller:
         self.last_round_s: float | None = None
         self._session: aiohttp.ClientSession | None = None
         self._checker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._default_tls: ssl.SSLContext | None = None
 
     @property
     def thresholds(self) -> Thresholds:
@@ -182,23 +194,35 @@ class Poller:
         if self._s.limits.token is not None:
             headers["Authorization"] = f"Bearer {self._s.limits.token}"
         what = path.partition("?")[0]
-        async with self._session.get(base + path, headers=headers, allow_redirects=False) as resp:
-            if resp.status not in statuses:
-                raise PollFailure(f"{what} answered HTTP {resp.status}")
-            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise PollFailure(f"{what}: Content-Encoding {encoding[:30]!r} was not asked for")
-            size = resp.content_length
-            if size is not None and size > limit:
-                raise PollFailure(f"{what}: answer of {size} bytes is over {limit / 1e6:g} MB ({why})")
-            chunks = []
-            read = 0
-            while chunk := await resp.content.read(READ_CHUNK_BYTES):
-                chunks.append(chunk)
-                read += len(chunk)
-                if read > limit:
-                    raise PollFailure(f"{what}: answer is over {limit / 1e6:g} MB ({why})")
-            return b"".join(chunks)
+        tls = self._s.limits.tls
+        if tls is None:  # no context given: the system store, still verifying
+            tls = self._default_tls = self._default_tls or client_context(None)
+        try:
+            async with self._session.get(base + path, headers=headers, allow_redirects=False, ssl=tls) as resp:
+                return await self._read(resp, what, limit, why, statuses)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise PollFailure(f"{what}: TLS certificate not verified: {exc.certificate_error}") from None
+        except aiohttp.ClientSSLError as exc:
+            raise PollFailure(f"{what}: TLS failed: {exc}") from None
+
+    @staticmethod
+    async def _read(resp, what: str, limit: int, why: str, statuses: tuple[int, ...]) -> bytes:
+        if resp.status not in statuses:
+            raise PollFailure(f"{what} answered HTTP {resp.status}")
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise PollFailure(f"{what}: Content-Encoding {encoding[:30]!r} was not asked for")
+        size = resp.content_length
+        if size is not None and size > limit:
+            raise PollFailure(f"{what}: answer of {size} bytes is over {limit / 1e6:g} MB ({why})")
+        chunks = []
+        read = 0
+        while chunk := await resp.content.read(READ_CHUNK_BYTES):
+            chunks.append(chunk)
+            read += len(chunk)
+            if read > limit:
+                raise PollFailure(f"{what}: answer is over {limit / 1e6:g} MB ({why})")
+        return b"".join(chunks)
 
     async def _poll(self, a: Appliance, k: Knowledge) -> PollResult:
         if k.checking is not None and not k.checking.done():

@@ -19,6 +19,11 @@ Rules kept here:
   more build. A keeper that restarts rebuilds.
 - SIGHUP reloads the registry, coverage zones and keys without dropping
   poll state; a config that does not load is reported and the old one stays.
+- `[tls]` serves the same app on HTTPS addresses with `oca.tls.make_context`
+  (the appliance's rules). SIGHUP loads the pair again into the same
+  context (new handshakes take it); a pair `oca.tls.judge_pair` refuses is
+  logged, shown on /health, and the old one stays. `[tls] listen` itself is
+  only read at start.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import os
 import random
 import signal
+import ssl
 import sys
 import time
 from collections import Counter, deque
@@ -38,15 +44,17 @@ from prometheus_client import CollectorRegistry, Counter as PCounter, Gauge, His
 
 from oca import __version__
 from oca.sdnotify import notify_systemd
+from oca.errors import ConfigError
 from oca.settings import parse_host_port
 from oca.signing import sign_query
 from oca.supervise import Supervisor
+from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair
 from steering.access import client_address, control_refusal, is_public_path, networks
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
 from steering.health import Thresholds
 from steering.lpm import PrefixTable
 from steering.messages import MessageError, parse_steer_query
-from steering.poller import Knowledge, PollLimits, Poller
+from steering.poller import Knowledge, PollLimits, Poller, client_context
 from steering.ranking import NO_CANDIDATES, Appliance, Live, decide
 from steering.status_page import render_status
 
@@ -91,6 +99,8 @@ class Steering:
         self.results: Counter = Counter()
         self._rng = random.Random()
         self._log_fd = -1
+        self.tls: Served | None = None  # set by serve() when [tls] is configured
+        self.tls_error = ""  # why the last reload of the pair was refused
         self._apply_config(cfg)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
                              self.limits, self.allowed, log=_log)
@@ -121,6 +131,10 @@ class Steering:
         # running config whole.
         path = coverage_path(cfg, self.config_path)
         coverage = load_coverage(path) if path else {}
+        try:
+            poll_tls = client_context(cfg.health.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"health.ca_file: {cfg.health.ca_file}: {exc}") from None
         log_fd = self._open_log(cfg.server.decision_log)
         if self._log_fd > 2 and self._log_fd != log_fd:
             os.close(self._log_fd)
@@ -129,7 +143,7 @@ class Steering:
         self.registry = [Appliance(a.id, a.url.rstrip("/"), a.site, a.tier, a.weight) for a in cfg.appliances]
         self.allowed = {a.id: a.allowed_prefixes for a in cfg.appliances}
         self.limits = PollLimits(int(cfg.health.max_response_mb * 1_000_000), cfg.health.max_prefixes_per_appliance,
-                                 cfg.health.appliance_token)
+                                 cfg.health.appliance_token, poll_tls)
         self.thresholds = Thresholds(cfg.health.fail_after, cfg.health.recover_after, cfg.health.overload_percent)
         self.coverage = coverage
         self.secrets = cfg.signing.secrets()
@@ -148,9 +162,31 @@ class Steering:
             self._apply_config(cfg)
         except Exception as exc:
             _log(f"reload refused, keeping the running config: {exc}")
+            self.reload_pair()  # renewal (e.g. a certbot deploy hook) does not wait for the config to be fixed
             return
         self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed)
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
+        self.reload_pair()
+
+    def reload_pair(self) -> None:
+        """Load the [tls] pair again into the serving context; a bad pair keeps the old one."""
+        tls = self.cfg.tls
+        if self.tls is None or tls is None:
+            return
+        facts = read_pair(tls.cert_file, tls.key_file)
+        problem = judge_pair(facts, time.time())
+        if problem is None:
+            try:
+                self.tls.context.load_cert_chain(tls.cert_file, tls.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                problem = f"{tls.cert_file}: {exc}"
+        if problem is not None:
+            self.tls_error = f"TLS pair not reloaded, the old one stays: {problem}"
+            _log(self.tls_error)
+            return
+        self.tls = Served(self.tls.context, facts.not_after_s)
+        self.tls_error = ""
+        _log(f"reloaded the TLS pair {tls.cert_file}")
 
     def mark_dirty(self) -> None:
         """The routes or the coverage changed: the table keeper rebuilds."""
@@ -254,14 +290,27 @@ class Steering:
                 "failed_polls": k.failures, "last_failure": k.last_failure, "routes": len(k.routes),
                 "routes_dropped": len(k.routes_dropped), "dropped_examples": list(k.routes_dropped[:5]),
             }
+        status = overall_status(serving, len(states), tasks_down)
+        if self.tls is not None and self.cfg.tls is not None:
+            expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days)
+            if status == "ok" and (expiry or self.tls_error):
+                status = "degraded"  # still serving, but an operator must renew or fix the pair
         return {
-            "status": overall_status(serving, len(states), tasks_down), "version": __version__,
+            "status": status, "version": __version__,
             "appliances": len(states), "serving": serving, "tasks_down": tasks_down,
             "blip_guard": {"active": self.poller.blip, "reason": self.poller.blip_reason, "since": self.poller.blip_since},
             "rounds": self.poller.rounds, "last_round": self.poller.last_round_s,
             "prefixes": len(self.table), "table_built": self.table_built_s, "table_error": self.table_error,
             "decisions": dict(self.results), "by_appliance": by_appliance,
+            **({"tls": self.tls_doc()} if self.tls is not None else {}),
         }
+
+    def tls_doc(self) -> dict:
+        assert self.tls is not None
+        left_s = self.tls.not_after_s - time.time()
+        expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days) if self.cfg.tls else None
+        return {"not_after": self.tls.not_after_s, "days_left": round(left_s / 86400, 2), "expiry": expiry or "",
+                "reload_error": self.tls_error}
 
     async def health(self, request: web.Request) -> web.Response:
         doc = self.health_doc()
@@ -312,6 +361,11 @@ async def serve(config_path: str) -> int:
     for item in cfg.server.listen:
         host, port = parse_host_port(item)
         await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
+    if cfg.tls is not None:
+        s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
+        for item in cfg.tls.listen:
+            host, port = parse_host_port(item)
+            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=s.tls.context).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -319,7 +373,8 @@ async def serve(config_path: str) -> int:
     loop.add_signal_handler(signal.SIGHUP, s.reload)
     s.supervisor.start(POLLER_TASK, s.poller.run)
     s.supervisor.start(TABLE_TASK, s.table_keeper)
-    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
+    https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
+    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
     await s.supervisor.stop()
