@@ -265,11 +265,12 @@ def _fingerprint(pki, port: int) -> bytes:
 def test_sighup_reloads_the_pair_and_keeps_the_old_one_when_the_new_is_bad(trusting, pki):
     tmp = trusting.cfg.parent
     first = _fingerprint(pki, trusting.tls_port)
-    bad_crt, _ = pki["expired"]
+    bad_crt, bad_key = pki["expired"]
+    (tmp / "s.key").write_bytes(bad_key.read_bytes())
     (tmp / "s.crt").write_bytes(bad_crt.read_bytes())
     trusting.proc.send_signal(signal.SIGHUP)
     err = wait_for(lambda: trusting.health()["tls"]["reload_error"], WITHIN_S, "the refused reload on /health")
-    assert "s.crt" in err and ("expired" in err or "does not match" in err)
+    assert "s.crt" in err and "expired" in err, err
     assert trusting.health()["status"] == "degraded"
     assert _fingerprint(pki, trusting.tls_port) == first
     crt2, key2 = pki["steering2"]

@@ -288,3 +288,26 @@ def test_cli_check_config_reports_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "coverageZones.ams-isp1.network[0]: '300.0.0.0/8' is not a prefix" in err
+
+
+TLS = {"listen": ["127.0.0.1:8443"], "cert_file": "/etc/oca/s.crt", "key_file": "/etc/oca/s.key"}
+
+
+def test_tls_table_defaults_and_ca_file():
+    cfg = parse_steering(apply(apply(base(), "tls", TLS), "health.ca_file", "/etc/oca/ca.pem"))
+    assert cfg.tls is not None and cfg.tls.listen == ("127.0.0.1:8443",)
+    assert (cfg.tls.min_version, cfg.tls.ciphers, cfg.tls.expiry_warn_days) == ("TLSv1.2", "", 14)
+    assert cfg.health.ca_file == "/etc/oca/ca.pem"
+    assert parse_steering(base()).tls is None and parse_steering(base()).health.ca_file is None
+
+
+@pytest.mark.parametrize("dotted, value, message", [
+    ("tls.listen", ["127.0.0.1:8090"], "tls.listen[0]: '127.0.0.1:8090' is also in server.listen"),
+    ("tls.cert_file", "s.crt", "tls.cert_file"),
+    ("tls.min_version", "TLSv1.1", "tls.min_version"),
+    ("tls.key_file", DELETE, "tls.key_file"),
+    ("health.ca_file", "ca.pem", "health.ca_file"),
+])
+def test_tls_errors_name_the_key(dotted, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_steering(apply(apply(base(), "tls", TLS), dotted, value))
