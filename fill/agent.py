@@ -24,6 +24,9 @@ Rules kept here:
   `N added, N deleted, N failed, N skipped` and the counts add up to the
   files chosen. A failure that escapes a download (a bug, an odd answer)
   fails that file, never the run.
+- Every HTTPS request verifies the certificate against `fill.ca_file` (or
+  the system store); a failure is that source's failure, never retried
+  unverified or over plain http.
 - Sources, per file: the site's peers whose validated `/inventory` lists
   it (signed URLs through their normal `/content/<id>`), then the
   manifest's origin URLs. Each is retried with doubling backoff
@@ -49,7 +52,7 @@ from types import MappingProxyType
 
 import aiohttp
 
-from fill.config import FillConfig
+from fill.config import FillConfig, client_ssl_context
 from fill.errors import ChecksumMismatch, DiskFullError, FillError, InventoryError, ManifestError, SourceError
 from fill.fetch import fetch_inventory, fetch_manifest
 from fill.download import Partial, download
@@ -176,7 +179,8 @@ def make_plan(cfg: Config, fc: FillConfig, cs: ContentStore, manifest: Manifest,
 
 def load_manifest_sync(cfg: Config, fc: FillConfig) -> Manifest:
     async def go() -> Manifest:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=client_ssl_context(fc.ca_file))
+        async with aiohttp.ClientSession(connector=connector) as session:
             return await fetch_manifest(session, fc, cfg.signing.secrets())
 
     return asyncio.run(go())
@@ -268,7 +272,10 @@ class FillRun:
         self.save_status()
         rcvbuf = rcvbuf_bytes(self.fc.rate_limit_mbps, self.fc.concurrency)
         bounded = {} if rcvbuf is None else {"socket_factory": _bounded_rcvbuf(rcvbuf)}  # aiohttp >= 3.11
-        connector = aiohttp.TCPConnector(limit=self.fc.concurrency * 2, force_close=False, **bounded)
+        # One verifying context for every HTTPS request of the run (manifest,
+        # peers, origins, and the redirects between them): fill.ca_file or the system store.
+        connector = aiohttp.TCPConnector(limit=self.fc.concurrency * 2, force_close=False,
+                                         ssl=client_ssl_context(self.fc.ca_file), **bounded)
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             try:
                 manifest = await fetch_manifest(session, self.fc, self.cfg.signing.secrets())

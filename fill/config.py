@@ -8,11 +8,17 @@ Rules kept here:
 - `require_signed_manifest` is tri-state: unset means "required unless the
   manifest URL is https" (`requires_signature`); an explicit `false` over
   plain http is allowed and reported by `unsigned_http_warning`.
-- Nothing here performs I/O beyond reading the config file.
+- `ca_file` is the one trust anchor of every HTTPS fetch of the agent
+  (manifest, origins, peers); `client_ssl_context` builds the one
+  `ssl.SSLContext` from it, always verifying (never CERT_NONE). The loader
+  builds it once so an unreadable or malformed bundle is a config error.
+- Nothing here performs I/O beyond reading the config file and `ca_file`.
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -30,6 +36,24 @@ from oca.settings import (
 )
 from oca.tomlfile import read_toml
 from oca.settings import documented_keys as _documented_keys
+
+
+def check_ca_file(value: str) -> str:
+    if not value or not os.path.isabs(value):
+        raise ValueError(f"{value!r} must be an absolute path")
+    return value
+
+
+def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """The agent's one TLS client context: verifies the chain and the host name, against `ca_file` or the system store.
+
+    Raises OSError (unreadable) or ssl.SSLError (no certificate in it).
+    """
+    ctx = ssl.create_default_context(cafile=ca_file)
+    # create_default_context already verifies; say it here so no later edit can quietly drop it.
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def check_window(value: str) -> str:
@@ -73,6 +97,12 @@ class FillConfig:
     connect_timeout_s: float = setting(10, doc="TCP connect timeout per request.", check=check_positive)
     read_timeout_s: float = setting(30, doc="A source that sends nothing for this long has failed (stall guard).", check=check_positive)
     peer_fill: bool = setting(True, doc="Fetch from appliances of the same site that hold the file before the origin.")
+    ca_file: str | None = setting(
+        None,
+        doc="PEM bundle of the CAs trusted for every HTTPS fetch (manifest, origins, peers). Unset: the system store. "
+            "Certificates are always verified; there is no way to turn that off.",
+        check=check_ca_file,
+    )
 
     @property
     def requires_signature(self) -> bool:
@@ -97,6 +127,12 @@ class FillConfig:
 def parse_fill(data: object, cfg: Config) -> FillConfig:
     """Validate the `[fill]` table of an already-parsed document, with its cross-checks against `cfg.signing`."""
     fill = load_section(FillConfig, data, "fill")
+    if fill.ca_file is not None:
+        try:
+            client_ssl_context(fill.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"fill.ca_file: cannot load {fill.ca_file!r}: {reason}") from None
     kid = fill.signing_key_id
     if kid is not None and kid not in cfg.signing.keys:
         raise ConfigError(f"fill.signing_key_id: {kid!r} is not one of signing.keys")

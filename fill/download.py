@@ -52,7 +52,7 @@ import aiohttp
 import xxhash
 
 from fill.errors import ChecksumMismatch, DiskFullError, FillError, SourceError
-from fill.fetch import MAX_REDIRECTS
+from fill.fetch import MAX_REDIRECTS, tls_reason
 from fill.manifest import ManifestFile
 from fill.resume import FAIL, RESTART, resume_action
 
@@ -299,6 +299,10 @@ async def download(
             # A redirect loop, or a redirect to another scheme or a malformed URL:
             # this source will answer the same again.
             raise SourceError(url, f"bad redirect: {type(exc).__name__}: {str(exc)[:200]}", retry=False) from None
+        except aiohttp.ClientSSLError as exc:
+            # The certificate does not verify against fill.ca_file, or no TLS
+            # at all: asking again gets the same answer. Never retried unverified.
+            raise SourceError(url, tls_reason(exc) or str(exc), retry=False) from None
         except aiohttp.ClientError as exc:
             # aiohttp's read timeout (SocketTimeoutError) is a ClientConnectionError
             # and an asyncio.TimeoutError: a stall, unless it was the connect.

@@ -9,6 +9,10 @@ Rules kept here:
   `ManifestError` (the run changes nothing), a failed peer is an
   `InventoryError` (that peer is not a source this run).
 - Redirects are followed at most `MAX_REDIRECTS` times, and only to http(s).
+- HTTPS is verified by the session's one context (`fill.ca_file`); a
+  certificate or handshake failure is described by `tls_reason`, one line
+  naming why, so the log says "certificate verify failed: ..." rather than a
+  connector's repr.
 """
 
 from __future__ import annotations
@@ -28,6 +32,22 @@ READ_CHUNK = 256 << 10
 
 class BodyTooLarge(FillError):
     pass
+
+
+def tls_reason(exc: BaseException) -> str | None:
+    """The one-line reason of a TLS failure, or None when `exc` is not one."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        why = getattr(cert, "verify_message", None) or getattr(cert, "reason", None) or str(cert)
+        return f"certificate verify failed: {why} (fill.ca_file)"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake failed: {str(exc)[:200]}"
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """A failed request in one line: the TLS reason, or the error's type and text."""
+    return tls_reason(exc) or f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 async def read_bounded(resp: aiohttp.ClientResponse, limit_bytes: int) -> bytes:
@@ -58,7 +78,7 @@ async def fetch_manifest(session: aiohttp.ClientSession, fc: FillConfig, keys: d
     except FillError as exc:
         raise ManifestError(f"manifest {url}: {exc}") from None
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        raise ManifestError(f"manifest {url}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise ManifestError(f"manifest {url}: {describe(exc)}") from None
     return parse_manifest(body, keys=keys, require_signature=fc.requires_signature)
 
 
@@ -73,5 +93,5 @@ async def fetch_inventory(session: aiohttp.ClientSession, fc: FillConfig, url: s
     except FillError as exc:
         raise InventoryError(str(exc)) from None
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        raise InventoryError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise InventoryError(describe(exc)) from None
     return parse_inventory(body, appliance_id)

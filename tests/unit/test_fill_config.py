@@ -100,3 +100,29 @@ def test_sample_config_documents_every_fill_key_and_validates(tmp_path):
     cfg = parse_config(doc)
     assert not hasattr(cfg, "fill")
     assert parse_fill(doc["fill"], cfg).window == "02:00-14:00"
+
+
+def test_ca_file(tmp_path):
+    """fill.ca_file: absolute, readable, and a PEM bundle with a certificate; the context it makes always verifies."""
+    import ssl
+
+    from fill.config import client_ssl_context
+    from tests.tlscerts import make_ca
+
+    ca = make_ca(tmp_path / "pki")
+    fc = load_fill_config(str(write(tmp_path, f'manifest_url = "https://c/m.json"\nca_file = "{ca.path}"\n')))[1]
+    assert fc.ca_file == str(ca.path)
+    ctx = client_ssl_context(fc.ca_file)
+    assert (ctx.verify_mode, ctx.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert len(ctx.get_ca_certs()) == 1
+    assert FillConfig(manifest_url="https://c/m.json").ca_file is None  # default: the system store
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for value, words in [("ca.pem", "fill.ca_file: 'ca.pem' must be an absolute path"),
+                         (str(tmp_path / "missing.pem"), "fill.ca_file: cannot load"),
+                         (str(junk), "fill.ca_file: cannot load")]:
+        path = write(tmp_path, f'manifest_url = "https://c/m.json"\nca_file = "{value}"\n')
+        with pytest.raises(ConfigError) as info:
+            load_fill_config(str(path))
+        assert str(info.value).startswith(f"{path}: fill.ca_file"), info.value
+        assert words in str(info.value)
