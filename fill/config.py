@@ -17,7 +17,6 @@ Rules kept here:
 
 from __future__ import annotations
 
-import os
 import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -35,13 +34,7 @@ from oca.settings import (
     setting,
 )
 from oca.tomlfile import read_toml
-from oca.settings import documented_keys as _documented_keys
-
-
-def check_ca_file(value: str) -> str:
-    if not value or not os.path.isabs(value):
-        raise ValueError(f"{value!r} must be an absolute path")
-    return value
+from oca.settings import check_abs_path, documented_keys as _documented_keys
 
 
 def client_ssl_context(ca_file: str | None) -> ssl.SSLContext:
@@ -101,7 +94,7 @@ class FillConfig:
         None,
         doc="PEM bundle of the CAs trusted for every HTTPS fetch (manifest, origins, peers). Unset: the system store. "
             "Certificates are always verified; there is no way to turn that off.",
-        check=check_ca_file,
+        check=check_abs_path,
     )
 
     @property

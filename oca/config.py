@@ -41,6 +41,7 @@ from oca.settings import (
     parse_host_port,
     setting,
 )
+from oca.tls import TlsServingConfig
 from oca.tomlfile import read_toml
 
 DEFAULT_CONFIG_PATH = "/etc/oca/oca.toml"
@@ -206,32 +207,11 @@ class SigningConfig:
         return {k: v.encode("utf-8") for k, v in self.keys.items()}
 
 
-TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
-
-
-def check_file_path(value: str) -> str:
-    if not value or not os.path.isabs(value):
-        raise ValueError(f"{value!r} must be an absolute path")
-    return value
-
-
 @dataclass(frozen=True, slots=True)
-class TlsConfig:
-    listen: tuple[str, ...] = setting(doc="HTTPS addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
-    cert_file: str = setting(doc="PEM certificate chain, leaf first (reloaded on SIGHUP).", check=check_file_path)
-    key_file: str = setting(doc="PEM private key of the leaf certificate, unencrypted (reloaded on SIGHUP).", check=check_file_path)
-    min_version: str = setting(
-        "TLSv1.2", doc="Oldest protocol accepted: 'TLSv1.2' or 'TLSv1.3' (1.0 and 1.1 are never offered).",
-        check=lambda v: one_of(v, TLS_VERSIONS),
-    )
-    ciphers: str = setting("", doc="OpenSSL cipher list for TLS 1.2 ('' : OpenSSL's defaults).")
-    ciphersuites: str = setting(
-        "", doc="TLS 1.3 suites; must stay '' with Python's ssl, which cannot set them (OpenSSL's defaults are used)."
-    )
+class TlsConfig(TlsServingConfig):
     redirect_http: bool = setting(
         False, doc="Answer content requests on the plain [server] listen addresses with 308 to HTTPS; control endpoints stay plain."
     )
-    expiry_warn_days: float = setting(14, doc="/health is degraded when the certificate expires within this many days.", check=check_positive)
 
 
 @dataclass(frozen=True, slots=True)

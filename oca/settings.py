@@ -98,6 +98,12 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def check_abs_path(value: str) -> str:
+    if not value or not value.startswith("/"):
+        raise ValueError(f"{value!r} must be an absolute path")
+    return value
+
+
 def check_listen(value: tuple[str, ...]) -> tuple[str, ...]:
     if not value:
         raise ValueError("must list at least one 'host:port'")

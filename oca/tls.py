@@ -25,10 +25,29 @@ import ssl
 from dataclasses import dataclass
 
 from oca.errors import ConfigError
+from oca.settings import check_abs_path, check_listen, check_positive, one_of, setting
 
 ALPN = ("http/1.1",)
 VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 TCP_ULP = getattr(socket, "TCP_ULP", 31)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsServingConfig:
+    """A `[tls]` table as every HTTPS server here reads it (the appliance adds `redirect_http`)."""
+
+    listen: tuple[str, ...] = setting(doc="HTTPS addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
+    cert_file: str = setting(doc="PEM certificate chain, leaf first (reloaded on SIGHUP).", check=check_abs_path)
+    key_file: str = setting(doc="PEM private key of the leaf certificate, unencrypted (reloaded on SIGHUP).", check=check_abs_path)
+    min_version: str = setting(
+        "TLSv1.2", doc="Oldest protocol accepted: 'TLSv1.2' or 'TLSv1.3' (1.0 and 1.1 are never offered).",
+        check=lambda v: one_of(v, tuple(VERSIONS)),
+    )
+    ciphers: str = setting("", doc="OpenSSL cipher list for TLS 1.2 ('' : OpenSSL's defaults).")
+    ciphersuites: str = setting(
+        "", doc="TLS 1.3 suites; must stay '' with Python's ssl, which cannot set them (OpenSSL's defaults are used)."
+    )
+    expiry_warn_days: float = setting(14, doc="/health is degraded when the certificate expires within this many days.", check=check_positive)
 
 
 class TlsError(ConfigError):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from oca.settings import (
+    check_abs_path,
     ConfigError,
     in_range,
     one_of,
@@ -33,7 +34,7 @@ from oca.settings import (
     setting,
     check_keys,
 )
-from oca.tls import VERSIONS as TLS_VERSIONS
+from oca.tls import TlsServingConfig
 from oca.tomlfile import read_toml
 
 DEFAULT_STEERING_CONFIG = "/etc/oca/steering.toml"
@@ -57,30 +58,6 @@ class SteeringServerConfig:
         check=lambda v: check_cidrs(v))
     control_token: str | None = setting(
         None, doc="When set, control endpoints also require 'Authorization: Bearer <token>' (at least 16 characters).", check=lambda v: check_token(v))
-
-
-def check_abs_path(value: str) -> str:
-    if not value or not os.path.isabs(value):
-        raise ValueError(f"{value!r} must be an absolute path")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class SteeringTlsConfig:
-    """The appliance's `[tls]` table, less what only an appliance does (redirects); built by `oca.tls.make_context`."""
-
-    listen: tuple[str, ...] = setting(doc="HTTPS addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
-    cert_file: str = setting(doc="PEM certificate chain, leaf first (reloaded on SIGHUP).", check=check_abs_path)
-    key_file: str = setting(doc="PEM private key of the leaf certificate, unencrypted (reloaded on SIGHUP).", check=check_abs_path)
-    min_version: str = setting(
-        "TLSv1.2", doc="Oldest protocol accepted: 'TLSv1.2' or 'TLSv1.3' (1.0 and 1.1 are never offered).",
-        check=lambda v: one_of(v, tuple(TLS_VERSIONS)),
-    )
-    ciphers: str = setting("", doc="OpenSSL cipher list for TLS 1.2 ('' : OpenSSL's defaults).")
-    ciphersuites: str = setting(
-        "", doc="TLS 1.3 suites; must stay '' with Python's ssl, which cannot set them (OpenSSL's defaults are used)."
-    )
-    expiry_warn_days: float = setting(14, doc="/health is degraded when the certificate expires within this many days.", check=check_positive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +122,7 @@ class SteeringConfig:
     health: HealthConfig = setting(HealthConfig(), doc="Polling and hysteresis.")
     signing: SteeringSigningConfig = setting(SteeringSigningConfig(), doc="URL signing.")
     trust: TrustConfig = setting(TrustConfig(), doc="Whose word about the client address is believed.")
-    tls: SteeringTlsConfig | None = setting(None, doc="HTTPS serving; unset: plain HTTP only.")
+    tls: TlsServingConfig | None = setting(None, doc="HTTPS serving; unset: plain HTTP only.")
 
 
 def parse_steering(data: dict, *, base_dir: str = "/") -> SteeringConfig:
