@@ -439,7 +439,7 @@ class App:
 
     def metrics_snapshot(self) -> "MetricsSnapshot":
         # Imported on first scrape: prometheus-client costs a worker about 3 MiB.
-        from oca.server.metrics import MetricsSnapshot, StoreFigures
+        from oca.server.metrics import MetricsSnapshot, StoreFigures, TlsFigures
 
         records = self.store.store_records()
         figures = []
@@ -457,35 +457,17 @@ class App:
             __version__, self.cfg.appliance.id, self.cfg.appliance.site, tuple(totals), tuple(self.stats.header),
             tuple(figures), self.store.generation(), self.store.drain() is not None,
             dict(last) if last is not None else {}, failures,
+            None if self.tls_info is None else TlsFigures(
+                self.tls_info.get("not_after_s"), str(self.tls_info.get("ktls", "")),
+                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0,
+            ),
         )
 
     def metrics(self, req: Request) -> Response:
         from oca.server.metrics import render
 
         body = render(self.metrics_snapshot())
-        if self.tls_info is not None:
-            body += self._tls_metrics()
         return self._simple(200, "text/plain; version=0.0.4; charset=utf-8", body, req)
-
-    def _tls_metrics(self) -> bytes:
-        info = self.tls_info or {}
-        lines = []
-        if info.get("not_after_s") is not None:
-            lines += [
-                "# HELP oca_tls_certificate_expiry_timestamp_seconds When the served TLS certificate expires (Unix time).",
-                "# TYPE oca_tls_certificate_expiry_timestamp_seconds gauge",
-                f"oca_tls_certificate_expiry_timestamp_seconds {info['not_after_s']:.0f}",
-            ]
-        ktls = str(info.get("ktls", ""))
-        lines += [
-            "# HELP oca_tls_ktls_available Whether kernel TLS can be used (1) or not (0), and why not.",
-            "# TYPE oca_tls_ktls_available gauge",
-            'oca_tls_ktls_available{status="%s"} %d' % (ktls.replace("\\", "").replace('"', "'"), ktls == "available"),
-            "# HELP oca_tls_reload_refused Whether the last SIGHUP's key pair was refused (the previous one is served).",
-            "# TYPE oca_tls_reload_refused gauge",
-            f"oca_tls_reload_refused {int(self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0)}",
-        ]
-        return ("\n".join(lines) + "\n").encode()
 
     def routes(self, req: Request) -> Response:
         """The client prefixes this appliance serves (static + kernel), with a generation."""

@@ -36,6 +36,13 @@ class StoreFigures:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFigures:
+    not_after_s: float | None  # the served certificate's expiry; None when unknown
+    ktls: str  # "available", or why not
+    reload_refused: bool  # the last SIGHUP's key pair was refused; the previous one is served
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
     version: str
     appliance: str
@@ -47,6 +54,7 @@ class MetricsSnapshot:
     draining: bool
     fill_last: Mapping[str, Any] = field(default_factory=dict)
     task_failures: Mapping[str, int] = field(default_factory=dict)  # "worker.sweep", "parent.reap", ...
+    tls: TlsFigures | None = None  # None: no [tls] table
 
 
 def _families(snap: MetricsSnapshot) -> Iterable[Metric]:
@@ -114,6 +122,16 @@ def _families(snap: MetricsSnapshot) -> Iterable[Metric]:
         value = last.get(key)
         yield GaugeMetricFamily(f"oca_fill_last_{key}", help_, value=_number(value))
     yield GaugeMetricFamily("oca_fill_last_end_timestamp_seconds", "When the last fill run ended (0: never)", value=_number(last.get("ended_s")))
+    if snap.tls is not None:
+        tls = snap.tls
+        if tls.not_after_s is not None:
+            yield GaugeMetricFamily("oca_tls_certificate_expiry_timestamp_seconds", "When the served TLS certificate expires (Unix time).",
+                                    value=tls.not_after_s)
+        ktls = GaugeMetricFamily("oca_tls_ktls_available", "Whether kernel TLS can be used (1) or not (0), and why not.", labels=["status"])
+        ktls.add_metric([tls.ktls], 1 if tls.ktls == "available" else 0)
+        yield ktls
+        yield GaugeMetricFamily("oca_tls_reload_refused", "Whether the last SIGHUP's key pair was refused (the previous one is served).",
+                                value=1 if tls.reload_refused else 0)
 
 
 def _number(value: Any) -> float:
