@@ -56,6 +56,10 @@ PURE_MODULES = frozenset({
     "steering.health",
     "steering.messages",
     "steering.access",
+    "steering.catalog",
+    "steering.dash",
+    "steering.hls",
+    "steering.content_steering",
 })
 # Project modules a pure module may import besides the pure ones: no I/O, no state.
 PURE_HELPERS = frozenset({"oca", "oca.errors", "oca.http", "oca.store", "fill", "fill.errors", "steering"})
