@@ -60,6 +60,7 @@ PURE_MODULES = frozenset({
     "steering.dash",
     "steering.hls",
     "steering.content_steering",
+    "steering.watch_page",
 })
 # Project modules a pure module may import besides the pure ones: no I/O, no state.
 PURE_HELPERS = frozenset({"oca", "oca.errors", "oca.http", "oca.store", "fill", "fill.errors", "steering"})
