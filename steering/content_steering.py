@@ -15,7 +15,7 @@ Nothing here performs I/O or reads the clock. Rules kept here:
   `steering.access` rules apply as for /steer.
 - The player's query is parsed by `parse_player_query`, the one function
   that reads it: `_DASH_pathway`/`_HLS_pathway` (an appliance id as the
-  player echoes it, or absent), `_DASH_throughput`/`_HLS_throughput`
+  player echoes it, bare or in double quotes as dash.js sends it, or absent), `_DASH_throughput`/`_HLS_throughput`
   (bits/s, an integer), `client` and `session`; each known key at most
   once, other keys ignored (players add cache-busters). `MessageError`
   names the field.
@@ -77,6 +77,8 @@ def parse_player_query(pairs: Iterable[tuple[str, str]]) -> PlayerQuery:
         raise MessageError("_HLS_pathway: DASH and HLS parameters in one request")
     prefix = "_DASH_" if dash else "_HLS_"
     pathway = seen.get(prefix + "pathway")
+    if pathway is not None and len(pathway) >= 2 and pathway[0] == pathway[-1] == '"':
+        pathway = pathway[1:-1]  # dash.js 5.2 sends the pathway JSON-quoted ("a1")
     if pathway is not None and pathway != "" and not is_valid_id(pathway):
         raise MessageError(f"{prefix}pathway: not an appliance id")
     throughput = seen.get(prefix + "throughput")

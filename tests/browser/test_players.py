@@ -35,6 +35,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from fill.manifest import sign
+from oca.config import load_config
+from oca.store.content import ContentStore
 from tests.browser.ladder import FRAGMENT_S, LADDER, make_title, manifest_entries
 from tests.integration.test_steering import Appliance, get, wait_for
 from tests.origin import OriginProcess
@@ -100,19 +102,29 @@ class System:
         self.manifest_path.write_text(json.dumps(sign(doc, "k1", key.encode())))
 
 
+def publish(cfg: Path, files: dict[str, Path]) -> None:
+    """Put the ladder into an appliance's stores with the store's public face (as `oca-admin ingest` does, in one process)."""
+    cs = ContentStore.open(load_config(str(cfg)))
+    try:
+        for cid, path in files.items():
+            cs.publish_file(str(path), cid)
+    finally:
+        cs.close()
+
+
 @pytest.fixture(scope="module")
 def system(tmp_path_factory) -> Iterator[System]:
     tmp = tmp_path_factory.mktemp("players")
     s = System(tmp)
     s.files = make_title(CACHE, TITLE, SECONDS)
-    data = {cid: p.read_bytes() for cid, p in s.files.items()}
     (tmp / "origin").mkdir()
     try:
         s.origin = OriginProcess(tmp / "origin", free_port("127.0.0.1")).start()
         s.write_manifest(int(time.time()))
         for aid, (host, site, routes) in SPECS.items():
             extra = f"[routes]\nstatic = {json.dumps(routes)}\n[signing]\nrequired = true\nkeys = {{k1 = \"{SECRET}\"}}\n"
-            cfg, host, port = appliance(tmp / aid, host=host, site=site, files=data, extra=extra, appliance_id=aid, workers=2)
+            cfg, host, port = appliance(tmp / aid, host=host, site=site, extra=extra, appliance_id=aid, workers=2)
+            publish(cfg, s.files)
             s.fleet[aid] = Appliance(aid, cfg, host, port)
             s.fleet[aid].start()
         s.port = free_port("127.0.0.1")

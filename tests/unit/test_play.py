@@ -222,12 +222,15 @@ GOOD_QUERIES = [
     ([("_HLS_pathway", "b1"), ("_HLS_throughput", "0"), ("client", "192.0.2.1"), ("session", TOKEN)],
      PlayerQuery("hls", "b1", 0, "192.0.2.1", TOKEN)),
     ([("_HLS_pathway", ""), ("cachebuster", "1"), ("cachebuster", "2")], PlayerQuery("hls", None, None, None, None)),
+    ([("_DASH_pathway", '"a1"')], PlayerQuery("dash", "a1", None, None, None)),  # as dash.js 5.2 sends it
 ]
 HOSTILE_QUERIES = [
     ([("_DASH_pathway", "a1"), ("_DASH_pathway", "b1")], "_DASH_pathway: given more than once"),
     ([("_DASH_pathway", "a1"), ("_HLS_pathway", "b1")], "_HLS_pathway: DASH and HLS"),
     ([("_DASH_pathway", "../etc")], "_DASH_pathway: not an appliance id"),
     ([("_DASH_pathway", "a" * 200)], "_DASH_pathway: not an appliance id"),
+    ([("_DASH_pathway", '"a1')], "_DASH_pathway: not an appliance id"),
+    ([("_DASH_pathway", '""a1""')], "_DASH_pathway: not an appliance id"),
     ([("_DASH_throughput", "-1")], "_DASH_throughput: must be an integer"),
     ([("_DASH_throughput", "1_000")], "_DASH_throughput: must be an integer"),
     ([("_HLS_throughput", "1e9")], "_HLS_throughput: must be an integer"),
