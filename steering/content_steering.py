@@ -15,8 +15,9 @@ Nothing here performs I/O or reads the clock. Rules kept here:
   `steering.access` rules apply as for /steer.
 - The player's query is parsed by `parse_player_query`, the one function
   that reads it: `_DASH_pathway`/`_HLS_pathway` (an appliance id as the
-  player echoes it, bare or in double quotes as dash.js sends it, or absent), `_DASH_throughput`/`_HLS_throughput`
-  (bits/s, an integer), `client` and `session`; each known key at most
+  player echoes it; dash.js 5.2 sends a comma-separated list in double
+  quotes, one per media type), `_DASH_throughput`/`_HLS_throughput`
+  (bits/s, integers, comma-separated, empty for not measured), `client` and `session`; each known key at most
   once, other keys ignored (players add cache-busters). `MessageError`
   names the field.
 """
@@ -34,6 +35,7 @@ from oca.ids import is_valid_id
 from steering.messages import MessageError
 
 MAX_THROUGHPUT_BPS = 10**12  # 1 Tb/s: more than any player measures; bigger is a forged value
+MAX_LISTED = 16  # pathways or throughputs in one request: one per media type in practice
 SESSION_CHARS = 43  # base64url of 32 bytes, unpadded
 _KEYS = ("_DASH_pathway", "_HLS_pathway", "_DASH_throughput", "_HLS_throughput", "client", "session")
 
@@ -41,8 +43,8 @@ _KEYS = ("_DASH_pathway", "_HLS_pathway", "_DASH_throughput", "_HLS_throughput",
 @dataclass(frozen=True, slots=True)
 class PlayerQuery:
     standard: str | None  # "dash", "hls" or None (neither player's parameters)
-    pathway: str | None  # the pathway the player is on now
-    throughput_bps: int | None
+    pathways: tuple[str, ...]  # the pathways the player is on now (dash.js: one per media type)
+    throughput_bps: tuple[int | None, ...]  # its throughput measures, in the same order (None: not measured yet)
     client: str | None
     session: str | None
 
@@ -76,25 +78,27 @@ def parse_player_query(pairs: Iterable[tuple[str, str]]) -> PlayerQuery:
     if dash and hls:
         raise MessageError("_HLS_pathway: DASH and HLS parameters in one request")
     prefix = "_DASH_" if dash else "_HLS_"
-    pathway = seen.get(prefix + "pathway")
-    if pathway is not None and len(pathway) >= 2 and pathway[0] == pathway[-1] == '"':
-        pathway = pathway[1:-1]  # dash.js 5.2 sends the pathway JSON-quoted ("a1")
-    if pathway is not None and pathway != "" and not is_valid_id(pathway):
-        raise MessageError(f"{prefix}pathway: not an appliance id")
-    throughput = seen.get(prefix + "throughput")
-    bps = None
-    if throughput is not None and throughput != "":
-        # Digits only: int() would take "1_000", " 7" and other spellings.
-        if not throughput.isascii() or not throughput.isdigit() or len(throughput) > 13 or int(throughput) > MAX_THROUGHPUT_BPS:
-            raise MessageError(f"{prefix}throughput: must be an integer from 0 to {MAX_THROUGHPUT_BPS} (bits/s)")
-        bps = int(throughput)
+    pathway = seen.get(prefix + "pathway") or ""
+    if len(pathway) >= 2 and pathway[0] == pathway[-1] == '"':
+        pathway = pathway[1:-1]  # dash.js 5.2 sends a quoted list: "a1,a2"
+    pathways = tuple(p for p in pathway.split(",")) if pathway else ()
+    if len(pathways) > MAX_LISTED or not all(is_valid_id(p) for p in pathways):
+        raise MessageError(f"{prefix}pathway: not a list of appliance ids")
+    throughput = seen.get(prefix + "throughput") or ""
+    items = throughput.split(",") if throughput else []
+    # Digits only: int() would take "1_000", " 7" and other spellings.
+    # An empty item is a pathway not measured yet (dash.js 5.2 sends "51700000,").
+    if len(items) > MAX_LISTED or not all(t == "" or (t.isascii() and t.isdigit() and len(t) <= 13 and int(t) <= MAX_THROUGHPUT_BPS)
+                                          for t in items):
+        raise MessageError(f"{prefix}throughput: must be integers from 0 to {MAX_THROUGHPUT_BPS} (bits/s), comma-separated")
+    bps = tuple(int(t) if t else None for t in items)
     client = seen.get("client")
     if client is not None and (len(client) > 64 or not client.isascii() or not client.isprintable()):
         raise MessageError("client: not an IP address")
     session = seen.get("session")
     if session is not None and (len(session) != SESSION_CHARS or not session.isascii()):
         raise MessageError("session: malformed")
-    return PlayerQuery("dash" if dash else "hls" if hls else None, pathway or None, bps, client, session)
+    return PlayerQuery("dash" if dash else "hls" if hls else None, pathways, bps, client, session)
 
 
 def steering_answer(pathways: Sequence[str], ttl_s: float, reload_uri: str) -> dict:

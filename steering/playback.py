@@ -181,7 +181,7 @@ class Playback:
         result, prefix, picks = self._pathways(client, title)
         pathways = [p.appliance.appliance_id for p in picks]
         self._record("steering", client, title.name, result, prefix, pathways, client_from=source, standard=q.standard,
-                     pathway=q.pathway, throughput_bps=q.throughput_bps)
+                     pathways=list(q.pathways) or None, throughput_bps=list(q.throughput_bps) or None)
         if result == NO_CANDIDATES:
             return web.json_response({"error": "no appliance holds this title now", "result": result}, status=503, headers=NO_STORE)
         reload_uri = steering_url(self._base(request), title.name, client, secret)

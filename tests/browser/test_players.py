@@ -284,7 +284,7 @@ def test_steering_answers_are_logged_and_the_session_is_needed_to_steer_as_anoth
     lines = system.decisions_since(mark)
     kinds = [(d["kind"], d["client"]) for d in lines]
     assert kinds == [("m3u8", CLIENT), ("steering", CLIENT), ("steering", "127.0.0.70")]
-    assert lines[1]["pathway"] == "a2" and lines[1]["throughput_bps"] == 5_000_000 and lines[1]["standard"] == "hls"
+    assert lines[1]["pathways"] == ["a2"] and lines[1]["throughput_bps"] == [5_000_000] and lines[1]["standard"] == "hls"
     assert lines[1]["client_from"] == "session" and lines[2]["client_from"] == "peer"
 
 

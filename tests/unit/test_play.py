@@ -217,25 +217,32 @@ def test_steering_url_carries_a_session_only_with_a_key():
 
 TOKEN = session_token("t", "192.0.2.1", b"x" * 20)
 GOOD_QUERIES = [
-    ([], PlayerQuery(None, None, None, None, None)),
-    ([("_DASH_pathway", "a1"), ("_DASH_throughput", "5000000")], PlayerQuery("dash", "a1", 5_000_000, None, None)),
+    ([], PlayerQuery(None, (), (), None, None)),
+    ([("_DASH_pathway", "a1"), ("_DASH_throughput", "5000000")], PlayerQuery("dash", ("a1",), (5_000_000,), None, None)),
     ([("_HLS_pathway", "b1"), ("_HLS_throughput", "0"), ("client", "192.0.2.1"), ("session", TOKEN)],
-     PlayerQuery("hls", "b1", 0, "192.0.2.1", TOKEN)),
-    ([("_HLS_pathway", ""), ("cachebuster", "1"), ("cachebuster", "2")], PlayerQuery("hls", None, None, None, None)),
-    ([("_DASH_pathway", '"a1"')], PlayerQuery("dash", "a1", None, None, None)),  # as dash.js 5.2 sends it
+     PlayerQuery("hls", ("b1",), (0,), "192.0.2.1", TOKEN)),
+    ([("_HLS_pathway", ""), ("cachebuster", "1"), ("cachebuster", "2")], PlayerQuery("hls", (), (), None, None)),
+    # as dash.js 5.2 sends them: a quoted list of pathways, one per media type, and their throughputs
+    ([("_DASH_pathway", '"a1,a2"'), ("_DASH_throughput", "51700000,671604000")],
+     PlayerQuery("dash", ("a1", "a2"), (51_700_000, 671_604_000), None, None)),
+    ([("_DASH_pathway", '"a1,a2"'), ("_DASH_throughput", "51700000,")], PlayerQuery("dash", ("a1", "a2"), (51_700_000, None), None, None)),
 ]
 HOSTILE_QUERIES = [
     ([("_DASH_pathway", "a1"), ("_DASH_pathway", "b1")], "_DASH_pathway: given more than once"),
     ([("_DASH_pathway", "a1"), ("_HLS_pathway", "b1")], "_HLS_pathway: DASH and HLS"),
-    ([("_DASH_pathway", "../etc")], "_DASH_pathway: not an appliance id"),
-    ([("_DASH_pathway", "a" * 200)], "_DASH_pathway: not an appliance id"),
-    ([("_DASH_pathway", '"a1')], "_DASH_pathway: not an appliance id"),
-    ([("_DASH_pathway", '""a1""')], "_DASH_pathway: not an appliance id"),
-    ([("_DASH_throughput", "-1")], "_DASH_throughput: must be an integer"),
-    ([("_DASH_throughput", "1_000")], "_DASH_throughput: must be an integer"),
-    ([("_HLS_throughput", "1e9")], "_HLS_throughput: must be an integer"),
-    ([("_HLS_throughput", "٣")], "_HLS_throughput: must be an integer"),  # a non-ASCII digit int() would take
-    ([("_HLS_throughput", "9" * 14)], "_HLS_throughput: must be an integer"),
+    ([("_DASH_pathway", "../etc")], "_DASH_pathway: not a list of appliance ids"),
+    ([("_DASH_pathway", "a" * 200)], "_DASH_pathway: not a list of appliance ids"),
+    ([("_DASH_pathway", '"a1')], "_DASH_pathway: not a list of appliance ids"),
+    ([("_DASH_pathway", '""a1""')], "_DASH_pathway: not a list of appliance ids"),
+    ([("_DASH_pathway", "a1,,a2")], "_DASH_pathway: not a list of appliance ids"),
+    ([("_DASH_pathway", ",".join(["a"] * 17))], "_DASH_pathway: not a list of appliance ids"),
+    ([("_DASH_throughput", "-1")], "_DASH_throughput: must be integers"),
+    ([("_DASH_throughput", "1_000")], "_DASH_throughput: must be integers"),
+    ([("_DASH_throughput", "1,x")], "_DASH_throughput: must be integers"),
+    ([("_DASH_throughput", ",".join(["1"] * 17))], "_DASH_throughput: must be integers"),
+    ([("_HLS_throughput", "1e9")], "_HLS_throughput: must be integers"),
+    ([("_HLS_throughput", "٣")], "_HLS_throughput: must be integers"),  # a non-ASCII digit int() would take
+    ([("_HLS_throughput", "9" * 14)], "_HLS_throughput: must be integers"),
     ([("client", "1" * 65)], "client: not an IP address"),
     ([("client", "10.0.0.1\n")], "client: not an IP address"),
     ([("session", "short")], "session: malformed"),
