@@ -50,7 +50,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SECRET = "0123456789abcdef0123"
 TITLE = "bunny"
-SECONDS = 30
+SECONDS = 24
 CLIENT = "127.1.0.5"  # matched by a1's and a2's routes; b1 is the second site
 SPECS = {"a1": ("127.0.0.21", "alpha", ["127.1.0.0/16"]),
          "a2": ("127.0.0.22", "alpha", ["127.1.0.0/16"]),
@@ -218,7 +218,9 @@ def played_on(system, ctx, player: str, media_s: float) -> dict:
     p = Player(ctx, system, player)
     try:
         first = p.state()
-        st = p.wait(lambda s: s["time"] >= media_s, media_s + 20, f"{player} to play {media_s} s")
+        # Twice as fast: the same media in half the CI time, and the player must fetch twice as fast too.
+        p.page.evaluate("document.getElementById('v').playbackRate = 2")
+        st = p.wait(lambda s: s["time"] >= media_s, media_s + 20, f"{player} to play {media_s} s of media")
         for kind in ("video", "audio"):
             assert kind in st["buffers"], f"{player}: no {kind} SourceBuffer: {st['buffers']}"
             assert st["buffers"][kind]["end"] > max(media_s, first["buffers"].get(kind, {}).get("end", 0)), st["buffers"]
@@ -352,7 +354,7 @@ def _kill_and_play_on(system, browser, player: str, how: str, max_stall_s: float
         else:
             victim.signal_all(signal.SIGSTOP)
         at = p.state()
-        st = p.wait(lambda s: s["time"] >= at["time"] + 8, 30, f"playback to go on after {how} of {victim.aid}")
+        st = p.wait(lambda s: s["time"] >= at["time"] + 7, 30, f"playback to go on after {how} of {victim.aid}")
         after = [r["appliance"] for r in st["requests"] if r["t"] > at["now"] - 0.0 + 3]
         assert after and victim.aid not in after, f"requests still go to {victim.aid}: {after}"
         assert st["stall"] <= max_stall_s, f"longest stall {st['stall']:.2f} s > {max_stall_s} s: {st['stalls']}"
