@@ -1,8 +1,9 @@
 """`python -m oca.demo`: the whole system on one machine, on built-in defaults.
 
 What it does, with the real programs:
-1. makes sample titles (short H.264 MP4s with faststart when ffmpeg is
-   installed, otherwise random bytes) and popularity figures;
+1. makes sample titles as ABR ladders when ffmpeg is installed (per title
+   three H.264 encodes and one AAC encode, each one fragmented MP4 with a
+   sidx; `make_ladder`), otherwise random bytes, and popularity figures;
 2. publishes them with a signed manifest on a real nginx origin on loopback;
 3. starts three appliances in two sites (oca-1 and oca-2 in site-a,
    oca-3 in site-b) and the steering service, on 127.0.0.x addresses;
@@ -17,6 +18,8 @@ What it does, with the real programs:
 Rules kept here:
 - Everything it writes lands in one working directory that it names
   (default `./demo`); nginx's temporary paths and logs are pointed there.
+  Encoded ladders are kept in `<dir>/media-cache/<key>/`, keyed by a hash of
+  the ffmpeg command and version, so only the first start encodes.
 - Every process it starts is stopped on exit: on Ctrl-C, and on SIGTERM or
   SIGHUP (a supervisor, `timeout`, a closed terminal), which end the demo
   the same way. Children never outlive it: each is started with
@@ -27,6 +30,7 @@ Rules kept here:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -44,17 +49,50 @@ import xxhash
 
 SECRET = "demo-secret-0123456789"
 KEY_ID = "demo"
-# (name, seconds of video or MiB of random data, popularity in bytes/day)
-TITLES = (
-    ("big-buck-bunny.1080p.mp4", 24, 9.0e9),
-    ("big-buck-bunny.480p.mp4", 24, 3.0e9),
-    ("sintel.1080p.mp4", 20, 2.0e9),
-    ("sintel.480p.mp4", 20, 6.0e8),
-    ("tears-of-steel.1080p.mp4", 16, 4.0e8),
-    ("tears-of-steel.480p.mp4", 16, 1.0e8),
-    ("cosmos-laundromat.1080p.mp4", 12, 5.0e7),
-    ("elephants-dream.480p.mp4", 8, 1.0e7),
+# The demo's titles, each an ABR ladder (see make_ladder): (title, seconds, popularity of the title in bytes/day).
+# Two run 60 s, long enough that a player's buffer cannot hide a failover.
+LADDER_TITLES = (
+    ("big-buck-bunny", 60, 9.0e9),
+    ("sintel", 60, 2.0e9),
+    ("tears-of-steel", 20, 4.0e8),
+    ("elephants-dream", 12, 1.0e7),
 )
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One video encode of a ladder: the file is `<title>.<name>.mp4`."""
+
+    name: str
+    width: int
+    height: int
+    kbps: int  # target bitrate; peaks are capped at 1.2x (x264 VBV)
+
+
+VIDEO_RUNGS = (Rung("360p", 640, 360, 400), Rung("720p", 1280, 720, 1200), Rung("1080p", 1920, 1080, 2500))
+# For tests: the same shape at low resolution, so 60 s encodes in seconds.
+SMALL_RUNGS = (Rung("144p", 256, 144, 150), Rung("240p", 432, 240, 400), Rung("360p", 640, 360, 900))
+AUDIO_RUNG = "audio"
+AUDIO_KBPS = 96
+LADDER_FPS = 24
+FRAGMENT_S = 2  # one keyframe, and so one fragment, every 2 s
+# Share of a title's bytes/day that each file takes, for the demo's popularity figures.
+_RUNG_SHARE = {"360p": 0.1, "720p": 0.3, "1080p": 0.5, AUDIO_RUNG: 0.1}
+# MiB of each file with --random-titles (no ffmpeg), per second of the title.
+_RANDOM_MIB_PER_S = {"360p": 0.05, "720p": 0.15, "1080p": 0.3, AUDIO_RUNG: 0.0125}
+
+
+def ladder_titles(ladders=LADDER_TITLES) -> tuple:
+    """(file name, MiB with --random-titles, popularity) for every file of every ladder, most popular first."""
+    out = []
+    for title, seconds, pop in ladders:
+        for rung, share in _RUNG_SHARE.items():
+            out.append((f"{title}.{rung}.mp4", max(1, round(seconds * _RANDOM_MIB_PER_S[rung])), pop * share))
+    return tuple(sorted(out, key=lambda t: -t[2]))
+
+
+# (file name, MiB of random data with --random-titles, popularity in bytes/day)
+TITLES = ladder_titles()
 NEW_TITLE = ("spring.1080p.mp4", 10, 7.0e9)
 
 
@@ -94,27 +132,116 @@ def pick_port(hosts: list[str], preferred: int) -> int:
     raise RuntimeError("no free port")
 
 
-def make_title(path: Path, seconds: int, index: int, use_ffmpeg: bool) -> None:
+def make_title(path: Path, mib: int, index: int) -> None:
+    """A file of `mib` MiB of random bytes (--random-titles: the same paths without encoding)."""
     if path.exists() and path.stat().st_size > 0:
         return
     tmp = path.with_suffix(".tmp.mp4")
-    if use_ffmpeg:
-        sizes = "1280x720" if "1080p" in path.name else "640x360"
-        rate = "2500k" if "1080p" in path.name else "800k"
-        cmd = [
-            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size={sizes}:rate=25",
-            "-f", "lavfi", "-i", f"sine=frequency={220 + 55 * index}:sample_rate=48000",
-            "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-b:v", rate,
-            "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(tmp),
-        ]
-        subprocess.run(cmd, check=True)
-    else:
-        block = os.urandom(1 << 20)
-        with open(tmp, "wb") as fh:
-            for j in range(seconds):
-                fh.write(bytes([index, j & 255]) + block[2:])
+    block = os.urandom(1 << 20)
+    with open(tmp, "wb") as fh:
+        for j in range(mib):
+            fh.write(bytes([index, j & 255]) + block[2:])
     os.replace(tmp, path)
+
+
+def ladder_command(title: str, seconds: float, rungs=VIDEO_RUNGS, out_dir: Path = Path(".")) -> list[str]:
+    """One ffmpeg run: a generated picture and tone, one fMP4 per rung and one AAC audio fMP4.
+
+    Each file has one track, a keyframe (and so a fragment) every FRAGMENT_S
+    seconds, and ONE sidx in front covering every fragment (global_sidx), as
+    a DASH on-demand player and HLS byte ranges want. The picture is made at
+    the largest rung's size and scaled down for the others.
+    """
+    big = max(rungs, key=lambda r: r.width * r.height)
+    tone = 220 + int(hashlib.sha256(title.encode()).hexdigest()[:4], 16) % 440  # each title sounds different
+    gop = str(LADDER_FPS * FRAGMENT_S)
+    labels = "".join(f"[v{i}]" for i in range(len(rungs)))
+    graph = f"[0:v]split={len(rungs)}{labels}" + "".join(
+        f";[v{i}]scale={r.width}:{r.height}[s{i}]" for i, r in enumerate(rungs)
+    )
+    cmd = [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+        "-f", "lavfi", "-t", f"{seconds:g}", "-i", f"testsrc2=size={big.width}x{big.height}:rate={LADDER_FPS}",
+        "-f", "lavfi", "-t", f"{seconds:g}", "-i", f"sine=frequency={tone}:sample_rate=48000",
+        "-filter_complex", graph,
+    ]
+    for i, r in enumerate(rungs):
+        cmd += [
+            "-map", f"[s{i}]", "-an", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            "-b:v", f"{r.kbps}k", "-maxrate", f"{r.kbps * 6 // 5}k", "-bufsize", f"{r.kbps * 6 // 5}k",
+            "-g", gop, "-keyint_min", gop, "-sc_threshold", "0",
+            "-movflags", "+frag_keyframe+empty_moov+default_base_moof+global_sidx",
+            str(out_dir / f"{title}.{r.name}.mp4"),
+        ]
+    cmd += [
+        "-map", "1:a", "-vn", "-c:a", "aac", "-b:a", f"{AUDIO_KBPS}k",
+        # Every AAC frame is a sync sample, so fragments are cut by time, not at keyframes.
+        "-frag_duration", str(FRAGMENT_S * 1_000_000),
+        "-movflags", "+empty_moov+default_base_moof+global_sidx",
+        str(out_dir / f"{title}.{AUDIO_RUNG}.mp4"),
+    ]
+    return cmd
+
+
+def ladder_key(title: str, seconds: float, rungs=VIDEO_RUNGS) -> str:
+    """The cache key of a ladder: a hash of the exact ffmpeg command and ffmpeg's version."""
+    version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=True).stdout.split("\n", 1)[0]
+    recipe = json.dumps([version, ladder_command(title, seconds, rungs)])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:20]
+
+
+def make_ladder(directory: Path, title: str, seconds: float, rungs=VIDEO_RUNGS, *, cache: Path | None = None) -> list[Path]:
+    """Encode (or take from `cache`) one title's ladder into `directory`; returns the files, video rungs then audio.
+
+    Files are `<title>.<rung>.mp4` and `<title>.audio.mp4`. With `cache`, the
+    encodes are kept in `cache/<ladder_key>/` and later calls with the same
+    parameters only link (or copy) them. Each file is checked with fill.mp4
+    before it is kept, so a changed ffmpeg that stops writing one sidx in
+    front fails here, not in a player.
+    """
+    from fill.mp4 import media_info
+    from oca.ids import is_valid_id
+
+    if not is_valid_id(title) or "." in title:
+        raise ValueError(f"title {title!r} must be a content id without a dot")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = [f"{title}.{r.name}.mp4" for r in rungs] + [f"{title}.{AUDIO_RUNG}.mp4"]
+    home = Path(cache) / ladder_key(title, seconds, rungs) if cache is not None else None
+    if home is None or not home.is_dir():
+        parent = home.parent if home is not None else directory
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{title}.", dir=parent))
+        tmp.chmod(0o755)
+        try:
+            subprocess.run(ladder_command(title, seconds, rungs, tmp), check=True, timeout=600)
+            for name in names:
+                path = tmp / name
+                with open(path, "rb") as fh:
+                    info = media_info(fh.read(1 << 20), path.stat().st_size)
+                if abs(info.duration_s - seconds) > FRAGMENT_S:
+                    raise RuntimeError(f"{name}: {info.duration_s:g} s encoded, {seconds:g} s asked")
+            if home is None:
+                for name in names:
+                    os.replace(tmp / name, directory / name)
+                return [directory / n for n in names]
+            try:
+                os.rename(tmp, home)  # whole or not at all: a killed encode leaves only a temporary directory
+            except OSError:
+                if not home.is_dir():
+                    raise  # else another run finished the same ladder first
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    out = []
+    for name in names:
+        target = directory / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(home / name, target)
+        except OSError:
+            shutil.copyfile(home / name, target)
+        out.append(target)
+    return out
 
 
 @dataclass
@@ -181,11 +308,28 @@ class DemoSystem:
         )
 
     def make_content(self, titles=TITLES, *, use_ffmpeg: bool | None = None) -> bool:
+        """Put `titles` (file names) in the origin: ABR ladders via ffmpeg, or random bytes."""
         if use_ffmpeg is None:
             use_ffmpeg = shutil.which("ffmpeg") is not None
-        for i, (name, seconds, _pop) in enumerate(titles):
-            make_title(self.content / name, seconds, i, use_ffmpeg)
-        return use_ffmpeg
+        if not use_ffmpeg:
+            for i, (name, mib, _pop) in enumerate(titles):
+                make_title(self.content / name, mib, i)
+            return False
+        self.make_ladders(titles)
+        return True
+
+    def make_ladders(self, titles=TITLES) -> None:
+        """Encode each title's ladder once, kept in `<work>/media-cache/` so later starts only link the files.
+
+        The cache sits inside the working directory because the demo writes
+        nothing elsewhere; a new `--dir` pays for the encodes once.
+        """
+        seconds = {t: s for t, s, _p in LADDER_TITLES}
+        for title in dict.fromkeys(name.split(".", 1)[0] for name, _mib, _pop in titles):
+            made = {p.name for p in make_ladder(self.content, title, seconds.get(title, 10), cache=self.work / "media-cache")}
+            missing = [name for name, _mib, _pop in titles if name.startswith(title + ".") and name not in made]
+            if missing:
+                raise RuntimeError(f"{', '.join(missing)}: no such rung in the {title} ladder ({', '.join(sorted(made))})")
 
     def publish_manifest(self, titles=TITLES) -> dict:
         """Build, add the site list, sign and publish manifest.json on the origin."""
@@ -414,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sysm.prepare()
         real = sysm.make_content(use_ffmpeg=False if args.random_titles else None)
-        say(f"{len(TITLES)} sample titles in {sysm.content} ({'H.264 MP4 via ffmpeg' if real else 'random bytes: install ffmpeg for playable ones'})")
+        say(f"{len(TITLES)} sample files in {sysm.content} ({f'{len(LADDER_TITLES)} titles as ABR ladders of fragmented MP4 via ffmpeg' if real else 'random bytes: install ffmpeg for playable ones'})")
         doc = sysm.publish_manifest()
         sysm.start_origin()
         say(f"origin: nginx on http://{sysm.origin_host}:{sysm.port}/ with a signed manifest of {len(doc['files'])} titles")

@@ -47,6 +47,7 @@ PURE_MODULES = frozenset({
     "oca.settings",
     "fill.plan",
     "fill.manifest",
+    "fill.mp4",
     "fill.resume",
     "fill.inventory",
     "fill.window",
