@@ -9,11 +9,16 @@ What it does, with the real programs:
    oca-3 in site-b) and the steering service, on 127.0.0.x addresses;
 4. runs the nightly fill on each appliance (site-a's second appliance
    fills from its peer where it can);
-5. plays a title the way a player would: asks steering, fetches 2 MiB ranges
-   from the first URL, and when that appliance dies mid-way (the demo kills
-   it) carries on from the next URL, then checks the bytes against the
-   manifest's checksum;
-6. prints where to look, and waits for Ctrl-C, which stops everything.
+5. plays a title: when steering has titles (the manifest's media fields) and
+   Debian's chromium and Playwright are installed, in headless Chromium
+   through steering's /watch page (dash.js with Content Steering), killing
+   the appliance in use mid-playback and saving a screenshot of the page
+   (`<dir>/player.png`); otherwise as a scripted player: asks steering,
+   fetches 2 MiB ranges from the first URL, and when that appliance dies
+   mid-way (the demo kills it) carries on from the next URL, then checks
+   the bytes against the manifest's checksum;
+6. prints where to look, with one line giving the /watch/<title> URL, and
+   waits for Ctrl-C, which stops everything.
 
 Rules kept here:
 - Everything it writes lands in one working directory that it names
@@ -39,6 +44,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import re
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 SECRET = "demo-secret-0123456789"
 KEY_ID = "demo"
@@ -305,6 +315,7 @@ class DemoSystem:
             "[health]\ninterval_s = 0.5\ntimeout_s = 1.0\nfail_after = 2\nrecover_after = 2\n"
             f'[signing]\nkeys = {{ {KEY_ID} = "{SECRET}" }}\nkey_id = "{KEY_ID}"\nttl_s = 3600\n'
             '[trust]\ncallers = ["127.0.0.0/8"]\n'
+            + self.player_steering_toml()
         )
 
     def make_content(self, titles=TITLES, *, use_ffmpeg: bool | None = None) -> bool:
@@ -432,6 +443,36 @@ class DemoSystem:
 
     # ------------------------------------------------------------ the player
 
+    def player_steering_toml(self) -> str:
+        """Steering's [content] and [play] tables: titles from the origin's manifest, short steering TTLs."""
+        return (f'[content]\nmanifest_url = "http://{self.origin_host}:{self.port}/manifest.json"\nrefresh_s = 5\n'
+                "[play]\nsteering_ttl_s = 4\n")
+
+    def watch_url(self, title: str, client: str | None = None) -> str:
+        return f"http://{self.steering_host}:{self.port}/watch/{title}" + (f"?client={client}" if client else "")
+
+    def steering_titles(self, doc: dict, timeout_s: float = 15) -> list[str]:
+        """The titles steering plays (from the manifest's media fields); [] at once when `doc` has none."""
+        if not any("kind" in f for f in doc.get("files", ())):
+            return []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.steering_host}:{self.port}/health", timeout=5) as resp:
+                    doc = json.load(resp)
+            except urllib.error.HTTPError as exc:
+                doc = json.load(exc)
+            except OSError:
+                doc = {}
+            if doc.get("content", {}).get("titles") or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        if not doc.get("content", {}).get("titles"):
+            return []
+        with urllib.request.urlopen(f"http://{self.steering_host}:{self.port}/watch/", timeout=5) as resp:
+            page = resp.read().decode()
+        return sorted(set(re.findall(r'href="/watch/([A-Za-z0-9][A-Za-z0-9._-]*)"', page)))
+
     def steer(self, content_id: str, client: str) -> dict:
         url = f"http://{self.steering_host}:{self.port}/steer?content={content_id}&client={client}"
         try:
@@ -496,6 +537,91 @@ class Playback:
     size: int = 0
     checksum: str = ""
     complete: bool = False
+
+
+def scripted_player_step(sysm: DemoSystem, doc: dict, client: str, say) -> bool:
+    """Play the first file as a scripted player: steering's URLs, 2 MiB ranges, kill -9 midway, checksum at the end."""
+    title = TITLES[0][0]
+    expected = next(f["xxh128"] for f in doc["files"] if f["id"] == title)
+    first = sysm.wait_steering(title, client, lambda d: len(d.get("urls", [])) >= 2)
+    say(f"player at {client} asks steering for {title}: {first['result']} via {first['prefix']}: "
+        + ", ".join(u["appliance"] for u in first["urls"]))
+    victim = next(n for n in sysm.nodes if n.appliance_id == first["urls"][0]["appliance"])
+    killed = []
+
+    def kill_midway(pb: Playback, offset: int) -> None:
+        if not killed and offset >= 4 << 20:
+            killed.append(victim.appliance_id)
+            sysm.kill(victim)
+            say(f"... killed {victim.appliance_id} (kill -9) after {offset / 1e6:.1f} MB of playback")
+
+    pb = sysm.play(title, client, on_range=kill_midway)
+    for url, offset, why in pb.failovers:
+        say(f"player: {url.split('?')[0]} failed at byte {offset} ({why}); next URL")
+    verdict = "matches" if pb.checksum == expected else "DOES NOT MATCH"
+    say(f"player: {pb.size} bytes in {len(pb.ranges)} ranges, xxh3-128 {verdict} the manifest")
+    if killed:
+        sysm.start_appliance(victim)
+        say(f"restarted {victim.appliance_id}")
+    return pb.checksum == expected
+
+
+WATCH_STATE_JS = """() => { const v = document.getElementById('v'); return {time: v.currentTime, appliance: oca.appliance,
+  encode: oca.videoEncode ? oca.videoEncode() : null, stall: oca.longestStall(), fatal: oca.fatal.map(e => e.text),
+  errors: oca.errors.length, buffers: oca.buffers()}; }"""
+
+
+def watch_in_chromium(sysm: DemoSystem, title: str, client: str, say, *, media_s: float = 6.0) -> bool | None:
+    """Play `title` in headless Chromium through steering's /watch page (dash.js), kill -9 the appliance in use
+    mid-playback, and save a screenshot of the page (`<work>/player.png`). None when Chromium or Playwright is
+    missing: the scripted player runs instead."""
+    if not os.path.exists(CHROMIUM):
+        say(f"{CHROMIUM} is not installed: the scripted player plays instead")
+        return None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        say("Playwright is not installed (pip install playwright): the scripted player plays instead")
+        return None
+    shot = sysm.work / "player.png"
+    profile = sysm.work / "chromium-profile"
+    shutil.rmtree(profile, ignore_errors=True)
+
+    def wait(page, ok, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = page.evaluate(WATCH_STATE_JS)
+            if ok(st) or st["fatal"] or time.monotonic() > deadline:
+                return st
+            time.sleep(0.2)
+
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                                                   viewport={"width": 1000, "height": 900})
+        try:
+            page = ctx.new_page()
+            page.goto(sysm.watch_url(title, client))
+            st = wait(page, lambda s: s["time"] >= media_s and s["appliance"], 60)
+            victim = next((n for n in sysm.nodes if n.appliance_id == st["appliance"]), None)
+            if st["fatal"] or victim is None:
+                say(f"chromium: {title} did not play: {st['fatal'] or st}")
+                return False
+            enc = st["encode"] or {}
+            say(f"chromium (dash.js) plays {title} for client {client} from {victim.appliance_id}: {enc.get('id')} "
+                f"at {enc.get('bandwidth', 0) / 1e6:.2f} Mb/s")
+            at = st["time"]
+            sysm.kill(victim)
+            say(f"... killed {victim.appliance_id} (kill -9) at {at:.1f} s of media")
+            st = wait(page, lambda s: s["time"] >= at + media_s, 60)
+            page.screenshot(path=str(shot))
+            ok = not st["fatal"] and st["time"] >= at + media_s
+            say(f"chromium: playback {'went on' if ok else 'DID NOT go on'} from {st['appliance']} to {st['time']:.1f} s; "
+                f"longest stall {st['stall']:.2f} s; {st['errors']} failed requests retried by the player; screenshot {shot}")
+            sysm.start_appliance(victim)
+            say(f"restarted {victim.appliance_id}")
+            return ok
+        finally:
+            ctx.close()
 
 
 PR_SET_PDEATHSIG = 1
@@ -572,29 +698,11 @@ def main(argv: list[str] | None = None) -> int:
             st = r["status"] or {}
             say(f"fill {node.appliance_id}: {st.get('files_added', 0)} added, {st.get('files_failed', 0)} failed, "
                 f"{st.get('bytes_filled', 0) / 1e6:.1f} MB ({st.get('ended_because')})")
-        title = TITLES[0][0]
-        expected = next(f["xxh128"] for f in doc["files"] if f["id"] == title)
         client = "127.1.0.50"
-        first = sysm.wait_steering(title, client, lambda d: len(d.get("urls", [])) >= 2)
-        say(f"player at {client} asks steering for {title}: {first['result']} via {first['prefix']}: "
-            + ", ".join(u["appliance"] for u in first["urls"]))
-        victim = next(n for n in sysm.nodes if n.appliance_id == first["urls"][0]["appliance"])
-        killed = []
-
-        def kill_midway(pb: Playback, offset: int) -> None:
-            if not killed and offset >= 4 << 20:
-                killed.append(victim.appliance_id)
-                sysm.kill(victim)
-                say(f"... killed {victim.appliance_id} (kill -9) after {offset / 1e6:.1f} MB of playback")
-
-        pb = sysm.play(title, client, on_range=kill_midway)
-        for url, offset, why in pb.failovers:
-            say(f"player: {url.split('?')[0]} failed at byte {offset} ({why}); next URL")
-        verdict = "matches" if pb.checksum == expected else "DOES NOT MATCH"
-        say(f"player: {pb.size} bytes in {len(pb.ranges)} ranges, xxh3-128 {verdict} the manifest")
-        if killed:
-            sysm.start_appliance(victim)
-            say(f"restarted {victim.appliance_id}")
+        titles = sysm.steering_titles(doc)
+        watched = watch_in_chromium(sysm, titles[0], client, say) if titles else None
+        ok = watched if watched is not None else scripted_player_step(sysm, doc, client, say)
+        title = TITLES[0][0]
         base = f"http://{sysm.steering_host}:{sysm.port}"
         lines = [f"  steering status page  {base}/", f"  steer a client        {base}/steer?content={title}&client=127.1.0.50"]
         for n in sysm.nodes:
@@ -602,11 +710,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"  origin                http://{sysm.origin_host}:{sysm.port}/manifest.json")
         lines.append(f"  logs and configs      {sysm.work}")
         print("\nThe system is running (Ctrl-C stops everything):\n" + "\n".join(lines) + "\n", flush=True)
+        if titles:
+            print(f"Watch {titles[0]} in a browser: {sysm.watch_url(titles[0])}", flush=True)
         if args.seconds:
             time.sleep(args.seconds)
         else:
             signal.pause()
-        return 0 if pb.checksum == expected else 1
+        return 0 if ok else 1
     except KeyboardInterrupt:
         return 0
     except Stopped as exc:
