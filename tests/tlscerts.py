@@ -54,8 +54,9 @@ def make_ca(directory: Path, kind: str = "ecdsa") -> CA:
     return CA(key, cert, path)
 
 
-def make_leaf(ca: CA, directory: Path, name: str, kind: str = "ecdsa", days: float = 90, start_days: float = -1) -> tuple[Path, Path]:
-    """Write `<name>.crt` (leaf then CA) and `<name>.key`; returns their paths."""
+def make_leaf(ca: CA, directory: Path, name: str, kind: str = "ecdsa", days: float = 90, start_days: float = -1,
+              ips: tuple[str, ...] = ("127.0.0.1",)) -> tuple[Path, Path]:
+    """Write `<name>.crt` (leaf then CA, for "localhost" and `ips`) and `<name>.key`; returns their paths."""
     key = _key(kind)
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
@@ -64,7 +65,7 @@ def make_leaf(ca: CA, directory: Path, name: str, kind: str = "ecdsa", days: flo
         .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now + start_days * DAY).not_valid_after(now + days * DAY)
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips)]),
             critical=False,
         )
         .sign(ca.key, hashes.SHA256())
