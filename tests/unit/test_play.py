@@ -1,4 +1,4 @@
-"""The pure playback pieces: titles from the manifest, the MPD, the HLS playlists, Content Steering.
+"""The pure playback pieces: titles from the manifest, the MPD, the HLS playlists, Content Steering, the /watch pages.
 
 The MPD is checked against its structure with xml.etree (namespace, the
 on-demand profile, one AdaptationSet per kind, BaseURL per pathway with
@@ -28,6 +28,7 @@ from steering.content_steering import (
 from steering.dash import iso_duration, render_mpd
 from steering.hls import render_media, render_multivariant
 from steering.messages import MessageError
+from steering.watch_page import BUFFER_S, INSTALL_HINT, TTFB_MS, load_timeout_ms, render_index, render_player
 
 NS = {"m": "urn:mpeg:dash:schema:mpd:2011"}
 HEX = "0" * 32
@@ -260,3 +261,47 @@ def test_player_query_hostile(pairs, message):
     with pytest.raises(MessageError) as exc:
         parse_player_query(pairs)
     assert str(exc.value).startswith(message)
+
+
+# ---------------------------------------------------------------- the /watch pages
+
+
+def _config(page: str) -> dict:
+    text = page.split('<script id=cfg type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in text and ">" not in text
+    return json.loads(text)
+
+
+def test_player_page_config_and_failover_settings():
+    page = render_player(TITLE, "dash", libs_present=True, appliance_origins={"https://a1.example": "a1"}, mixed_content=[],
+                         client="192.0.2.7")
+    cfg = _config(page)
+    assert cfg["manifest"] == "/play/sintel.mpd?client=192.0.2.7" and cfg["lib"] == "/watch/lib/dash.all.min.js"
+    assert cfg["retries"] == 1 and cfg["retry_ms"] == 200 and cfg["ttfb_ms"] == TTFB_MS
+    assert cfg["buffer_s"] == BUFFER_S >= 4
+    # a top-bitrate fragment (2 s) still loads at a quarter of its bitrate before the whole-download timeout
+    assert cfg["load_ms"] == load_timeout_ms(TITLE) >= 4 * 2.0 * 1000
+    assert [e["id"] for e in cfg["encodes"]] == [f.content_id for f in TITLE.video]
+    assert "class=warn" not in page
+    hls = _config(render_player(TITLE, "hls", libs_present=True, appliance_origins={}, mixed_content=[], client=None))
+    assert hls["manifest"] == "/play/sintel.m3u8" and hls["lib"] == "/watch/lib/hls.min.js"
+
+
+def test_player_page_warns_of_mixed_content_and_missing_libraries():
+    page = render_player(TITLE, "hls", libs_present=False, appliance_origins={}, mixed_content=["a1", "b<1>"], client=None)
+    assert INSTALL_HINT in page
+    assert "mixed content" in page and "a1, b&lt;1&gt;" in page
+    with pytest.raises(ValueError, match="player"):
+        render_player(TITLE, "vlc", libs_present=True, appliance_origins={}, mixed_content=[], client=None)
+
+
+def test_values_cannot_close_the_config_script():
+    page = render_player(TITLE, "dash", libs_present=True, appliance_origins={"http://x</script><b>": "a1"}, mixed_content=[],
+                         client=None)
+    assert "</script><b>" not in page
+    assert _config(page)["appliances"] == {"http://x</script><b>": "a1"}
+
+
+def test_index_lists_titles_or_says_why_there_are_none():
+    assert 'href="/watch/sintel"' in render_index(titles_of(LADDER))
+    assert "manifest_url" in render_index({})
