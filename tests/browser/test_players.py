@@ -297,6 +297,10 @@ def test_mpd_lists_signed_urls_per_pathway_in_steering_order(system):
         for b in bases:
             got = system.get(b.text, headers={"Range": f"bytes={init}", "Origin": system.base})
             assert got.status == 206 and got.body[4:8] == b"ftyp", (b.text, got.status)
+            assert got.headers["access-control-allow-origin"] == "*"
+    # Errors carry CORS too, or a player could not tell a refusal from a network failure.
+    refused = system.get(bases[0].text.replace("t=", "t=x"), headers={"Origin": system.base})
+    assert refused.status == 403 and refused.headers["access-control-allow-origin"] == "*"
 
 
 def test_hls_playlists_point_each_pathway_at_its_appliance(system):
