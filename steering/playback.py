@@ -39,7 +39,7 @@ from steering.dash import render_mpd
 from steering.hls import render_media, render_multivariant
 from steering.messages import MessageError
 from steering.ranking import NO_CANDIDATES, Live, decide
-from steering.watch_page import render_index, render_player
+from steering.watch_page import TUNINGS, render_index, render_player
 
 if TYPE_CHECKING:
     from steering.service import Steering
@@ -196,6 +196,9 @@ class Playback:
         player = request.query.get("player", "dash")
         if player not in ("dash", "hls"):
             return web.json_response({"error": "player: must be 'dash' or 'hls'"}, status=400, headers=NO_STORE)
+        tuning = request.query.get("tuning", "fast")
+        if tuning not in TUNINGS:
+            return web.json_response({"error": f"tuning: must be one of {', '.join(TUNINGS)}"}, status=400, headers=NO_STORE)
         client = request.query.get("client")
         if client is not None:
             try:
@@ -207,13 +210,13 @@ class Playback:
             parts = urlsplit(a.url)
             origins[f"{parts.scheme}://{parts.netloc}"] = a.appliance_id
         page = render_player(title, player, libs_present=all(os.path.isfile(p) for p in LIB_FILES.values()),
-                             appliance_origins=origins, mixed_content=self._mixed(request), client=client)
+                             appliance_origins=origins, mixed_content=self._mixed(request), client=client, tuning=tuning)
         return web.Response(text=page, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
     async def lib(self, request: web.Request) -> web.StreamResponse:
         path = LIB_FILES.get(request.match_info["name"])
         if path is None or not os.path.isfile(path):
-            raise web.HTTPNotFound(text=f"player library not installed: run npm ci --prefix steering/static", headers=NO_STORE)
+            raise web.HTTPNotFound(text="player library not installed: run npm ci --prefix steering/static", headers=NO_STORE)
         return web.FileResponse(path, headers={"Cache-Control": "max-age=3600", "Content-Type": "text/javascript"})
 
     def add_routes(self, app: web.Application) -> None:

@@ -6,12 +6,15 @@ Nothing here performs I/O. Rules kept here:
   with `<` written as `\\u003c`, so no value can close the element.
 - The players are configured for fast failover (their defaults were
   measured here to cost seconds to forever per failure): one retry 200 ms
-  apart; a time-to-first-byte (dash.js: no-progress) timeout of
-  `TTFB_MS`; a whole-download timeout of `LOAD_PER_SEGMENT` times the
-  longest fragment's duration, so a top-bitrate fragment still fits at a
-  quarter of its bitrate (slower than that, the player cannot keep up
-  anyway and ABR must go down); a buffer target of `BUFFER_S`, longer
-  than the worst failover measured.
+  apart; hls.js: a time-to-first-byte timeout of `TTFB_MS` and a
+  whole-download timeout of `LOAD_PER_SEGMENT` times the longest
+  fragment's duration (a top-bitrate fragment still fits at a quarter of
+  its bitrate); dash.js: its no-progress timeout arms only after the first
+  bytes, so a hung server is caught by the whole-download timeout alone,
+  set to `DASH_LOAD_PER_SEGMENT` times the longest fragment (a fragment
+  that cannot load in its own duration cannot keep playback going
+  anyway; ABR must go down); a hung server then costs two timeouts and a
+  retry delay, inside a buffer target of `BUFFER_S`.
 - The page records what tests and people need, on `window.oca`: requests
   with the appliance each went to, stalls (video `waiting` to `playing`
   after start, seeks excluded), errors (fatal or not), buffers per
@@ -31,10 +34,15 @@ from steering.catalog import Title
 TTFB_MS = 1000
 LOAD_PER_SEGMENT = 4
 MIN_LOAD_MS = 4000
+DASH_LOAD_PER_SEGMENT = 1
+DASH_MIN_LOAD_MS = 1500
 BUFFER_S = 8
 RETRIES = 1
 RETRY_DELAY_MS = 200
 LIBS = {"dash": "/watch/lib/dash.all.min.js", "hls": "/watch/lib/hls.min.js"}
+# "fast": the failover settings above; "defaults": the player's own retries and timeouts (the same buffer
+# target), for comparison (benchmarks/player_failover.py).
+TUNINGS = ("fast", "defaults")
 INSTALL_HINT = "npm ci --prefix steering/static"
 
 
@@ -42,9 +50,16 @@ def _config_json(doc: dict) -> str:
     return json.dumps(doc, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _longest_fragment_s(title: Title) -> float:
+    return max((s.duration_s for f in title.files for s in f.media.segments), default=2.0)
+
+
 def load_timeout_ms(title: Title) -> int:
-    longest_s = max((s.duration_s for f in title.files for s in f.media.segments), default=2.0)
-    return max(MIN_LOAD_MS, int(LOAD_PER_SEGMENT * longest_s * 1000))
+    return max(MIN_LOAD_MS, int(LOAD_PER_SEGMENT * _longest_fragment_s(title) * 1000))
+
+
+def dash_load_timeout_ms(title: Title) -> int:
+    return max(DASH_MIN_LOAD_MS, int(DASH_LOAD_PER_SEGMENT * _longest_fragment_s(title) * 1000))
 
 
 def render_index(titles: Mapping[str, Title]) -> str:
@@ -58,17 +73,20 @@ def render_index(titles: Mapping[str, Title]) -> str:
 
 
 def render_player(title: Title, player: str, *, libs_present: bool, appliance_origins: Mapping[str, str],
-                  mixed_content: Sequence[str], client: str | None) -> str:
+                  mixed_content: Sequence[str], client: str | None, tuning: str = "fast") -> str:
     """The player page. `appliance_origins`: URL origin → appliance id; `mixed_content`: http appliances under an https page."""
     if player not in LIBS:
         raise ValueError(f"player: {player!r} is not one of {sorted(LIBS)}")
+    if tuning not in TUNINGS:
+        raise ValueError(f"tuning: {tuning!r} is not one of {TUNINGS}")
     name = html.escape(title.name)
     q = f"?client={client}" if client else ""
     cfg = {
         "title": title.name, "player": player, "lib": LIBS[player],
         "manifest": f"/play/{title.name}.{'mpd' if player == 'dash' else 'm3u8'}{q}",
         "appliances": dict(appliance_origins), "ttfb_ms": TTFB_MS, "load_ms": load_timeout_ms(title),
-        "buffer_s": BUFFER_S, "retries": RETRIES, "retry_ms": RETRY_DELAY_MS,
+        "dash_load_ms": dash_load_timeout_ms(title),
+        "buffer_s": BUFFER_S, "retries": RETRIES, "retry_ms": RETRY_DELAY_MS, "tuning": tuning,
         "encodes": [{"id": f.content_id, "bandwidth": f.media.bandwidth, "height": f.media.height} for f in title.video],
     }
     warnings = []
@@ -187,11 +205,11 @@ function retryPolicy(ttfb) {
 }
 function startHls() {
   if (!Hls.isSupported()) { error('hls.js: MediaSource is not supported here', true); return; }
-  const hls = oca.hls = new Hls({
-    maxBufferLength: C.buffer_s, maxMaxBufferLength: C.buffer_s, backBufferLength: 30,
+  const buffer = {maxBufferLength: C.buffer_s, maxMaxBufferLength: C.buffer_s, backBufferLength: 30};
+  const hls = oca.hls = new Hls(C.tuning === 'defaults' ? buffer : Object.assign(buffer, {
     fragLoadPolicy: retryPolicy(C.ttfb_ms), playlistLoadPolicy: retryPolicy(C.ttfb_ms),
     manifestLoadPolicy: retryPolicy(C.ttfb_ms), steeringManifestLoadPolicy: retryPolicy(C.ttfb_ms),
-  });
+  }));
   hls.on(Hls.Events.FRAG_LOADED, (_, d) => request(d.frag.url, d.frag.type, null));
   hls.on(Hls.Events.ERROR, (_, d) => error('hls.js ' + d.type + ' ' + d.details + (d.frag ? ' ' + applianceOf(d.frag.url) : ''), d.fatal));
   hls.on(Hls.Events.LEVEL_SWITCHED, (_, d) => { const l = hls.levels[d.level]; logLine('encode', l ? l.height + 'p ' + l.bitrate : d.level); });
@@ -211,15 +229,16 @@ function startDash() {
   const attempts = {}, intervals = {};
   for (const k of kinds) { attempts[k] = r; intervals[k] = d; }
   const p = oca.dash = dashjs.MediaPlayer().create();
-  p.updateSettings({streaming: {
-    buffer: {bufferTimeDefault: C.buffer_s, bufferTimeAtTopQuality: C.buffer_s, bufferTimeAtTopQualityLongForm: C.buffer_s},
-    fragmentRequestTimeout: C.load_ms, fragmentRequestProgressTimeout: C.ttfb_ms, manifestRequestTimeout: C.load_ms,
+  const buffer = {bufferTimeDefault: C.buffer_s, bufferTimeAtTopQuality: C.buffer_s, bufferTimeAtTopQualityLongForm: C.buffer_s};
+  p.updateSettings({streaming: C.tuning === 'defaults' ? {buffer: buffer} : {
+    buffer: buffer, fragmentRequestTimeout: C.dash_load_ms, fragmentRequestProgressTimeout: C.ttfb_ms, manifestRequestTimeout: C.load_ms,
     retryAttempts: attempts, retryIntervals: intervals, applyContentSteering: true,
   }});
   const E = dashjs.MediaPlayer.events;
   // Download errors are retried and failed over by dash.js itself: not fatal.
   const retried = new Set([17, 18, 25, 26, 27, 28]);
-  p.on(E.FRAGMENT_LOADING_COMPLETED, e => { if (e.request) request(e.request.url, e.request.mediaType, e.request.serviceLocation); });
+  // Failed loads complete too (with e.error): only loads that brought data count as requests served.
+  p.on(E.FRAGMENT_LOADING_COMPLETED, e => { if (e.request && !e.error) request(e.request.url, e.request.mediaType, e.request.serviceLocation); });
   p.on(E.ERROR, e => { const x = e.error || {}; error('dash.js ' + x.code + ' ' + (x.message || ''), !retried.has(x.code)); });
   p.on(E.QUALITY_CHANGE_RENDERED, e => { if (e.mediaType === 'video' && e.newRepresentation) logLine('encode', e.newRepresentation.id); });
   p.on(E.CONTENT_STEERING_REQUEST_COMPLETED, e => logLine('steering', JSON.stringify((e.currentSteeringResponseData || {}).pathwayPriority || '')));
