@@ -228,6 +228,7 @@ HOSTILE = [
     ("child past its parent", _patch(GOOD, MOOV_AT + 8, struct.pack(">I", 10_000)), "past its container's end"),
     ("progressive (faststart)", progressive, "not fragmented"),
     ("moov at the end", FTYP + box(b"mdat", b"\0" * 100) + moov(trak(), mvex=False), "not fragmented"),
+    ("moof but no mvex", FTYP + moov(trak(), mvex=False) + sidx([(len(fragment(10)), 1)]) + fragment(10), "not fragmented"),
     ("fragmented, no sidx", FTYP + moov(trak()) + fragment(10), "no sidx"),
     ("two sidx", FTYP + moov(trak()) + sidx([(1, 1)]) + sidx([(1, 1)]) + fragment(10), "2 sidx boxes"),
     ("sidx before moov", FTYP + sidx([(len(fragment(10)), 1)]) + moov(trak()) + fragment(10), "before the moov"),
