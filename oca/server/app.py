@@ -44,8 +44,6 @@ import json
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import parse_qsl
-
 from oca import __version__
 from oca.config import Config
 from oca.http import ranges
@@ -69,7 +67,7 @@ from oca.server.responses import (
     has_signature,
     parse_content_path,
 )
-from oca.signing import verify
+from oca.signing import VerifiedTokens
 from oca.store.content import ContentStore
 
 if TYPE_CHECKING:
@@ -88,6 +86,7 @@ class App:
         self.server_line = f"Server: oca/{__version__}\r\n".encode()
         self.cache_control = f"Cache-Control: {cfg.server.cache_control}\r\n".encode()
         self.keys = cfg.signing.secrets()
+        self.tokens = VerifiedTokens()
         self.signing_required = cfg.signing.required
         self.skew = cfg.signing.clock_skew_s
         self.max_ranges = cfg.server.max_ranges
@@ -243,8 +242,7 @@ class App:
         return self.error_response(status, decision.reason or REASONS.get(status, "error"), close)
 
     def _check_signature(self, content_id: str, query: str) -> tuple[int, str] | None:
-        params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-        v = verify(content_id, params.get("e"), params.get("k"), params.get("t"), self.keys, time.time(), self.skew)
+        v = self.tokens.verify_query(content_id, query, self.keys, time.time(), self.skew)
         return None if v.ok else (v.status, v.reason)
 
     def _make_entry(self, fd: int, size: int, content_id: str, checksum: str, mtime_s: int, store_uuid: str) -> CachedFile:
