@@ -219,6 +219,8 @@ class Worker:
 class Guarded(HttpConnection):
     """A connection that counts itself and refuses to exceed max_connections."""
 
+    __slots__ = ("_max", "_stats")
+
     def __init__(self, app, limits, registry, loop, on_stat, max_conns: int, stats: S.SharedStats):
         super().__init__(app, limits, registry, loop, on_stat)
         self._max = max_conns
