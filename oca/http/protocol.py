@@ -46,6 +46,13 @@ MSG_MORE = getattr(socket, "MSG_MORE", 0)
 LINGER_S = 2.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST (see _abort)
 
+# Field names as sent → lower-case str: one dict probe instead of a decode
+# and a lower() per field. Clients send a few dozen spellings; the table
+# stops growing at FIELD_NAMES_KEPT so hostile names cannot bloat it.
+FIELD_NAMES_KEPT = 512
+_FIELD_NAMES: dict[bytes, str] = {}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE")}
+
 # Connection phases
 IDLE = 0  # waiting for a request's first byte
 HEAD = 1  # reading a request's head
@@ -246,36 +253,44 @@ class HttpConnection(asyncio.Protocol):
         self._url_parts.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._req
-        assert req is not None
-        self._header_count += 1
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
+        req: Any = self._req
+        count = self._header_count + 1
+        size = self._header_bytes + len(name) + len(value) + 4
+        self._header_count = count
+        self._header_bytes = size
+        limits = self.limits
+        if size > limits.max_header_bytes:
             req.error = (431, "request header fields too large")
             raise httptools.HttpParserError("headers too large")
-        if self._header_count > self.limits.max_headers:
+        if count > limits.max_headers:
             req.error = (431, "too many header fields")
             raise httptools.HttpParserError("too many headers")
-        try:
-            key = name.decode("ascii").lower()
-        except UnicodeDecodeError:
-            req.error = (400, "header name is not ASCII")
-            raise httptools.HttpParserError("bad header name") from None
+        key = _FIELD_NAMES.get(name)
+        if key is None:
+            try:
+                key = name.decode("ascii").lower()
+            except UnicodeDecodeError:
+                req.error = (400, "header name is not ASCII")
+                raise httptools.HttpParserError("bad header name") from None
+            if len(_FIELD_NAMES) < FIELD_NAMES_KEPT:
+                _FIELD_NAMES[name] = key
         if not self._in_head:
             # A chunked trailer field (RFC 9112 §7.1.2): counted against the
             # limits above, never merged into the request's header fields,
             # which were decided on when the head ended (RFC 9110 §6.5.1).
             return
         text = value.decode("latin-1")
-        old = req.headers.get(key)
+        headers = req.headers
+        old = headers.get(key)
         # RFC 9110 §5.3: repeated fields combine as a comma-separated list.
-        req.headers[key] = text if old is None else f"{old}, {text}"
+        headers[key] = text if old is None else f"{old}, {text}"
 
     def on_headers_complete(self) -> None:
         req = self._req
         assert req is not None
         p = self._parser
-        req.method = p.get_method().decode("ascii", "replace")
+        method = p.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii", "replace")
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
         self._in_head = False
