@@ -50,7 +50,8 @@ Rules kept here:
   all stay idle for ``--hold`` seconds; the VmRSS of each worker (children of
   the server's parent, by ``pgrep -P``) is read at the end of the hold. The
   client binds several 127.0.0.x source addresses so ephemeral ports do not
-  run short. oca first (the target), then nginx for reference.
+  run short. oca first (the target), then oca-base if any, then nginx for
+  reference.
 - ``--profile production``: what a real appliance runs. oca with
   `[signing] required`, the access log on (combined, to a file) and its
   metrics (always on), 2 workers; each nginx with `secure_link` (an MD5
@@ -1005,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
 
         idle: list[IdleResult] = []
         asyncio.set_event_loop(loop)
-        for name in () if args.https or not args.idle else ("oca", NGINX):
+        for name in () if args.https or not args.idle else tuple(c for c in ("oca", "oca-base", NGINX) if c in servers):
             res = loop.run_until_complete(idle_test(servers[name], args.idle, args.hold, servers[name].paths[0], holder_box))
             idle.append(res)
             print(f"idle {name}: {res.opened} opened in {res.open_s:.1f}s, {res.alive} alive after {args.hold:g}s, "
