@@ -87,6 +87,8 @@ class App:
         self.server_line = f"Server: oca/{__version__}\r\n".encode()
         self.cache_control = f"Cache-Control: {cfg.server.cache_control}\r\n".encode()
         self.keys = cfg.signing.secrets()
+        # Keys change only by a reload, which replaces the workers, so this
+        # cache never outlives its key table (keys_changed is not needed here).
         self.tokens = VerifiedTokens()
         self.signing_required = cfg.signing.required
         self.skew = cfg.signing.clock_skew_s
