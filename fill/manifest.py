@@ -322,14 +322,31 @@ def _parse_media(item: Mapping[str, Any], where: str, size: int) -> MediaInfo:
     if len(raw) > MAX_SEGMENTS:
         raise ManifestError(f"{where}.segments: {len(raw)} fragments; the limit is {MAX_SEGMENTS}")
     segments = []
-    expect = None
+    expect = max(init[1], index[1]) + 1  # the first fragment starts at or after this byte; each next one exactly here
     for k, seg in enumerate(raw):
+        # The common case in one expression (a long title has thousands of
+        # fragments, and steering re-reads the manifest); anything it does not
+        # accept goes through the checks below, which name the fault.
+        if (
+            k
+            and type(seg) is list
+            and len(seg) == 3
+            and type(seg[0]) is int
+            and type(seg[1]) is int
+            and seg[0] == expect
+            and seg[0] <= seg[1] < size
+            and type(seg[2]) in (int, float)
+            and 0 < seg[2] <= MAX_DURATION_S
+        ):
+            segments.append(Segment(seg[0], seg[1], float(seg[2])))
+            expect = seg[1] + 1
+            continue
         w = f"{where}.segments[{k}]"
         if not isinstance(seg, list) or len(seg) != 3:
             raise ManifestError(f"{w}: must be [first, last, duration_s]")
         first, last = _byte_range(seg[:2], w, size)
-        if expect is None:
-            if first <= max(init[1], index[1]):
+        if k == 0:
+            if first < expect:
                 raise ManifestError(f"{w}: starts at byte {first}, inside the init segment or the index")
         elif first != expect:
             raise ManifestError(f"{w}: starts at byte {first}; fragments are contiguous, so it must start at {expect}")

@@ -21,6 +21,8 @@ Rules kept here:
 - `bandwidth` is the PEAK over fragments of bytes * 8 / duration (rounded
   up), as DASH @bandwidth and HLS BANDWIDTH mean it (the rate that plays
   every fragment without stalling), not the average.
+- `width` and `height` are the track's display size (tkhd), what DASH
+  @width/@height and HLS RESOLUTION mean.
 - `duration_s` is the sum of the sidx's subsegment durations: what a player
   can fetch and play (empty_moov files carry no duration in moov).
 - Codec strings follow RFC 6381: `avc1.PPCCLL` from the avcC box (profile,
@@ -125,6 +127,8 @@ def top_boxes(head: bytes, file_size: int) -> list[Box]:
         out.append(box)
         if box.type in (b"moof", b"mdat"):
             break
+        if box.end > MAX_HEAD_BYTES:
+            raise Mp4Error(f"{_name(box.type)}: {box.size} bytes at {box.offset}; more than {MAX_HEAD_BYTES >> 20} MiB of header is refused")
         offset = box.end
     return out
 
@@ -142,10 +146,12 @@ def media_info(head: bytes, file_size: int) -> MediaInfo:
     """MediaInfo of one fMP4 encode from its first bytes; `Mp4Error` (or `Mp4Truncated`) says why not."""
     if file_size > len(head) and len(head) < 8:
         raise Mp4Truncated("fewer than 8 bytes read", 16)
+    if file_size >= 8 and head[4:8] != b"ftyp":
+        raise Mp4Error(f"not an MP4: the file starts with {_name(head[4:8])!r}, not 'ftyp'")
     boxes = top_boxes(head, file_size)
+    if not boxes:
+        raise Mp4Error("not an MP4: the file is empty")
     types = [b.type for b in boxes]
-    if not boxes or boxes[0].type not in (b"ftyp", b"styp"):
-        raise Mp4Error(f"not an MP4: the file starts with {_name(boxes[0].type) if boxes else 'nothing'!r}, not 'ftyp'")
     if types[-1] == b"mdat" or b"moov" not in types:
         raise Mp4Error(_NOT_FRAGMENTED + ": media data before any moof" + ("" if b"moov" in types else " or moov"))
     moov = boxes[types.index(b"moov")]

@@ -81,7 +81,7 @@ class Rung:
 
 VIDEO_RUNGS = (Rung("360p", 640, 360, 400), Rung("720p", 1280, 720, 1200), Rung("1080p", 1920, 1080, 2500))
 # For tests: the same shape at low resolution, so 60 s encodes in seconds.
-SMALL_RUNGS = (Rung("144p", 256, 144, 150), Rung("240p", 432, 240, 400), Rung("360p", 640, 360, 900))
+SMALL_RUNGS = (Rung("144p", 256, 144, 150), Rung("240p", 426, 240, 400), Rung("360p", 640, 360, 900))
 AUDIO_RUNG = "audio"
 AUDIO_KBPS = 96
 LADDER_FPS = 24
@@ -167,7 +167,8 @@ def ladder_command(title: str, seconds: float, rungs=VIDEO_RUNGS, out_dir: Path 
     gop = str(LADDER_FPS * FRAGMENT_S)
     labels = "".join(f"[v{i}]" for i in range(len(rungs)))
     graph = f"[0:v]split={len(rungs)}{labels}" + "".join(
-        f";[v{i}]scale={r.width}:{r.height}[s{i}]" for i, r in enumerate(rungs)
+        # setsar=1: square pixels, so the track's display size (what players are told) is the coded size.
+        f";[v{i}]scale={r.width}:{r.height},setsar=1[s{i}]" for i, r in enumerate(rungs)
     )
     cmd = [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",

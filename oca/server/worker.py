@@ -23,7 +23,7 @@ Rules kept here:
   when `[tls] redirect_http` is set.
 - SIGTERM (or SIGINT): stop accepting, close idle connections, let
   responses in flight finish until `shutdown_timeout_s`, then exit.
-  SIGUSR1 reopens the access log. The worker exits by itself if its parent
+  SIGUSR1 reopens the access log; SIGHUP flushes it. The worker exits by itself if its parent
   dies.
 """
 
@@ -145,7 +145,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        loop.add_signal_handler(signal.SIGHUP, self.log.flush)  # the parent reloads; nothing buffered is left behind
         self.supervisor.start("sweep", self.sweep)
         if self.args.ready_fd >= 0:
             try:
@@ -218,6 +218,8 @@ class Worker:
 
 class Guarded(HttpConnection):
     """A connection that counts itself and refuses to exceed max_connections."""
+
+    __slots__ = ("_max", "_stats")
 
     def __init__(self, app, limits, registry, loop, on_stat, max_conns: int, stats: S.SharedStats):
         super().__init__(app, limits, registry, loop, on_stat)

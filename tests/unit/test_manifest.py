@@ -638,7 +638,7 @@ MEDIA_ERROR_CASES = [
     ("index inside init", set_file("index_range", [10, 20]), f"{A}.index_range: overlaps init_range"),
     ("segments empty", set_file("segments", []), f"{A}.segments: must be a non-empty list"),
     ("segments an object", set_file("segments", {"0": [1100, 2000, 2.0]}), f"{A}.segments: must be a non-empty list"),
-    ("too many segments", set_file("segments", [[0, 0, 1.0]] * ((1 << 20) + 1)), f"{A}.segments: 1048577 fragments; the limit is"),
+    ("too many segments", set_file("segments", [0] * ((1 << 20) + 1)), f"{A}.segments: 1048577 fragments; the limit is"),
     ("segment not a list", set_seg(1, {"first": 50_001}), f"{A}.segments[1]: must be [first, last, duration_s]"),
     ("segment two items", set_seg(1, [50_001, 60_000]), f"{A}.segments[1]: must be [first, last, duration_s]"),
     ("segment past the end", set_seg(1, [50_001, 123456789, 2.0]), f"{A}.segments[1]: [50001, 123456789] is not a byte range"),
