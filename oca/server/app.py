@@ -430,6 +430,7 @@ class App:
             "days_left": None if not_after is None else round((not_after - now) / 86400, 2),
             "reload_refused": refusal or None,
             "ktls": info.get("ktls"),
+            "session_tickets": info.get("session_tickets"),
         }
 
     def health(self, req: Request) -> Response:
@@ -459,7 +460,7 @@ class App:
             dict(last) if last is not None else {}, failures,
             None if self.tls_info is None else TlsFigures(
                 self.tls_info.get("not_after_s"), str(self.tls_info.get("ktls", "")),
-                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0,
+                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0, str(self.tls_info.get("session_tickets") or ""),
             ),
         )
 
