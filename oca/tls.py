@@ -47,6 +47,9 @@ class TlsServingConfig:
     ciphersuites: str = setting(
         "", doc="TLS 1.3 suites; must stay '' with Python's ssl, which cannot set them (OpenSSL's defaults are used)."
     )
+    session_tickets: bool = setting(
+        True, doc="Issue session tickets so clients can resume (false: every connection makes a full handshake, as nginx's ssl_session_tickets off)."
+    )
     expiry_warn_days: float = setting(14, doc="/health is degraded when the certificate expires within this many days.", check=check_positive)
 
 
@@ -145,6 +148,9 @@ def make_context(tls, now_s: float) -> Served:
     ctx.minimum_version = VERSIONS[tls.min_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(list(ALPN))
+    if not tls.session_tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0  # TLS 1.3 would otherwise send stateful tickets
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
