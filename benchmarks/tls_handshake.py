@@ -224,7 +224,7 @@ def run_wrk(srv: Server, script: Path, duration: float, connections: int) -> Run
     workers = srv.workers()
     cpu0 = cpu_seconds(workers)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script),
+        ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--timeout", "10s", "-s", str(script),
          f"https://127.0.0.1:{srv.port}/content/{FILE_ID}"],
         capture_output=True, text=True, timeout=duration + 60,
     ).stdout
@@ -292,7 +292,7 @@ def resumption(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--duration", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--resumption", action="store_true", help="measure the share of sessions resumed across workers instead")

@@ -118,6 +118,10 @@ class Steering:
         self.m_prefixes = Gauge("steering_prefixes", "Prefixes in the matching table", registry=r)
         self.m_build = Gauge("steering_table_build_seconds", "Time the last table build took", registry=r)
         self.m_task_failures = PCounter("steering_task_failures", "Failures of supervised tasks (each was restarted)", ["task"], registry=r)
+        self.m_tls_expiry = Gauge("steering_tls_certificate_expiry_timestamp_seconds",
+                                  "When the served TLS certificate expires (Unix time); absent without [tls]", registry=r)
+        self.m_tls_reload_failed = Gauge("steering_tls_reload_refused",
+                                         "1 when the last reload's key pair was refused (the old one is served)", registry=r)
         self.m_task_down = Gauge("steering_task_down", "1 while a supervised task waits to be restarted", ["task"], registry=r)
         for name in (POLLER_TASK, TABLE_TASK):
             self.m_task_failures.labels(name)
@@ -328,6 +332,9 @@ class Steering:
         for name in (POLLER_TASK, TABLE_TASK):
             self.m_task_down.labels(name).set(1 if name in down else 0)
         self.m_blip.set(1 if self.poller.blip else 0)
+        if self.tls is not None:
+            self.m_tls_expiry.set(self.tls.not_after_s)
+            self.m_tls_reload_failed.set(1 if self.tls_error else 0)
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
@@ -374,7 +381,7 @@ async def serve(config_path: str) -> int:
     s.supervisor.start(POLLER_TASK, s.poller.run)
     s.supervisor.start(TABLE_TASK, s.table_keeper)
     https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
-    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
+    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen) or 'no plain address'}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
     await s.supervisor.stop()
