@@ -10,6 +10,10 @@ Rules kept here:
   are never offered), ALPN `http/1.1`, no compression, no renegotiation.
   It raises `TlsError` naming the file and the reason, and never half-
   builds: the caller keeps its old context when a reload fails.
+- `key_file_warning` judges who may read the private key (a pure function
+  of its mode and owner): readable by group or others, or owned by another
+  user than the server's, is warned about at start and on /health, never
+  refused (a root-owned 0600 key read by root is fine).
 - `ktls_status` only probes: this code never enables kernel TLS, because
   no kernel it runs on here has the `tls` module to test it with (the send
   path keeps a seam for it, `oca.http.tlsconn`).
@@ -93,6 +97,27 @@ def expiry_condition(not_after_s: float, now_s: float, warn_days: float) -> str 
             return f"TLS certificate expired at {_iso(not_after_s)}"
         return f"TLS certificate expires at {_iso(not_after_s)}, in {left_s / 86400:.1f} days (tls.expiry_warn_days {warn_days:g})"
     return None
+
+
+def key_file_warning(path: str, mode: int, owner_uid: int, running_uid: int) -> str | None:
+    """Why the private key is exposed, or None when only the running user can read it."""
+    problems = []
+    if mode & 0o077:
+        problems.append(f"mode {mode & 0o777:04o} lets {'group and others' if mode & 0o007 and mode & 0o070 else 'others' if mode & 0o007 else 'the group'} read or change it")
+    if owner_uid != running_uid:
+        problems.append(f"it is owned by uid {owner_uid}, not by the server's uid {running_uid}")
+    if not problems:
+        return None
+    return f"{path}: {'; '.join(problems)} (chown the service user, chmod 0600)"
+
+
+def stat_key_file(path: str) -> str | None:
+    """`key_file_warning` for the file as it is now (I/O); None when it cannot be read (make_context says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return key_file_warning(path, st.st_mode, st.st_uid, os.geteuid())
 
 
 def _iso(t: float) -> str:

@@ -48,7 +48,7 @@ from oca.errors import ConfigError
 from oca.settings import parse_host_port
 from oca.signing import sign_query
 from oca.supervise import Supervisor
-from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair
+from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair, stat_key_file
 from steering.access import client_address, control_refusal, is_public_path, networks
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
 from steering.health import Thresholds
@@ -101,6 +101,7 @@ class Steering:
         self._log_fd = -1
         self.tls: Served | None = None  # set by serve() when [tls] is configured
         self.tls_error = ""  # why the last reload of the pair was refused
+        self.key_file_warning: str | None = None  # who else can read the [tls] key, if anyone
         self._apply_config(cfg)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
                              self.limits, self.allowed, log=_log)
@@ -190,6 +191,7 @@ class Steering:
             return
         self.tls = Served(self.tls.context, facts.not_after_s)
         self.tls_error = ""
+        self.key_file_warning = stat_key_file(tls.key_file)
         _log(f"reloaded the TLS pair {tls.cert_file}")
 
     def mark_dirty(self) -> None:
@@ -314,7 +316,7 @@ class Steering:
         left_s = self.tls.not_after_s - time.time()
         expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days) if self.cfg.tls else None
         return {"not_after": self.tls.not_after_s, "days_left": round(left_s / 86400, 2), "expiry": expiry or "",
-                "reload_error": self.tls_error}
+                "reload_error": self.tls_error, "key_file_warning": self.key_file_warning}
 
     async def health(self, request: web.Request) -> web.Response:
         doc = self.health_doc()
@@ -370,6 +372,9 @@ async def serve(config_path: str) -> int:
         await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
     if cfg.tls is not None:
         s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
+        s.key_file_warning = stat_key_file(cfg.tls.key_file)
+        if s.key_file_warning is not None:
+            _log(f"warning: the TLS private key is exposed: {s.key_file_warning}")
         for item in cfg.tls.listen:
             host, port = parse_host_port(item)
             await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=s.tls.context).start()

@@ -431,6 +431,7 @@ class App:
             "reload_refused": refusal or None,
             "ktls": info.get("ktls"),
             "session_tickets": info.get("session_tickets"),
+            "key_file_warning": info.get("key_file_warning"),  # a note: the key is readable by others (status unchanged)
         }
 
     def health(self, req: Request) -> Response:

@@ -71,7 +71,7 @@ from oca.store.content import ContentStore
 from oca.store.index import Index
 from oca.supervise import restart_delay_s
 from oca import tickets
-from oca.tls import make_context
+from oca.tls import make_context, stat_key_file
 
 MAX_WORKERS = 256  # [server] workers' upper bound (oca.config)
 SLOTS = 2 * MAX_WORKERS + 2  # every worker of a reload, and every one it replaces
@@ -332,6 +332,9 @@ class Master:
                 self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] = time.time()
                 log(f"reload refused, the workers keep the key pair they loaded: {exc}")
                 return
+            exposed = stat_key_file(cfg.tls.key_file)
+            if exposed is not None:
+                log(f"warning: the TLS private key is exposed: {exposed}")
             try:
                 ticket_key = ticket_key_for(cfg, self.ticket_key)
             except tickets.TicketKeyError as exc:
@@ -480,6 +483,9 @@ def serve(config_path: str) -> int:
     ticket_key = b""
     if cfg.tls is not None:
         make_context(cfg.tls, time.time())  # refuse to start on a pair that cannot be served
+        exposed = stat_key_file(cfg.tls.key_file)
+        if exposed is not None:
+            log(f"warning: the TLS private key is exposed: {exposed}")
         try:
             ticket_key = ticket_key_for(cfg, b"")
         except tickets.TicketKeyError as exc:

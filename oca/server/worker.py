@@ -51,7 +51,7 @@ from oca.server.app import App
 from oca.store.content import ContentStore
 from oca.supervise import Supervisor
 from oca import tickets
-from oca.tls import ktls_status, make_context
+from oca.tls import ktls_status, make_context, stat_key_file
 
 PR_SET_PDEATHSIG = 1
 # Tests only: while the file named by OCA_TEST_FAULT_SWEEP exists, the sweep
@@ -95,7 +95,8 @@ class Worker:
         served = make_context(cfg.tls, time.time()) if cfg.tls is not None and self.args.tls_fds else None
         if cfg.tls is not None:
             self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status(),
-                                 "session_tickets": self._share_tickets(served.context) if served else None}
+                                 "session_tickets": self._share_tickets(served.context) if served else None,
+                                 "key_file_warning": stat_key_file(cfg.tls.key_file)}
         sc = cfg.server
         limits = Limits(
             header_timeout_s=sc.header_timeout_s,

@@ -217,6 +217,8 @@ def test_health_and_metrics_report_expiry_and_ktls(served):
     line = next(x for x in m.splitlines() if x.startswith("oca_tls_certificate_expiry_timestamp_seconds "))
     assert abs(float(line.split()[1]) - doc["tls"]["not_after"]) < 1
     assert "oca_tls_ktls_available{" in m
+    assert doc["tls"]["session_tickets"] == "shared" and 'oca_tls_shared_ticket_key{status="shared"} 1.0' in m
+    assert doc["tls"]["key_file_warning"] is None  # tests.tlscerts writes keys 0600, owned by us
 
 
 def test_rsa_2048_pair(tmp_path, pki):
@@ -299,15 +301,23 @@ def test_reload_with_a_bad_pair_keeps_the_old_one_then_a_good_one_is_taken(tmp_p
         wait_for(lambda: json.loads(https_get(pki, tls_port, "/health").body)["status"] == "ok", 15, "/health ok again")
 
 
-def test_certificate_close_to_expiry_degrades_health(tmp_path, pki):
+def test_certificate_close_to_expiry_degrades_health_and_an_exposed_key_is_warned_about(tmp_path, pki):
     import json
+    import shutil
 
+    key = tmp_path / "exposed.key"
+    shutil.copy(pki["soon"][1], key)
+    key.chmod(0o644)
     cfg, port, tls_port = start_tls_appliance(tmp_path, pki, pair="soon", workers=1)
+    cfg.write_text(cfg.read_text().replace(str(pki["soon"][1]), str(key)))
     with ServerProcess(cfg, "127.0.0.1", port) as srv:
         wait_serving(srv, 1)
         doc = json.loads(https_get(pki, tls_port, "/health").body)
         assert doc["status"] == "degraded"
         assert any("TLS certificate expires" in c["reason"] for c in doc["conditions"])
+        # A key others can read is served, and warned about in the log and on /health.
+        assert f"the TLS private key is exposed: {key}: mode 0644" in srv.log_text()
+        assert doc["tls"]["key_file_warning"].startswith(f"{key}: mode 0644")
 
 
 # ================================================================ session resumption across workers
