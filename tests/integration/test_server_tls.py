@@ -494,6 +494,41 @@ def test_client_that_stops_reading_mid_body_hits_the_send_timeout(strict, pki):
         s.close()
 
 
+def test_hostile_requests_over_https_get_4xx_or_close(tmp_path, pki):
+    """tests/fault/test_server_faults.py's table of hostile requests, each sent inside a TLS session."""
+    import asyncio
+    import random
+
+    from tests.fault.test_server_faults import HOSTILE, _check_hostile, _hostile_exchange
+
+    files = {"small.bin": random.Random(1).randbytes(1024)}
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files=files, extra_server="header_timeout_s = 3\n")
+    ctx = client_context(pki)
+
+    async def run():
+        sem = asyncio.Semaphore(32)
+
+        async def one(raw):
+            async with sem:
+                return await _hostile_exchange(tls_port, raw, 3 + 1 + 4, ssl=ctx)
+
+        return await asyncio.gather(*(one(raw) for _name, raw, _allowed in HOSTILE))
+
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        pids = wait_serving(srv, 2)
+        results = asyncio.run(run())
+        problems = []
+        for (name, raw, allowed), (data, outcome) in zip(HOSTILE, results):
+            verdict = _check_hostile(name, raw, allowed, data, outcome, files)
+            if verdict:
+                problems.append(verdict)
+            if outcome == "timeout":
+                problems.append(f"{name}: the connection hung")
+        assert not problems, "\n".join(problems)
+        assert sorted(srv.worker_pids()) == sorted(pids), "a worker crashed"
+        assert https_get(pki, tls_port, "/content/small.bin").body == files["small.bin"]
+
+
 def test_plain_http_on_the_tls_port_is_closed_cleanly(served):
     s = socket.create_connection(("127.0.0.1", served.port), timeout=IO_TIMEOUT_S)
     try:
@@ -515,7 +550,12 @@ def test_plain_http_on_the_tls_port_is_closed_cleanly(served):
     assert https_get(served.pki, served.port, "/content/one.txt").status == 200  # the server is fine
 
 
-def test_200_stalled_handshakes_while_20_clients_are_served(tmp_path, pki):
+def test_1000_stalled_handshakes_while_50_clients_are_served(tmp_path, pki):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))  # 1,000 stalled sockets + 50 clients here
     data = os.urandom(256 * 1024)
     cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"f.bin": data}, extra_server="header_timeout_s = 20\n")
     hello = client_hello()
@@ -523,7 +563,7 @@ def test_200_stalled_handshakes_while_20_clients_are_served(tmp_path, pki):
         wait_serving(srv, 2)
         stalled = []
         try:
-            for _ in range(200):
+            for _ in range(1000):
                 s = socket.create_connection(("127.0.0.1", tls_port))
                 s.sendall(hello[:20])  # a ClientHello that never completes
                 stalled.append(s)
@@ -542,14 +582,14 @@ def test_200_stalled_handshakes_while_20_clients_are_served(tmp_path, pki):
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)
 
-            threads = [threading.Thread(target=client) for _ in range(20)]
+            threads = [threading.Thread(target=client) for _ in range(50)]
             t0 = time.monotonic()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(30)
             assert not errors, errors[:3]
-            assert done[0] == 100
+            assert done[0] == 250
             assert time.monotonic() - t0 < 15
         finally:
             for s in stalled:
