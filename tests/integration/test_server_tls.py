@@ -529,6 +529,94 @@ def test_hostile_requests_over_https_get_4xx_or_close(tmp_path, pki):
         assert https_get(pki, tls_port, "/content/small.bin").body == files["small.bin"]
 
 
+def test_kill_9_of_a_worker_under_tls_load(tmp_path, pki):
+    """Keep-alive HTTPS clients on both workers; one worker is killed: only its clients see one failed
+    request each (then reconnect), nobody hangs, every client is served after the restart, no byte is wrong."""
+    import asyncio
+    import random
+    from collections import Counter
+
+    from tests.fault.test_server_faults import AConn, owner_of as holder
+
+    data = random.Random(5).randbytes(4 << 20)
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"load.bin": data})
+    ctx = client_context(pki)
+    per_worker, duration_s, kill_at_s, chunk = 4, 3.0, 1.0, 65536
+    clients = 2 * per_worker
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        pids = wait_serving(srv, 2)
+        victim = pids[0]
+        ok_at: list[tuple[int, float]] = []
+        failures: list[tuple[int, float, str]] = []
+        wrong: list[str] = []
+        info: dict = {}
+
+        async def spread() -> list:
+            """Keep-alive connections, `per_worker` on each worker (the kernel picks; we keep or drop)."""
+            held: dict[int, list] = {pid: [] for pid in pids}
+            for _ in range(20):
+                if all(len(v) == per_worker for v in held.values()):
+                    break
+                for conn in await asyncio.gather(*(AConn.open(tls_port, ssl=ctx) for _ in range(8))):
+                    owner = holder(tls_port, conn.writer.get_extra_info("sockname")[1], pids)
+                    if owner is not None and len(held[owner]) < per_worker:
+                        held[owner].append(conn)
+                    else:
+                        conn.writer.transport.abort()
+            assert all(len(v) == per_worker for v in held.values()), {p: len(v) for p, v in held.items()}
+            info["on_victim"] = set(range(per_worker))
+            return held[victim] + held[pids[1]]
+
+        async def client(i: int, conn, end: float) -> None:
+            loop = asyncio.get_running_loop()
+            rng = random.Random(i)
+            while loop.time() < end:
+                try:
+                    if conn is None:
+                        conn = await asyncio.wait_for(AConn.open(tls_port, ssl=ctx), 5)
+                    start = rng.randrange(0, len(data) - chunk)
+                    req = f"GET /content/load.bin HTTP/1.1\r\nHost: oca\r\nRange: bytes={start}-{start + chunk - 1}\r\n\r\n"
+                    resp = await conn.exchange(req.encode(), 5)
+                    if resp.status != 206 or resp.body != data[start : start + chunk]:
+                        wrong.append(f"client {i}: {resp.status}, {len(resp.body)} bytes")
+                    ok_at.append((i, loop.time()))
+                except (OSError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+                    failures.append((i, loop.time(), repr(exc)[:100]))
+                    if conn is not None:
+                        conn.writer.transport.abort()
+                    conn = None
+            if conn is not None:
+                conn.writer.transport.abort()
+
+        async def killer() -> None:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(kill_at_s)
+            info["killed_at"] = loop.time()
+            os.kill(victim, signal.SIGKILL)
+            info["new"] = await loop.run_in_executor(None, lambda: wait_for(
+                lambda: [p for p in srv.worker_pids() if p not in pids] or None, 10, "a replacement worker"))
+            info["restarted_at"] = loop.time()
+
+        async def run() -> None:
+            held = await spread()
+            end = asyncio.get_running_loop().time() + duration_s
+            await asyncio.gather(killer(), *(client(i, conn, end) for i, conn in enumerate(held)))
+
+        asyncio.run(run())
+        killed_at, restarted_at = info["killed_at"], info["restarted_at"]
+        per_client = Counter(i for i, _, _ in failures)
+        assert not wrong, wrong[:5]
+        assert not [f for f in failures if "Timeout" in f[2]], f"a client hung: {failures}"
+        assert all(n == 1 for n in per_client.values()), f"a client failed more than once: {failures}"
+        assert all(killed_at <= t <= killed_at + 1.0 for _, t, _ in failures), failures
+        assert set(per_client) <= info["on_victim"], f"clients of the surviving worker failed: {failures}"
+        assert restarted_at - killed_at < 5.0
+        assert {i for i, t in ok_at if t > restarted_at} == set(range(clients)), "a client stopped getting answers"
+        new_pids = srv.worker_pids()
+        assert len(new_pids) == 2 and victim not in new_pids
+        assert https_get(pki, tls_port, "/content/load.bin", {"Range": "bytes=0-99"}).body == data[:100]
+
+
 def test_plain_http_on_the_tls_port_is_closed_cleanly(served):
     s = socket.create_connection(("127.0.0.1", served.port), timeout=IO_TIMEOUT_S)
     try:
