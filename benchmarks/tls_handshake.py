@@ -150,7 +150,7 @@ def start_oca(base: Path, name: str, crt: Path, key: Path, tickets: bool, oca_ro
     return srv
 
 
-def start_nginx(base: Path, name: str, crt: Path, key: Path, tickets: bool) -> Server:
+def start_nginx(base: Path, name: str, crt: Path, key: Path, tickets: bool, extra_http: str = "") -> Server:
     d = base / name
     (d / "www" / "content").mkdir(parents=True)
     (d / "www" / "content" / FILE_ID).write_bytes(BODY)
@@ -166,6 +166,7 @@ events {{ worker_connections 16384; }}
 http {{
     access_log off;
     default_type application/octet-stream;
+    {extra_http}
     client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
     uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
     server {{
