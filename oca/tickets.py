@@ -118,10 +118,8 @@ def _ctx_pointer(ctx: ssl.SSLContext) -> int:
     return ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value or 0
 
 
-def install(ctx: ssl.SSLContext, key: bytes) -> None:
-    """Make `ctx` encrypt and decrypt tickets with `key`; `TicketKeyUnavailable` says why not."""
-    if len(key) != KEY_BYTES:
-        raise TicketKeyUnavailable(f"a ticket key is {KEY_BYTES} bytes, not {len(key)}")
+def _checked(ctx: ssl.SSLContext):
+    """(libssl, SSL_CTX pointer) of `ctx`, once every check below has passed; `TicketKeyUnavailable` otherwise."""
     if sys.implementation.name != "cpython" or not (3, 7) <= sys.version_info[:2] <= (3, 13):
         raise TicketKeyUnavailable(f"{sys.implementation.name} {sys.version_info[0]}.{sys.version_info[1]}: "
                                    "the SSLContext layout is not known here")
@@ -153,6 +151,14 @@ def install(ctx: ssl.SSLContext, key: bytes) -> None:
         ctx.options &= ~probe
     if any(a != b for a, b in seen):
         raise TicketKeyUnavailable("the SSL_CTX pointer read from the SSLContext does not answer with its options")
+    return lib, ptr
+
+
+def install(ctx: ssl.SSLContext, key: bytes) -> None:
+    """Make `ctx` encrypt and decrypt tickets with `key`; `TicketKeyUnavailable` says why not."""
+    if len(key) != KEY_BYTES:
+        raise TicketKeyUnavailable(f"a ticket key is {KEY_BYTES} bytes, not {len(key)}")
+    lib, ptr = _checked(ctx)
     key_buf = ctypes.create_string_buffer(key, KEY_BYTES)
     if lib.SSL_CTX_ctrl(ptr, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, KEY_BYTES, key_buf) != 1:
         raise TicketKeyUnavailable("OpenSSL refused SSL_CTRL_SET_TLSEXT_TICKET_KEYS")
