@@ -131,3 +131,18 @@ def test_good_key_file_is_read_in_openssl_order(tmp_path):
     path = tmp_path / "ticket.key"
     path.write_bytes(raw)
     assert tickets.read_key_file(str(path)) == tickets.openssl_order(raw)
+
+
+def test_install_refuses_an_ssl_ctx_pointer_that_does_not_answer_with_the_contexts_options(pair, monkeypatch):
+    """The pointer check works: another context's SSL_CTX (other options) is refused before any write.
+
+    The wrong pointer is a real SSL_CTX of another live context (reading a
+    random address could crash the test run instead of failing it).
+    """
+    ctx, other = server_ctx(pair), server_ctx(pair)
+    other.options |= ssl.OP_NO_RENEGOTIATION
+    ctx.options &= ~ssl.OP_NO_RENEGOTIATION
+    wrong = tickets._ctx_pointer(other)
+    monkeypatch.setattr(tickets, "_ctx_pointer", lambda _ctx: wrong)
+    with pytest.raises(tickets.TicketKeyUnavailable, match="does not answer with its options"):
+        tickets.install(ctx, tickets.new_key())
