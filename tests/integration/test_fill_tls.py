@@ -178,7 +178,7 @@ def test_redirect_from_https_to_http_is_refused_and_the_next_source_used(tmp_pat
     retried); the file comes from the next source."""
     from tests.origin import OriginProcess
 
-    doc, _datas = origin_files(site, {f"d{i}.mp4": MiB + 555 * i for i in range(2)}, seed=65)
+    doc, _datas = origin_files(site, {"d0.mp4": MiB + 555}, seed=65)
     with OriginProcess(site.files_dir, free_port(), "redirect-http", tls=pki["leaf"]) as bad:
         for f in doc["files"]:
             f["sources"] = [bad.url(f["id"])] + f["sources"]

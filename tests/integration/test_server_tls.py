@@ -339,7 +339,7 @@ def resumption(port: int, pki, version: ssl.TLSVersion, n: int, session=None, pi
             assert RawReader(s).response().status == 200
             if s.session_reused:
                 resumed += 1
-                if pids is not None:
+                if pids is not None and owners != set(pids):
                     owners.add(owner_of(s, pids, port))
             session = s.session
     return resumed, owners, (ctx, session)
@@ -359,15 +359,15 @@ def test_sessions_resume_on_every_worker_and_after_sighup(tmp_path, pki):
         pids = wait_serving(srv, 2)
         sessions = {}
         for version in versions:
-            resumed, owners, sessions[version] = resumption(tls_port, pki, version, 16, pids=pids)
-            assert resumed == 15, f"{version.name}: {resumed}/15 resumed"  # all but the first, full, handshake
+            resumed, owners, sessions[version] = resumption(tls_port, pki, version, 12, pids=pids)
+            assert resumed == 11, f"{version.name}: {resumed}/11 resumed"  # all but the first, full, handshake
             assert owners == set(pids), f"{version.name}: resumed sessions were not spread over both workers"
         assert json.loads(https_get(pki, tls_port, "/health").body)["tls"]["session_tickets"] == "shared"
         srv.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: not set(srv.worker_pids()) & set(pids) and len(srv.worker_pids()) == 2, 30, "the workers to be replaced")
         for version in versions:
-            resumed, _, _ = resumption(tls_port, pki, version, 4, session=sessions[version])
-            assert resumed == 4, f"{version.name}: {resumed}/4 resumed after SIGHUP with a ticket from before it"
+            resumed, _, _ = resumption(tls_port, pki, version, 3, session=sessions[version])
+            assert resumed == 3, f"{version.name}: {resumed}/3 resumed after SIGHUP with a ticket from before it"
 
 
 def test_ticket_key_file_is_shared_between_appliances_and_checked(tmp_path, pki):
