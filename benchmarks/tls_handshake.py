@@ -23,6 +23,11 @@ Rules kept here:
   run divided by the handshakes: wrk saturates its core first, so this is
   the figure that compares the servers' own cost. p99 is wrk's request
   latency, which starts after the handshake (wrk cannot time connects).
+- ``--floor`` adds a third server, the floor of this stack: 2 processes
+  (SO_REUSEPORT) running uvloop's TLS transport with the same SSLContext
+  settings and a Protocol that answers the same 1 KiB response and closes,
+  with no oca code at all. oca's distance to it is oca's own per-connection
+  cost; its distance to nginx is Python's `ssl` over memory BIOs + uvloop.
 - ``--resumption``: a Python ssl client makes N sequential connections to
   a 2-worker oca, each offering the session of the one before (reading a
   response first, so TLS 1.3 tickets have arrived), and prints the share
@@ -114,6 +119,9 @@ class Server:
         return children(self.proc.pid)
 
     def stop(self) -> None:
+        if self.name == "floor":
+            for pid in self.workers():
+                os.kill(pid, signal.SIGTERM)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -186,6 +194,52 @@ http {{
     return srv
 
 
+FLOOR = r"""
+import asyncio, socket, ssl, sys, uvloop
+crt, key, port, tickets = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+BODY = open(sys.argv[5], "rb").read()
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(BODY) + BODY
+class P(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t = t
+    def data_received(self, data):
+        self.t.write(RESP)
+        self.t.close()
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.load_cert_chain(crt, key)
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(4096)
+    await asyncio.get_running_loop().create_server(P, sock=sock, ssl=ctx, ssl_handshake_timeout=10)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+
+def start_floor(base: Path, crt: Path, key: Path, tickets: bool) -> Server:
+    """Two processes of bare uvloop TLS (see FLOOR), under one `sh` parent so `workers()` finds them."""
+    base.mkdir(parents=True, exist_ok=True)
+    script = base / "floor.py"
+    script.write_text(FLOOR)
+    body = base / "floor-body.bin"
+    body.write_bytes(BODY)
+    port = free_port()
+    one = f"{PY} {script} {crt} {key} {port} {int(tickets)} {body}"
+    proc = subprocess.Popen(["sh", "-c", f"{one} & {one} & wait"], stdin=subprocess.DEVNULL, start_new_session=True)
+    srv = Server("floor", port, proc)
+    wait_port(port, proc, "the uvloop floor server")
+    _wait_workers(srv)
+    return srv
+
+
 def _wait_workers(srv: Server, n: int = 2, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while len(srv.workers()) < n:
@@ -248,6 +302,8 @@ def handshakes(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -
             tickets = mode == "resumed"
             servers = [start_oca(base, f"oca-{kind}-{mode}", crt, key, tickets, ROOT),
                        start_nginx(base, f"nginx-{kind}-{mode}", crt, key, tickets)]
+            if args.floor:
+                servers.append(start_floor(base / f"floor-{kind}-{mode}", crt, key, tickets))
             cleanup.extend(servers)
             checks = {s.name: resumed_share(s.port, pki["ca"], ssl.TLSVersion.TLSv1_3, 4) for s in servers}
             for s in servers:
@@ -278,6 +334,16 @@ def handshakes(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -
               f"{med(n, 'cpu_us'):.0f} | {cpu_ratio:.2f} | {med(o, 'p99_ms'):.1f} | {med(n, 'p99_ms'):.1f} | "
               f"{checks['oca'][0]}/{checks['oca'][1]}, {checks['nginx'][0]}/{checks['nginx'][1]} | "
               f"{sum(x.errors for x in o)}, {sum(x.errors for x in n)} |")
+    if args.floor:
+        print("\nThe floor: bare uvloop TLS in 2 processes, no oca code (same runs, alternating with the two above):")
+        print("| key | handshake | floor hs/s | floor/nginx hs/s | floor CPU µs/hs | CPU ratio nginx/floor | oca CPU over the floor, µs/hs | floor p99 ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for kind, mode, runs, _checks in rows:
+            f, o, n = runs["floor"], runs["oca"], runs["nginx"]
+            med = lambda rs, a: statistics.median(getattr(x, a) for x in rs)  # noqa: E731
+            ratio = statistics.median(a.hs_s / b.hs_s for a, b in zip(f, n))
+            print(f"| {label[kind]} | {mode} | {med(f, 'hs_s'):.0f} | {ratio:.2f} | {med(f, 'cpu_us'):.0f} | "
+                  f"{med(n, 'cpu_us') / med(f, 'cpu_us'):.2f} | {med(o, 'cpu_us') - med(f, 'cpu_us'):.0f} | {med(f, 'p99_ms'):.1f} |")
 
 
 def resumption(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -> None:
@@ -296,6 +362,7 @@ def main() -> int:
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--floor", action="store_true", help="also run bare uvloop TLS (no oca code), the floor of this stack")
     p.add_argument("--resumption", action="store_true", help="measure the share of sessions resumed across workers instead")
     p.add_argument("--connections-resume", type=int, default=200)
     p.add_argument("--oca-root", type=Path, default=ROOT, help="the oca checkout to run (for --resumption before/after)")
