@@ -348,8 +348,8 @@ def resumption(port: int, pki, version: ssl.TLSVersion, n: int, session=None, pi
 def test_sessions_resume_on_every_worker_and_after_sighup(tmp_path, pki):
     """One ticket key for all workers: a session resumes whichever worker accepts, and across a reload.
 
-    With a key per worker, about half the TLS 1.2 and a tenth of the TLS 1.3
-    resumptions succeeded (benchmarks/tls_handshake.py --resumption).
+    With a key per worker, 70% of TLS 1.2 and 53% of TLS 1.3 resumptions
+    succeeded in one measurement (benchmarks/tls_handshake.py --resumption).
     """
     import json
 
@@ -541,7 +541,7 @@ def test_kill_9_of_a_worker_under_tls_load(tmp_path, pki):
     data = random.Random(5).randbytes(4 << 20)
     cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"load.bin": data})
     ctx = client_context(pki)
-    per_worker, duration_s, kill_at_s, chunk = 4, 3.0, 1.0, 65536
+    per_worker, duration_s, kill_at_s, chunk = 4, 2.5, 0.8, 65536
     clients = 2 * per_worker
     with ServerProcess(cfg, "127.0.0.1", port) as srv:
         pids = wait_serving(srv, 2)
