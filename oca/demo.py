@@ -20,6 +20,14 @@ What it does, with the real programs:
 6. prints where to look, with one line giving the /watch/<title> URL, and
    waits for Ctrl-C, which stops everything.
 
+Everything speaks HTTPS by default (`--http` for the plain demo): a
+throwaway CA made at start (`oca.certs`, in `<dir>/pki`) signs one
+certificate per service (each appliance, steering, the origin); nginx
+serves the origin with it, the appliances and steering serve HTTPS only,
+fill verifies the origin and its peers with `[fill] ca_file`, steering
+polls the appliances with `[health] ca_file`, and the demo's own player
+trusts that CA. The demo prints how to trust it in curl or a browser.
+
 Rules kept here:
 - Everything it writes lands in one working directory that it names
   (default `./demo`); nginx's temporary paths and logs are pointed there.
@@ -116,10 +124,11 @@ class Node:
     dir: Path
     client_prefix: str
     proc: subprocess.Popen | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def config(self) -> Path:
@@ -262,6 +271,7 @@ class DemoSystem:
     nodes: list[Node] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
     log: callable = print
+    https: bool = True  # False: the plain-HTTP demo (--http)
 
     def __post_init__(self) -> None:
         self.work = self.work.resolve()
@@ -278,6 +288,8 @@ class DemoSystem:
         self.content.mkdir(parents=True, exist_ok=True)
         hosts = ["127.0.0.11", "127.0.0.12", "127.0.0.13", self.steering_host, self.origin_host]
         self.port = pick_port(hosts, self.base_port)
+        if self.https:
+            self.make_pki()
         specs = [("oca-1", "site-a", "127.0.0.11", "embedded", "127.1.0.0/16"),
                  ("oca-2", "site-a", "127.0.0.12", "embedded", "127.1.0.0/16"),
                  ("oca-3", "site-b", "127.0.0.13", "ixp", "127.2.0.0/16")]
@@ -286,16 +298,18 @@ class DemoSystem:
             d = self.work / "appliances" / aid
             for s in ("store0", "store1"):
                 (d / s).mkdir(parents=True, exist_ok=True)
-            node = Node(aid, site, host, self.port, tier, d, prefix)
+            node = Node(aid, site, host, self.port, tier, d, prefix, scheme=self.scheme)
             node.config.write_text(
                 f'[appliance]\nid = "{aid}"\nsite = "{site}"\n'
-                f'[server]\nlisten = ["{host}:{self.port}"]\nworkers = 2\naccess_log = "{d / "access.log"}"\n'
+                f'[server]\n{self.listen_line(host)}\nworkers = 2\naccess_log = "{d / "access.log"}"\n'
                 f'[index]\npath = "{d / "index"}"\nmap_size_gb = 1\n'
                 f'[[stores]]\npath = "{d / "store0"}"\n[[stores]]\npath = "{d / "store1"}"\n'
                 f'[signing]\nkeys = {{ {KEY_ID} = "{SECRET}" }}\nkey_id = "{KEY_ID}"\n'
                 f'[routes]\nstatic = ["{prefix}"]\n'
-                f'[fill]\nmanifest_url = "http://{self.origin_host}:{self.port}/manifest.json"\n'
+                f'[fill]\nmanifest_url = "{self.origin_url}/manifest.json"\n'
                 f"concurrency = 2\nrequire_signed_manifest = true\nretries = 2\nbackoff_s = 0.5\n"
+                + self.ca_line()
+                + self.tls_table(aid, host)
             )
             self.nodes.append(node)
         sdir = self.work / "steering"
@@ -310,11 +324,13 @@ class DemoSystem:
         self.steering_config = sdir / "steering.toml"
         self.steering_config.write_text(
             'max_urls = 3\nfallback_sites = ["site-b", "site-a"]\n'
-            f'[server]\nlisten = ["{self.steering_host}:{self.port}"]\ndecision_log = "{sdir / "decisions.log"}"\n'
+            f'[server]\n{self.listen_line(self.steering_host)}\ndecision_log = "{sdir / "decisions.log"}"\n'
             + apps
             + '[coverage]\nfile = "coverage-zones.json"\n'
             "[health]\ninterval_s = 0.5\ntimeout_s = 1.0\nfail_after = 2\nrecover_after = 2\n"
-            f'[signing]\nkeys = {{ {KEY_ID} = "{SECRET}" }}\nkey_id = "{KEY_ID}"\nttl_s = 3600\n'
+            + self.ca_line()
+            + self.tls_table("steering", self.steering_host)
+            + f'[signing]\nkeys = {{ {KEY_ID} = "{SECRET}" }}\nkey_id = "{KEY_ID}"\nttl_s = 3600\n'
             '[trust]\ncallers = ["127.0.0.0/8"]\n'
             + self.player_steering_toml()
         )
@@ -355,7 +371,7 @@ class DemoSystem:
             pop[name] = p
         (self.work / "popularity.json").write_text(json.dumps(pop))
         out = subprocess.run(
-            [str(self.bin / "oca-fill"), "manifest", "build", str(staging), "--base-url", f"http://{self.origin_host}:{self.port}/",
+            [str(self.bin / "oca-fill"), "manifest", "build", str(staging), "--base-url", f"{self.origin_url}/",
              "--popularity", str(self.work / "popularity.json")],
             check=True, capture_output=True, text=True,
         ).stdout
@@ -395,19 +411,19 @@ class DemoSystem:
             "events { worker_connections 1024; }\n"
             "http {\n  default_type application/octet-stream;\n  sendfile on;\n  tcp_nopush on;\n"
             f"  access_log {d / 'access.log'};\n{temps}"
-            f"  server {{ listen {self.origin_host}:{self.port}; root {self.content}; }}\n}}\n"
+            f"  server {{ listen {self.origin_host}:{self.port}{self.nginx_tls()}; root {self.content}; }}\n}}\n"
         )
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self._spawn([nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(d / "nginx.conf")], d / "stderr.log")
-        wait_http(f"http://{self.origin_host}:{self.port}/manifest.json", 15)
+        wait_http(f"{self.origin_url}/manifest.json", 15, context=self.client_context())
 
     def start_appliance(self, node: Node) -> None:
         node.proc = self._spawn([str(self.bin / "oca-server"), "--config", str(node.config)], node.dir / "server.log")
-        wait_http(node.url + "/health", 20)
+        wait_http(node.url + "/health", 20, context=self.client_context())
 
     def start_steering(self) -> None:
         self.steering = self._spawn([str(self.bin / "oca-steering"), "--config", str(self.steering_config)], self.work / "steering" / "steering.log")
-        wait_http(f"http://{self.steering_host}:{self.port}/health", 20, ok_codes=(200, 503))
+        wait_http(f"{self.steering_url}/health", 20, ok_codes=(200, 503), context=self.client_context())
 
     def fill(self, node: Node) -> dict:
         proc = subprocess.run([str(self.bin / "oca-fill"), "--config", str(node.config), "run", "--ignore-window"],
@@ -446,11 +462,11 @@ class DemoSystem:
 
     def player_steering_toml(self) -> str:
         """Steering's [content] and [play] tables: titles from the origin's manifest, short steering TTLs."""
-        return (f'[content]\nmanifest_url = "http://{self.origin_host}:{self.port}/manifest.json"\nrefresh_s = 5\n'
-                "[play]\nsteering_ttl_s = 4\n")
+        return (f'[content]\nmanifest_url = "{self.origin_url}/manifest.json"\nrefresh_s = 5\n' + self.ca_line()
+                + "[play]\nsteering_ttl_s = 4\n")
 
     def watch_url(self, title: str, client: str | None = None) -> str:
-        return f"http://{self.steering_host}:{self.port}/watch/{title}" + (f"?client={client}" if client else "")
+        return f"{self.steering_url}/watch/{title}" + (f"?client={client}" if client else "")
 
     def steering_titles(self, doc: dict, timeout_s: float = 15) -> list[str]:
         """The titles steering plays (from the manifest's media fields); [] at once when `doc` has none."""
@@ -459,7 +475,7 @@ class DemoSystem:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with urllib.request.urlopen(f"http://{self.steering_host}:{self.port}/health", timeout=5) as resp:
+                with self.urlopen(f"{self.steering_url}/health", timeout=5) as resp:
                     doc = json.load(resp)
             except urllib.error.HTTPError as exc:
                 doc = json.load(exc)
@@ -470,14 +486,14 @@ class DemoSystem:
             time.sleep(0.3)
         if not doc.get("content", {}).get("titles"):
             return []
-        with urllib.request.urlopen(f"http://{self.steering_host}:{self.port}/watch/", timeout=5) as resp:
+        with self.urlopen(f"{self.steering_url}/watch/", timeout=5) as resp:
             page = resp.read().decode()
         return sorted(set(re.findall(r'href="/watch/([A-Za-z0-9][A-Za-z0-9._-]*)"', page)))
 
     def steer(self, content_id: str, client: str) -> dict:
-        url = f"http://{self.steering_host}:{self.port}/steer?content={content_id}&client={client}"
+        url = f"{self.steering_url}/steer?content={content_id}&client={client}"
         try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
+            with self.urlopen(url, timeout=5) as resp:
                 return json.load(resp)
         except urllib.error.HTTPError as exc:
             return json.load(exc)
@@ -506,7 +522,7 @@ class DemoSystem:
             if etag:
                 headers["If-Range"] = etag  # identical on every appliance, so resuming elsewhere is safe
             try:
-                with urllib.request.urlopen(urllib.request.Request(urls[i], headers=headers), timeout=5) as resp:
+                with self.urlopen(urllib.request.Request(urls[i], headers=headers), timeout=5) as resp:
                     if resp.status != 206:
                         raise OSError(f"expected 206, got {resp.status}")
                     total = int(resp.headers["Content-Range"].rsplit("/", 1)[1])
@@ -526,6 +542,86 @@ class DemoSystem:
         pb.checksum = h.hexdigest()
         pb.complete = size is not None and offset == size
         return pb
+
+    # ------------------------------------------------------------ HTTPS (the demo's throwaway CA)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.https else "http"
+
+    @property
+    def origin_url(self) -> str:
+        return f"{self.scheme}://{self.origin_host}:{self.port}"
+
+    @property
+    def steering_url(self) -> str:
+        return f"{self.scheme}://{self.steering_host}:{self.port}"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.work / "pki" / "ca.pem"
+
+    def make_pki(self) -> None:
+        """A CA for this demo run and one certificate per service, in <work>/pki (keys 0600)."""
+        from oca.certs import make_ca, make_leaf
+
+        pki = self.work / "pki"
+        shutil.rmtree(pki, ignore_errors=True)
+        ca = make_ca(pki, name="oca demo CA (throwaway)")
+        hosts = {"oca-1": "127.0.0.11", "oca-2": "127.0.0.12", "oca-3": "127.0.0.13",
+                 "steering": self.steering_host, "origin": self.origin_host}
+        for name, host in hosts.items():
+            make_leaf(ca, pki, name, hosts=(host, "localhost"), days=30)
+
+    def listen_line(self, host: str) -> str:
+        """`[server] listen`: empty on HTTPS (the [tls] table serves), else the plain address."""
+        return "listen = []" if self.https else f'listen = ["{host}:{self.port}"]'
+
+    def tls_table(self, name: str, host: str) -> str:
+        if not self.https:
+            return ""
+        pki = self.work / "pki"
+        return (f'[tls]\nlisten = ["{host}:{self.port}"]\ncert_file = "{pki / (name + ".crt")}"\n'
+                f'key_file = "{pki / (name + ".key")}"\n')
+
+    def ca_line(self) -> str:
+        """`ca_file` for the table being written ([fill] or [health]): verify with the demo CA."""
+        return f'ca_file = "{self.ca_path}"\n' if self.https else ""
+
+    def nginx_tls(self) -> str:
+        if not self.https:
+            return ""
+        pki = self.work / "pki"
+        return f" ssl; ssl_certificate {pki / 'origin.crt'}; ssl_certificate_key {pki / 'origin.key'}; ssl_protocols TLSv1.2 TLSv1.3"
+
+    def client_context(self):
+        """An SSLContext that trusts the demo CA (None on the plain demo)."""
+        if not self.https:
+            return None
+        ctx = getattr(self, "_client_ctx", None)
+        if ctx is None:
+            import ssl
+
+            ctx = self._client_ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        return ctx
+
+    def urlopen(self, url, timeout: float = 5):
+        """urllib's urlopen, trusting the demo CA."""
+        return urllib.request.urlopen(url, timeout=timeout, context=self.client_context())
+
+    def trust_help(self) -> list[str]:
+        if not self.https:
+            return []
+        ca = self.ca_path
+        return [
+            f"  HTTPS everywhere, certificates from a throwaway CA: {ca}",
+            f"    curl:     curl --cacert {ca} {self.steering_url}/health",
+            f"    Chromium: chromium --ignore-certificate-errors --user-data-dir=$(mktemp -d)   (a throwaway profile),",
+            f"              or Settings > Privacy and security > Security > Manage certificates > Authorities > Import {ca}",
+            f"    Firefox:  Settings > Privacy & Security > Certificates > View Certificates > Authorities > Import {ca}",
+            "    (the CA's key was never written to disk, so it signs nothing more; its certificates name only",
+            "     127.0.0.x and localhost; still, remove the imported CA when done)",
+        ]
 
 
 @dataclass
@@ -597,7 +693,10 @@ def watch_in_chromium(sysm: DemoSystem, title: str, client: str, say, *, media_s
             time.sleep(0.2)
 
     with sync_playwright() as p:
+        # The demo's CA is in no browser store; this throwaway profile accepts the demo's certificates only
+        # for this run (every host it visits is one the demo started on 127.0.0.x).
         ctx = p.chromium.launch_persistent_context(str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+                                                   ignore_https_errors=sysm.https,
                                                    viewport={"width": 1000, "height": 900})
         try:
             page = ctx.new_page()
@@ -652,12 +751,12 @@ def _stop_on_signal(signum: int, _frame) -> None:
     raise Stopped(signal.Signals(signum).name)
 
 
-def wait_http(url: str, timeout_s: float, ok_codes=(200,)) -> None:
+def wait_http(url: str, timeout_s: float, ok_codes=(200,), context=None) -> None:
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if resp.status in ok_codes:
                     return
         except urllib.error.HTTPError as exc:
@@ -676,8 +775,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080, help="port for every service, each on its own 127.0.0.x address")
     p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (default: wait for Ctrl-C)")
     p.add_argument("--random-titles", action="store_true", help="random bytes instead of encoding videos with ffmpeg (faster)")
+    p.add_argument("--http", action="store_true", help="plain HTTP everywhere instead of HTTPS with a throwaway CA")
     args = p.parse_args(argv)
-    sysm = DemoSystem(Path(args.dir), base_port=args.port)
+    sysm = DemoSystem(Path(args.dir), base_port=args.port, https=not args.http)
     say = lambda msg: print(f"demo: {msg}", flush=True)  # noqa: E731
     say(f"working directory {sysm.work} (nothing is written outside it)")
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -688,12 +788,14 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{len(TITLES)} sample files in {sysm.content} ({f'{len(LADDER_TITLES)} titles as ABR ladders of fragmented MP4 via ffmpeg' if real else 'random bytes: install ffmpeg for playable ones'})")
         doc = sysm.publish_manifest()
         sysm.start_origin()
-        say(f"origin: nginx on http://{sysm.origin_host}:{sysm.port}/ with a signed manifest of {len(doc['files'])} titles")
+        if sysm.https:
+            say(f"a throwaway CA signed one certificate per service: {sysm.ca_path} (trust it as shown at the end)")
+        say(f"origin: nginx on {sysm.origin_url}/ with a signed manifest of {len(doc['files'])} titles")
         for node in sysm.nodes:
             sysm.start_appliance(node)
         say("appliances: " + ", ".join(f"{n.appliance_id} ({n.site}, {n.tier}) {n.url}" for n in sysm.nodes))
         sysm.start_steering()
-        say(f"steering: http://{sysm.steering_host}:{sysm.port}/")
+        say(f"steering: {sysm.steering_url}/")
         for node in sysm.nodes:
             r = sysm.fill(node)
             st = r["status"] or {}
@@ -704,12 +806,13 @@ def main(argv: list[str] | None = None) -> int:
         watched = watch_in_chromium(sysm, titles[0], client, say) if titles else None
         ok = watched if watched is not None else scripted_player_step(sysm, doc, client, say)
         title = TITLES[0][0]
-        base = f"http://{sysm.steering_host}:{sysm.port}"
+        base = sysm.steering_url
         lines = [f"  steering status page  {base}/", f"  steer a client        {base}/steer?content={title}&client=127.1.0.50"]
         for n in sysm.nodes:
             lines.append(f"  {n.appliance_id:<5} health {n.url}/health   metrics {n.url}/metrics")
-        lines.append(f"  origin                http://{sysm.origin_host}:{sysm.port}/manifest.json")
+        lines.append(f"  origin                {sysm.origin_url}/manifest.json")
         lines.append(f"  logs and configs      {sysm.work}")
+        lines.extend(sysm.trust_help())
         print("\nThe system is running (Ctrl-C stops everything):\n" + "\n".join(lines) + "\n", flush=True)
         if titles:
             print(f"Watch {titles[0]} in a browser: {sysm.watch_url(titles[0])}", flush=True)

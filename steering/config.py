@@ -50,7 +50,10 @@ def check_token(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SteeringServerConfig:
-    listen: tuple[str, ...] = setting(doc="Addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
+    listen: tuple[str, ...] = setting(
+        doc="Plain-HTTP addresses to serve on, 'host:port' or '[v6]:port'; may be empty when [tls] listen is set.",
+        check=lambda v: check_listen(v) if v else v,
+    )
     decision_log: str = setting("", doc="Where each decision is logged as one JSON line: '' off, '-' stdout, or a file.")
     decision_log_sample: float = setting(1.0, doc="Share of decisions logged (0..1).", check=check_fraction)
     control_allow: tuple[str, ...] = setting(
@@ -172,6 +175,8 @@ def parse_steering(data: dict, *, base_dir: str = "/") -> SteeringConfig:
             raise ConfigError(f"fallback_sites[{i}]: {site!r} is not the site of any appliance")
     if cfg.signing.key_id is not None and cfg.signing.key_id not in cfg.signing.keys:
         raise ConfigError(f"signing.key_id: {cfg.signing.key_id!r} is not one of signing.keys")
+    if not cfg.server.listen and cfg.tls is None:
+        raise ConfigError("server.listen: must list at least one 'host:port' (or set [tls] listen for HTTPS only)")
     if cfg.tls is not None:
         for i, item in enumerate(cfg.tls.listen):
             if item in cfg.server.listen:

@@ -53,7 +53,7 @@ from oca.errors import ConfigError
 from oca.settings import parse_host_port
 from oca.signing import sign_query
 from oca.supervise import Supervisor
-from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair
+from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair, stat_key_file
 from steering.access import client_address, control_refusal, is_public_path, networks
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
 from steering.content import ContentKeeper
@@ -110,6 +110,7 @@ class Steering:
         self.tls: Served | None = None  # set by serve() when [tls] is configured
         self.tls_error = ""  # why the last reload of the pair was refused
         self.content = ContentKeeper(cfg.content, lambda: self.secrets, _log)
+        self.key_file_warning: str | None = None  # who else can read the [tls] key, if anyone
         self._apply_config(cfg)
         self.playback = Playback(self)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
@@ -128,6 +129,10 @@ class Steering:
         self.m_prefixes = Gauge("steering_prefixes", "Prefixes in the matching table", registry=r)
         self.m_build = Gauge("steering_table_build_seconds", "Time the last table build took", registry=r)
         self.m_task_failures = PCounter("steering_task_failures", "Failures of supervised tasks (each was restarted)", ["task"], registry=r)
+        self.m_tls_expiry = Gauge("steering_tls_certificate_expiry_timestamp_seconds",
+                                  "When the served TLS certificate expires (Unix time); absent without [tls]", registry=r)
+        self.m_tls_reload_failed = Gauge("steering_tls_reload_refused",
+                                         "1 when the last reload's key pair was refused (the old one is served)", registry=r)
         self.m_task_down = Gauge("steering_task_down", "1 while a supervised task waits to be restarted", ["task"], registry=r)
         for name in (POLLER_TASK, TABLE_TASK, CONTENT_TASK):
             self.m_task_failures.labels(name)
@@ -197,6 +202,7 @@ class Steering:
             return
         self.tls = Served(self.tls.context, facts.not_after_s)
         self.tls_error = ""
+        self.key_file_warning = stat_key_file(tls.key_file)
         _log(f"reloaded the TLS pair {tls.cert_file}")
 
     @staticmethod
@@ -328,7 +334,7 @@ class Steering:
         left_s = self.tls.not_after_s - time.time()
         expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days) if self.cfg.tls else None
         return {"not_after": self.tls.not_after_s, "days_left": round(left_s / 86400, 2), "expiry": expiry or "",
-                "reload_error": self.tls_error}
+                "reload_error": self.tls_error, "key_file_warning": self.key_file_warning}
 
     async def health(self, request: web.Request) -> web.Response:
         doc = self.health_doc()
@@ -346,6 +352,9 @@ class Steering:
         for name in (POLLER_TASK, TABLE_TASK, CONTENT_TASK):
             self.m_task_down.labels(name).set(1 if name in down else 0)
         self.m_blip.set(1 if self.poller.blip else 0)
+        if self.tls is not None:
+            self.m_tls_expiry.set(self.tls.not_after_s)
+            self.m_tls_reload_failed.set(1 if self.tls_error else 0)
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
@@ -382,6 +391,9 @@ async def serve(config_path: str) -> int:
         await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
     if cfg.tls is not None:
         s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
+        s.key_file_warning = stat_key_file(cfg.tls.key_file)
+        if s.key_file_warning is not None:
+            _log(f"warning: the TLS private key is exposed: {s.key_file_warning}")
         for item in cfg.tls.listen:
             host, port = parse_host_port(item)
             await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=s.tls.context).start()
@@ -394,7 +406,7 @@ async def serve(config_path: str) -> int:
     s.supervisor.start(TABLE_TASK, s.table_keeper)
     s.supervisor.start(CONTENT_TASK, s.content.run)
     https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
-    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
+    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen) or 'no plain address'}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
     await s.supervisor.stop()

@@ -434,6 +434,8 @@ class App:
             "days_left": None if not_after is None else round((not_after - now) / 86400, 2),
             "reload_refused": refusal or None,
             "ktls": info.get("ktls"),
+            "session_tickets": info.get("session_tickets"),
+            "key_file_warning": info.get("key_file_warning"),  # a note: the key is readable by others (status unchanged)
         }
 
     def health(self, req: Request) -> Response:
@@ -463,7 +465,7 @@ class App:
             dict(last) if last is not None else {}, failures,
             None if self.tls_info is None else TlsFigures(
                 self.tls_info.get("not_after_s"), str(self.tls_info.get("ktls", "")),
-                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0,
+                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0, str(self.tls_info.get("session_tickets") or ""),
             ),
         )
 
