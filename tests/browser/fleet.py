@@ -136,7 +136,7 @@ def start_system(tmp: Path) -> Iterator[System]:
         s.origin = OriginProcess(tmp / "origin", free_port("127.0.0.1")).start()
         s.write_manifest(int(time.time()))
         for aid, (host, site, routes) in SPECS.items():
-            crt, key = make_leaf(ca, tmp / "pki", aid, ips=(host,))
+            crt, key = make_leaf(ca, tmp / "pki", aid, hosts=("localhost", "127.0.0.1", host))
             tls_port = free_port(host)
             extra = (f"[routes]\nstatic = {json.dumps(routes)}\n[signing]\nrequired = true\nkeys = {{k1 = \"{SECRET}\"}}\n"
                      f'[tls]\nlisten = ["{host}:{tls_port}"]\ncert_file = "{crt}"\nkey_file = "{key}"\n')
