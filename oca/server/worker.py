@@ -21,6 +21,9 @@ Rules kept here:
   becomes a `TlsConnection` (the copying send path, `oca.http.tlsconn`).
   Content requests on plain sockets are answered with 308 by `Redirector`
   when `[tls] redirect_http` is set.
+- A second supervised task flushes the request counters
+  (`oca.server.popularity`) every `[popularity] flush_s`, and once more
+  after serving ends.
 - SIGTERM (or SIGINT): stop accepting, close idle connections, let
   responses in flight finish until `shutdown_timeout_s`, then exit.
   SIGUSR1 reopens the access log. The worker exits by itself if its parent
@@ -42,6 +45,7 @@ from oca.config import load_config
 from oca.errors import OcaError
 from oca.http.protocol import HttpConnection, Limits
 from oca.http.tlsconn import TlsConnection
+from oca.server import popularity
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.app import App
@@ -147,6 +151,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
         self.supervisor.start("sweep", self.sweep)
+        self.supervisor.start("popularity", lambda: popularity.flush(self.app.tally, self.store, cfg.popularity.flush_s))
         if self.args.ready_fd >= 0:
             try:
                 os.write(self.args.ready_fd, b"R")
@@ -159,6 +164,10 @@ class Worker:
                 os.close(self.args.ready_fd)
         await self.done
         await self.supervisor.stop()
+        try:  # serving has ended: what the last interval counted is written before the worker exits
+            popularity.flush_now(self.app.tally, self.store)
+        except OcaError as exc:
+            _log_line(self.args.slot)(f"request counts of the last {cfg.popularity.flush_s:g} s lost: {exc}")
         self.log.close()
         self.app.fds.clear()
         stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = 0
