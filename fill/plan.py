@@ -31,6 +31,11 @@ Rules kept here:
 - Placement of one addition is one decision (`place`): the target store
   together with the deletions it needs, within the run's one deletion
   budget (`DeleteBudget`), which every deletion of a run is counted against.
+- A pass reads the appliance's request counters since the night's mark
+  (`observed_plays`: body bytes / size for a file held here, requests for
+  one it lacks, where each request is a client sent away) and turns them
+  into a share of a day (`observed_share`): the mark's requests against the
+  counters' daily mean once they cover a day, else elapsed time over 24 h.
 - An intra-day pass (`plan_pass`) only adds what was requested since the
   night and is missing from the whole site, on the file's first rendezvous
   holder, and what the night's plan chose but left to the passes, within
@@ -47,6 +52,7 @@ from typing import Collection, Iterable, Mapping, Sequence
 
 from fill.manifest import Manifest, ManifestFile, SiteAppliance
 from oca.rendezvous import hrw_score
+from oca.store.demand import DemandSnapshot
 from oca.store.layout import StoreRoom, choose_store
 
 
@@ -539,3 +545,40 @@ def plan_pass(
         adds.append(f)
         add_bytes += f.size
     return PassPlan(tuple(adds), tuple(deletes), add_bytes, delete_bytes)
+
+
+MIN_OBSERVED_SHARE = 0.01  # an observation this short says too little to scale up further
+DAY_S = 86400.0
+
+
+def observed_plays(snapshot: DemandSnapshot, held: Mapping[str, Held]) -> dict[str, float]:
+    """Plays per content id since the mark: bytes sent / size for held files, requests (404s) for the others."""
+    out: dict[str, float] = {}
+    for cid, d in snapshot.records.items():
+        h = held.get(cid)
+        if h is not None and h.size > 0:
+            plays = d.bytes_since_mark / h.size
+        else:
+            plays = float(d.requests_since_mark)
+        if plays > 0:
+            out[cid] = plays
+    return out
+
+
+def observed_share(snapshot: DemandSnapshot, now_s: float) -> float:
+    """The share of a day's requests the observation since the mark holds, for `plan_pass`.
+
+    Once the counters cover a day or more: the requests since the mark over
+    the mean requests per day (so the day's shape, quiet nights and busy
+    evenings, is the appliance's own). Before that: the time since the mark
+    over 24 h. Kept within [MIN_OBSERVED_SHARE, 1].
+    """
+    since_s = snapshot.mark.since_s or snapshot.created_s
+    elapsed = max(0.0, now_s - since_s)
+    counted = max(0.0, now_s - snapshot.created_s)
+    share = elapsed / DAY_S
+    total = snapshot.total_requests()
+    recent = snapshot.total_requests(since_mark=True)
+    if counted >= DAY_S and total > 0 and recent > 0:
+        share = recent / (total * DAY_S / counted)
+    return min(1.0, max(MIN_OBSERVED_SHARE, share))

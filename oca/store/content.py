@@ -160,6 +160,12 @@ class ContentStore:
     def set_unchosen(self, unchosen: flags.Unchosen) -> None:
         flags.write_unchosen(self.index, unchosen)
 
+    def listed(self) -> flags.Listed:
+        return flags.read_listed(self.index)
+
+    def set_listed(self, listed: flags.Listed) -> None:
+        flags.write_listed(self.index, listed)
+
     def generation(self) -> int:
         return self.index.generation()
 
