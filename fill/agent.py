@@ -37,6 +37,19 @@ Rules kept here:
   reason.
 - A status record of the current and last run is kept through
   `ContentStore.set_fill_status`, where `/health` and `/metrics` read it.
+- The night's run (NIGHT) marks the appliance's request counters, so what
+  they count since is what the passes see. With `fill.passes` and a
+  budget it spends only `fill.plan.night_budget` of it: files listed for
+  the first time (against the ids the last manifest listed) without a
+  forecast leave up to `fill.pass_reserve` of the budget to the passes.
+- An intra-day pass (PASS) plans with `fill.plan.plan_pass` on the plays
+  observed since the mark (`observed_plays`, `observed_share`), the site's
+  inventories (what is missing from the whole site) and the night plan's
+  additions not yet made, within what the night and earlier passes of this
+  window left of the budget and what the rate cap can move before the
+  window ends. It deletes only to make room, when a download needs it,
+  within the same deletion budget rule. It is summarised under the night's
+  record (`passes`), which stays the last run.
 """
 
 from __future__ import annotations

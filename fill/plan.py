@@ -433,7 +433,7 @@ class PassPolicy:
             raise ValueError(f"margin must be >= 0, not {self.margin}")
 
 
-def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reserve: float) -> int:
+def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reserve: float, uncertain: Collection[str] = ()) -> int:
     """The part of the day's fill budget the night's pass may spend; the rest waits for the intra-day passes.
 
     Held back: `max_reserve` of the budget times the share, by bytes, of the
@@ -441,14 +441,17 @@ def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reser
     (popularity 0): the passes will learn from requests which of them
     matter. New files that come with a forecast are planned at night like
     any other, so a good forecast loses nothing to the passes; no new files,
-    nothing held back.
+    nothing held back. `uncertain`: ids of new files whose forecast says
+    little about the title itself (the mean of earlier releases of its
+    kind): they count as without a forecast here, while the night still
+    orders them by it.
     """
     if not 0 <= max_reserve <= 1:
         raise ValueError(f"max_reserve must be in [0, 1], not {max_reserve}")
     total = unforecast = 0
     for f in new_files:
         total += f.size
-        if f.popularity <= 0:
+        if f.popularity <= 0 or f.content_id in uncertain:
             unforecast += f.size
     if total <= 0:
         return budget_bytes
@@ -477,6 +480,7 @@ def plan_pass(
     budget_bytes: int,
     policy: PassPolicy = PassPolicy(),
     planned: Sequence[ManifestFile] = (),
+    uncertain: Collection[str] = (),
 ) -> PassPlan:
     """What a pass inside the fill window adds: files requested since the night that no appliance of the site holds.
 
@@ -496,7 +500,9 @@ def plan_pass(
     budget held back for them); they compete with the requested files on
     the same value, so budget the day does not need still fills them (they
     make room without the margin: the night's plan already chose them over
-    what they displace).
+    what they displace). `uncertain`: ids whose forecast says little about
+    the title (see `night_budget`): a pass values them by the requests it
+    saw alone.
     """
     if not 0 < observed_share <= 1:
         raise ValueError(f"observed_share must be in (0, 1], not {observed_share}")
@@ -505,7 +511,7 @@ def plan_pass(
 
     def value(cid: str, size: int) -> float:
         f = listed.get(cid)
-        predicted = f.popularity / size if f is not None and size > 0 else 0.0
+        predicted = f.popularity / size if f is not None and size > 0 and cid not in uncertain else 0.0
         return max(predicted, observed.get(cid, 0.0) / observed_share)
 
     candidates = []

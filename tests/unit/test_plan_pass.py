@@ -155,3 +155,16 @@ def test_observed_plays_are_bytes_over_size_when_held_and_requests_when_not():
 ])
 def test_observed_share(case, mark_s, created_s, records, now, share):
     assert observed_share(snap(mark_s, created_s, **records), now) == pytest.approx(share)
+
+
+
+def test_a_forecast_marked_uncertain_reserves_like_none_and_passes_weigh_only_requests():
+    new = [mf("u1", 60, pop=600.0), mf("u2", 40, pop=400.0)]
+    assert night_budget(1000, new, 0.5) == 1000  # forecast: nothing held back
+    assert night_budget(1000, new, 0.5, uncertain={"u1"}) == 1000 - 300  # 60% of the new bytes count as unforecast
+    m = Manifest(1, (mf("u1", 10, pop=100.0), mf("u2", 10, pop=50.0)), {})
+    planned = list(m.files)
+    # Both planned, budget for one: the forecast picks u1; marked uncertain, the requests pick u2.
+    assert [f.content_id for f in plan_pass(m, "oca-0", "s", {}, set(), {"u2": 2}, 0.5, 100, 10, PassPolicy(), planned).adds] == ["u1"]
+    got = plan_pass(m, "oca-0", "s", {}, set(), {"u2": 2}, 0.5, 100, 10, PassPolicy(), planned, uncertain={"u1", "u2"})
+    assert [f.content_id for f in got.adds] == ["u2"]
