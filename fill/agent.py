@@ -213,6 +213,11 @@ def make_plan(cfg: Config, fc: FillConfig, cs: ContentStore, manifest: Manifest,
     )
 
 
+def uncertain_forecasts(manifest: Manifest) -> frozenset[str]:
+    """Files whose popularity is the mean of their kind (`"forecast": "kind"`): the passes judge them by requests."""
+    return frozenset(f.content_id for f in manifest.files if f.forecast == "kind")
+
+
 def load_manifest_sync(cfg: Config, fc: FillConfig) -> Manifest:
     async def go() -> Manifest:
         connector = aiohttp.TCPConnector(ssl=client_ssl_context(fc.ca_file))
@@ -399,7 +404,7 @@ class FillRun:
         if not self.fc.passes or self.budget is None:
             return
         new_files = [f for f in manifest.files if f.content_id not in listed] if listed else []
-        tonight = night_budget(self.budget, new_files, self.fc.pass_reserve)
+        tonight = night_budget(self.budget, new_files, self.fc.pass_reserve, uncertain_forecasts(manifest))
         if tonight < self.budget:
             self.progress.log(f"the night spends {tonight / 1e9:.3f} GB of the {self.budget / 1e9:.3f} GB budget; "
                               f"the rest waits for the passes at {', '.join(self.fc.passes)}")
@@ -450,7 +455,8 @@ class FillRun:
         capacity = capacity_bytes(self.cs, held)
         left = self._pass_budget(capacity)
         policy = PassPolicy(self.fc.pass_min_requests, self.fc.pass_margin)
-        pp = plan_pass(manifest, me, my_site, held, site_held, observed, share, capacity, left, policy, night.adds)
+        pp = plan_pass(manifest, me, my_site, held, site_held, observed, share, capacity, left, policy, night.adds,
+                       uncertain_forecasts(manifest))
         listed = manifest.by_id()
         st.manifest_files = len(manifest.files)
         st.observed_share = round(share, 4)

@@ -13,6 +13,9 @@ here performs I/O: `fill.manifest_build` reads directories and hashes files.
          "xxh128": "0123...cdef",                     xxh3-128, 32 lowercase hex digits
          "mtime": 1795600000,                         origin modification time, unix seconds
          "popularity": 4.2e9,                         predicted bytes served per day, >= 0
+         "forecast": "title",                         optional: "title" (default), the popularity
+                                                      is about this file; "kind": the mean of earlier
+                                                      releases of its kind, which says little of it
          "sources": ["https://origin/title.1080p.mp4"]}   one or more http(s) URLs
       ],
       "sites": {                                      optional: the appliances of each site
@@ -47,6 +50,8 @@ from oca.ids import is_valid_id
 FORMAT = "oca-manifest"
 VERSION = 1
 _FILE_KEYS = {"id", "size", "xxh128", "mtime", "popularity", "sources"}
+_OPTIONAL_FILE_KEYS = {"forecast"}
+FORECASTS = ("title", "kind")
 _TOP_KEYS = {"format", "version", "generated_s", "files", "sites", "signature"}
 _APPLIANCE_KEYS = {"id", "url", "weight"}
 
@@ -67,6 +72,7 @@ class ManifestFile:
     mtime_s: int
     popularity: float
     sources: tuple[str, ...]
+    forecast: str = "title"  # "kind": the popularity is a class mean (the agent reserves budget for the passes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +203,7 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     if not isinstance(item, dict):
         raise ManifestError(f"{where}: must be an object")
     for key in item:
-        if key not in _FILE_KEYS:
+        if key not in _FILE_KEYS and key not in _OPTIONAL_FILE_KEYS:
             raise ManifestError(f"{where}.{key}: unknown field")
     for key in sorted(_FILE_KEYS):
         if key not in item:
@@ -225,7 +231,10 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     if not isinstance(sources, list) or not sources:
         raise ManifestError(f"{where}.sources: must be a non-empty list of URLs")
     urls = tuple(check_url(u, f"{where}.sources[{k}]") for k, u in enumerate(sources))
-    return ManifestFile(cid, size, checksum, mtime, float(pop), urls)
+    forecast = item.get("forecast", "title")
+    if forecast not in FORECASTS:
+        raise ManifestError(f"{where}.forecast: must be one of {', '.join(map(repr, FORECASTS))}")
+    return ManifestFile(cid, size, checksum, mtime, float(pop), urls, forecast)
 
 
 def check_fresh(generated_s: int | None, newest_accepted_s: int | None, now_s: float, max_age_s: float) -> None:
