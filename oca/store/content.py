@@ -34,6 +34,7 @@ import errno
 import fcntl
 import os
 import secrets
+import threading
 import time
 from typing import Iterator, Mapping, NamedTuple, NoReturn
 
@@ -91,7 +92,8 @@ class ContentStore:
         self.disks = disks
         self.partial_max_age_s = partial_max_age_s
         self.counters_max_ids = counters_max_ids
-        self._counters: RequestCounters | None = None  # opened on first use
+        self._counters: RequestCounters | None = None  # opened on first use, once per process (LMDB's rule)
+        self._counters_lock = threading.Lock()
         self._lock_path = os.path.join(index.path, LOCK_NAME)
 
     @classmethod
@@ -121,9 +123,10 @@ class ContentStore:
     # ------------------------------------------------------------ request counters (oca.store.counters)
 
     def _request_counters(self) -> RequestCounters:
-        if self._counters is None:
-            self._counters = RequestCounters(counters_path(self.index.path), max_ids=self.counters_max_ids, now_s=time.time())
-        return self._counters
+        with self._counters_lock:  # a worker's flush and a /popularity answer may both be first, in two threads
+            if self._counters is None:
+                self._counters = RequestCounters(counters_path(self.index.path), max_ids=self.counters_max_ids, now_s=time.time())
+            return self._counters
 
     def add_requests(self, deltas: Mapping[str, tuple[int, int]], now_s: float) -> int:
         """Add the (requests, bytes) a worker counted per id; returns the ids evicted. An LMDB write: never on a serving loop."""
