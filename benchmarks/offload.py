@@ -108,6 +108,11 @@ Rules kept here:
   ``--pass-sees held`` shows what the passes are worth without it. The
   night holds back up to ``--reserve`` of the budget for the passes, in
   proportion to the new bytes without a forecast (`fill.plan.night_budget`).
+  A ``history`` forecast is one number per kind of release, so it carries
+  its uncertainty as the manifest's ``"forecast": "kind"`` does for the
+  agent: its releases count as without a forecast for that reserve, and the
+  passes value them by the requests seen alone; the night still orders them
+  by it (``--history-certain`` takes it as a forecast of the title instead).
   With passes, the planner's day is no longer one static placement, so the
   bound no longer bounds it in principle (as for the LRU).
 - Warm-up days (``--warmup``) run the same way but are not reported; the LRU
