@@ -89,6 +89,10 @@ class Worker:
         cfg = self.cfg
         self.stats = S.SharedStats(self.args.stats_fd, self.args.slots, self.args.slot)
         self.store = ContentStore.open(cfg, writable=False)
+        try:
+            self.store.open_counters()
+        except OcaError as exc:  # serving goes on; the flush loop tries again and /health shows it down
+            _log_line(self.args.slot)(f"request counters: {exc}")
         self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
         self.supervisor = Supervisor(_log_line(self.args.slot), on_failure=self._task_failed)
         self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)

@@ -128,6 +128,10 @@ class ContentStore:
                 self._counters = RequestCounters(counters_path(self.index.path), max_ids=self.counters_max_ids, now_s=time.time())
             return self._counters
 
+    def open_counters(self) -> None:
+        """Open the request counters now (a server before it serves: its descriptors stay the same afterwards)."""
+        self._request_counters()
+
     def add_requests(self, deltas: Mapping[str, tuple[int, int]], now_s: float) -> int:
         """Add the (requests, bytes) a worker counted per id; returns the ids evicted. An LMDB write: never on a serving loop."""
         return self._request_counters().add(deltas, now_s)
