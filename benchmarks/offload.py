@@ -109,7 +109,7 @@ Rules kept here:
   night holds back up to ``--reserve`` of the budget for the passes, in
   proportion to the new bytes without a forecast (`fill.plan.night_budget`).
   A ``history`` forecast is one number per kind of release, so it carries
-  its uncertainty as the manifest's ``"forecast": "kind"`` does for the
+  its uncertainty as the manifest's ``"forecast": "class"`` does for the
   agent: its releases count as without a forecast for that reserve, and the
   passes value them by the requests seen alone; the night still orders them
   by it (``--history-certain`` takes it as a forecast of the title instead).

@@ -67,7 +67,7 @@ import aiohttp
 
 from fill.config import FillConfig, client_ssl_context
 from fill.errors import ChecksumMismatch, DiskFullError, FillError, InventoryError, ManifestError, SourceError
-from fill.fetch import fetch_inventory, fetch_manifest
+from fill.fetch import fetch_inventory, fetch_manifest, no_downgrade
 from fill.download import Partial, download
 from fill.manifest import Manifest, ManifestFile, SiteAppliance, check_fresh
 from fill.progress import Progress
@@ -214,14 +214,14 @@ def make_plan(cfg: Config, fc: FillConfig, cs: ContentStore, manifest: Manifest,
 
 
 def uncertain_forecasts(manifest: Manifest) -> frozenset[str]:
-    """Files whose popularity is the mean of their kind (`"forecast": "kind"`): the passes judge them by requests."""
-    return frozenset(f.content_id for f in manifest.files if f.forecast == "kind")
+    """Files whose popularity is the mean of their class of release (`"forecast": "class"`): the passes judge them by requests."""
+    return frozenset(f.content_id for f in manifest.files if f.forecast == "class")
 
 
 def load_manifest_sync(cfg: Config, fc: FillConfig) -> Manifest:
     async def go() -> Manifest:
         connector = aiohttp.TCPConnector(ssl=client_ssl_context(fc.ca_file))
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with aiohttp.ClientSession(connector=connector, trace_configs=[no_downgrade()]) as session:
             return await fetch_manifest(session, fc, cfg.signing.secrets())
 
     return asyncio.run(go())
@@ -324,7 +324,7 @@ class FillRun:
         # peers, origins, and the redirects between them): fill.ca_file or the system store.
         connector = aiohttp.TCPConnector(limit=self.fc.concurrency * 2, force_close=False,
                                          ssl=client_ssl_context(self.fc.ca_file), **bounded)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False, trace_configs=[no_downgrade()]) as session:
             try:
                 manifest = await fetch_manifest(session, self.fc, self.cfg.signing.secrets())
                 check_fresh(manifest.generated_s, st.newest_manifest_s, self.now(), self.fc.max_manifest_age_h * 3600)

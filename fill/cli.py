@@ -5,7 +5,7 @@
     oca-fill --config FILE pass [--ignore-window]  one intra-day pass now
     oca-fill --config FILE status               the last and current run
     oca-fill --config FILE --check-config       validate the config ([fill] included) and exit
-    oca-fill manifest build DIR --base-url URL [--popularity FILE] [--config FILE --sign]
+    oca-fill manifest build DIR --base-url URL [--popularity FILE] [--titles FILE] [--config FILE --sign]
 
 Exit codes: 0 success; 1 the run failed or refused the manifest, or some
 files failed; 2 usage error; 75 (EX_TEMPFAIL) another run holds this
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("dir")
     b.add_argument("--base-url", required=True, help="URL the files are published under")
     b.add_argument("--popularity", help="JSON {id: popularity} or lines 'id popularity'")
+    b.add_argument("--titles", help="JSON {id: title}; default: the file name up to its first dot, for files that parse as fMP4 encodes")
     b.add_argument("--sign", action="store_true", help="sign with [signing] key_id of --config")
     return p
 
@@ -76,10 +77,14 @@ def run(argv: list[str] | None = None) -> int:
         parser.error("a command is required")
     if args.command == "manifest":
         from fill.manifest import sign
-        from fill.manifest_build import build_manifest, read_popularity
+        from fill.manifest_build import build_manifest, read_popularity, read_titles
+
+        def skipped(name: str, reason: str) -> None:
+            print(f"oca-fill manifest build: {name}: no media fields: {reason}", file=sys.stderr)
 
         pop = read_popularity(args.popularity) if args.popularity else None
-        doc = build_manifest(args.dir, args.base_url, pop, now_s=int(time.time()))
+        titles = read_titles(args.titles) if args.titles else None
+        doc = build_manifest(args.dir, args.base_url, pop, now_s=int(time.time()), titles=titles, on_skip=skipped)
         if args.sign:
             cfg = load_config(args.config)
             kid = cfg.signing.key_id

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from oca.errors import ConfigError
 from oca.settings import (
     REQUIRED,
+    check_abs_path,
     check_cidrs,
     check_keys,
     check_listen,
@@ -223,6 +224,11 @@ class SigningConfig:
 class TlsConfig(TlsServingConfig):
     redirect_http: bool = setting(
         False, doc="Answer content requests on the plain [server] listen addresses with 308 to HTTPS; control endpoints stay plain."
+    )
+    ticket_key_file: str = setting(
+        "", doc="80-byte session-ticket key (nginx's ssl_session_ticket_key layout) shared by boxes behind one name; "
+        "'' : a random key made at start, shared by the workers, kept across SIGHUP. Re-read on SIGHUP.",
+        check=lambda v: v and check_abs_path(v),
     )
 
 

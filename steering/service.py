@@ -1,4 +1,4 @@
-"""The steering service's HTTP shell: /steer, /content/<id>, /health, /metrics, /.
+"""The steering service's HTTP shell: /steer, /content/<id>, /play/*, /watch/*, /health, /metrics, /.
 
 Rules kept here:
 - Who the client is, and who may use which path, is decided by the pure
@@ -17,6 +17,11 @@ Rules kept here:
 - The prefix table is rebuilt, in a thread, when an event says the routes
   or coverage changed; changes that arrive during a build coalesce into one
   more build. A keeper that restarts rebuilds.
+- The playback routes (DASH/HLS manifests, Content Steering answers, the
+  /watch player pages) live in `steering.playback`; the origin's manifest
+  they play from is kept by `steering.content.ContentKeeper`, a third
+  supervised task, refreshed on SIGHUP too; a failed fetch shows on
+  /health (`content.error`, status `degraded`).
 - SIGHUP reloads the registry, coverage zones and keys without dropping
   poll state; a config that does not load is reported and the old one stays.
 - `[tls]` serves the same app on HTTPS addresses with `oca.tls.make_context`
@@ -48,18 +53,21 @@ from oca.errors import ConfigError
 from oca.settings import parse_host_port
 from oca.signing import sign_query
 from oca.supervise import Supervisor
-from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair
+from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair, stat_key_file
 from steering.access import client_address, control_refusal, is_public_path, networks
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
+from steering.content import ContentKeeper
 from steering.health import Thresholds
 from steering.lpm import PrefixTable
 from steering.messages import MessageError, parse_steer_query
+from steering.playback import Playback
 from steering.poller import Knowledge, PollLimits, Poller, client_context
 from steering.ranking import NO_CANDIDATES, Appliance, Live, decide
 from steering.status_page import render_status
 
 POLLER_TASK = "poller"
 TABLE_TASK = "table-keeper"
+CONTENT_TASK = "manifest-keeper"
 
 
 def _log(line: str) -> None:
@@ -101,7 +109,10 @@ class Steering:
         self._log_fd = -1
         self.tls: Served | None = None  # set by serve() when [tls] is configured
         self.tls_error = ""  # why the last reload of the pair was refused
+        self.content = ContentKeeper(cfg.content, lambda: self.secrets, _log)
+        self.key_file_warning: str | None = None  # who else can read the [tls] key, if anyone
         self._apply_config(cfg)
+        self.playback = Playback(self)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
                              self.limits, self.allowed, log=_log)
         self.registry_metrics = CollectorRegistry()
@@ -118,8 +129,12 @@ class Steering:
         self.m_prefixes = Gauge("steering_prefixes", "Prefixes in the matching table", registry=r)
         self.m_build = Gauge("steering_table_build_seconds", "Time the last table build took", registry=r)
         self.m_task_failures = PCounter("steering_task_failures", "Failures of supervised tasks (each was restarted)", ["task"], registry=r)
+        self.m_tls_expiry = Gauge("steering_tls_certificate_expiry_timestamp_seconds",
+                                  "When the served TLS certificate expires (Unix time); absent without [tls]", registry=r)
+        self.m_tls_reload_failed = Gauge("steering_tls_reload_refused",
+                                         "1 when the last reload's key pair was refused (the old one is served)", registry=r)
         self.m_task_down = Gauge("steering_task_down", "1 while a supervised task waits to be restarted", ["task"], registry=r)
-        for name in (POLLER_TASK, TABLE_TASK):
+        for name in (POLLER_TASK, TABLE_TASK, CONTENT_TASK):
             self.m_task_failures.labels(name)
         self.supervisor = Supervisor(_log, on_failure=lambda name: self.m_task_failures.labels(name).inc())
 
@@ -165,6 +180,7 @@ class Steering:
             self.reload_pair()  # renewal (e.g. a certbot deploy hook) does not wait for the config to be fixed
             return
         self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed)
+        self.content.reconfigure(cfg.content)  # fetches the manifest again at once
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
         self.reload_pair()
 
@@ -186,7 +202,12 @@ class Steering:
             return
         self.tls = Served(self.tls.context, facts.not_after_s)
         self.tls_error = ""
+        self.key_file_warning = stat_key_file(tls.key_file)
         _log(f"reloaded the TLS pair {tls.cert_file}")
+
+    @staticmethod
+    def log(line: str) -> None:
+        _log(line)
 
     def mark_dirty(self) -> None:
         """The routes or the coverage changed: the table keeper rebuilds."""
@@ -295,6 +316,8 @@ class Steering:
             expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days)
             if status == "ok" and (expiry or self.tls_error):
                 status = "degraded"  # still serving, but an operator must renew or fix the pair
+        if status == "ok" and self.content.error:
+            status = "degraded"  # titles are those of the last good manifest, or none
         return {
             "status": status, "version": __version__,
             "appliances": len(states), "serving": serving, "tasks_down": tasks_down,
@@ -303,6 +326,7 @@ class Steering:
             "prefixes": len(self.table), "table_built": self.table_built_s, "table_error": self.table_error,
             "decisions": dict(self.results), "by_appliance": by_appliance,
             **({"tls": self.tls_doc()} if self.tls is not None else {}),
+            **({"content": self.content.doc()} if self.cfg.content.manifest_url else {}),
         }
 
     def tls_doc(self) -> dict:
@@ -310,7 +334,7 @@ class Steering:
         left_s = self.tls.not_after_s - time.time()
         expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days) if self.cfg.tls else None
         return {"not_after": self.tls.not_after_s, "days_left": round(left_s / 86400, 2), "expiry": expiry or "",
-                "reload_error": self.tls_error}
+                "reload_error": self.tls_error, "key_file_warning": self.key_file_warning}
 
     async def health(self, request: web.Request) -> web.Response:
         doc = self.health_doc()
@@ -325,9 +349,12 @@ class Steering:
             self.m_polls.labels(a.appliance_id).set(k.failures if k else 0)
             self.m_dropped.labels(a.appliance_id).set(len(k.routes_dropped) if k else 0)
         down = self.supervisor.down()
-        for name in (POLLER_TASK, TABLE_TASK):
+        for name in (POLLER_TASK, TABLE_TASK, CONTENT_TASK):
             self.m_task_down.labels(name).set(1 if name in down else 0)
         self.m_blip.set(1 if self.poller.blip else 0)
+        if self.tls is not None:
+            self.m_tls_expiry.set(self.tls.not_after_s)
+            self.m_tls_reload_failed.set(1 if self.tls_error else 0)
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
@@ -350,6 +377,7 @@ class Steering:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/", self.status_page)
+        self.playback.add_routes(app)
         return app
 
 
@@ -363,6 +391,9 @@ async def serve(config_path: str) -> int:
         await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
     if cfg.tls is not None:
         s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
+        s.key_file_warning = stat_key_file(cfg.tls.key_file)
+        if s.key_file_warning is not None:
+            _log(f"warning: the TLS private key is exposed: {s.key_file_warning}")
         for item in cfg.tls.listen:
             host, port = parse_host_port(item)
             await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=s.tls.context).start()
@@ -373,8 +404,9 @@ async def serve(config_path: str) -> int:
     loop.add_signal_handler(signal.SIGHUP, s.reload)
     s.supervisor.start(POLLER_TASK, s.poller.run)
     s.supervisor.start(TABLE_TASK, s.table_keeper)
+    s.supervisor.start(CONTENT_TASK, s.content.run)
     https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
-    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
+    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen) or 'no plain address'}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
     await s.supervisor.stop()

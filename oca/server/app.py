@@ -49,8 +49,6 @@ import json
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import parse_qsl
-
 from oca import __version__
 from oca.config import Config
 from oca.http import ranges
@@ -75,7 +73,7 @@ from oca.server.responses import (
     has_signature,
     parse_content_path,
 )
-from oca.signing import verify
+from oca.signing import VerifiedTokens
 from oca.store.content import ContentStore
 
 if TYPE_CHECKING:
@@ -88,12 +86,16 @@ class App:
         self.store = store
         self.stats = stats
         self.log = log
+        self.log_enabled = log.enabled  # an attribute, not the property: read once per request
         self.loop = loop
         self.fds = FdCache(cfg.server.fd_cache_size, cfg.server.fd_cache_inactive_s)
         self.dates = DateCache()
         self.server_line = f"Server: oca/{__version__}\r\n".encode()
         self.cache_control = f"Cache-Control: {cfg.server.cache_control}\r\n".encode()
         self.keys = cfg.signing.secrets()
+        # Keys change only by a reload, which replaces the workers, so this
+        # cache never outlives its key table (keys_changed is not needed here).
+        self.tokens = VerifiedTokens()
         self.signing_required = cfg.signing.required
         self.skew = cfg.signing.clock_skew_s
         self.max_ranges = cfg.server.max_ranges
@@ -124,14 +126,17 @@ class App:
         return Response(status, head, [] if req.method == "HEAD" else [body], len(body), close)
 
     def finished(self, req: Request, conn: Any, status: int, body_bytes: int, complete: bool) -> None:
-        now = self.loop.time()
-        duration = now - req.started if req.started else 0.0
-        self.stats.observe(status if complete else 499 if status < 500 else status, duration, body_bytes)
-        if self.log.enabled:
+        duration = self.loop.time() - req.started if req.started else 0.0
+        if complete:
+            self.stats.observe(status, duration, body_bytes)
+        else:
+            self.stats.observe(499 if status < 500 else status, duration, body_bytes)
+            status = 499
+        if self.log_enabled:
             h = req.headers
             self.log.log(
                 conn.peer, req.method or "-", req.target.decode("latin-1") if req.target else "-", req.version,
-                status if complete else 499, body_bytes, h.get("referer", ""), h.get("user-agent", ""), duration, time.time(),
+                status, body_bytes, h.get("referer", ""), h.get("user-agent", ""), duration, time.time(),
             )
 
     # ------------------------------------------------------------ routing
@@ -223,12 +228,12 @@ class App:
             decision = ranges.decide_path_range(path_range[0], path_range[1], size)
             if decision.status == 200:
                 start, end = decision.ranges[0]
-                return self._file_response(req, entry, 200, start, end - start + 1, None)
+                return self._file_response(req, entry, 200, start, end - start + 1, b"")
         else:
             if headers.keys().isdisjoint(CONDITIONAL_HEADERS):
                 range_value = headers.get("range")
                 if range_value is None:
-                    return self._file_response(req, entry, 200, 0, size, None)
+                    return self._file_response(req, entry, 200, 0, size, b"")
                 if req.method == "GET" and self.max_ranges > 0:
                     m = _SIMPLE_RANGE.fullmatch(range_value)
                     if m is not None:
@@ -236,7 +241,7 @@ class App:
                         last = int(m[2])
                         if start <= last and start < size:
                             end = last if last < size else size - 1
-                            return self._file_response(req, entry, 206, start, end - start + 1, f"bytes {start}-{end}/{size}")
+                            return self._file_response(req, entry, 206, start, end - start + 1, b"Content-Range: bytes %d-%d/%d\r\n" % (start, end, size))
             rep = ranges.Representation(size, entry.etag, entry.last_modified_s)
             decision = ranges.decide(
                 req.method, headers.get("range"), headers.get("if-range"), headers.get("if-none-match"),
@@ -245,11 +250,11 @@ class App:
             )
         status = decision.status
         if status == 200:
-            return self._file_response(req, entry, 200, 0, size, None)
+            return self._file_response(req, entry, 200, 0, size, b"")
         if status == 206:
             if len(decision.ranges) == 1:
                 start, end = decision.ranges[0]
-                return self._file_response(req, entry, 206, start, end - start + 1, ranges.content_range(start, end, size))
+                return self._file_response(req, entry, 206, start, end - start + 1, b"Content-Range: %s\r\n" % ranges.content_range(start, end, size).encode())
             return self._multipart(req, entry, decision.ranges)
         if status == 304:
             fields = self.server_line + f"ETag: {entry.etag}\r\nLast-Modified: {entry.last_modified}\r\n".encode() + self.cache_control + CORS
@@ -259,8 +264,7 @@ class App:
         return self.error_response(status, decision.reason or REASONS.get(status, "error"), close)
 
     def _check_signature(self, content_id: str, query: str) -> tuple[int, str] | None:
-        params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-        v = verify(content_id, params.get("e"), params.get("k"), params.get("t"), self.keys, time.time(), self.skew)
+        v = self.tokens.verify_query(content_id, query, self.keys, time.time(), self.skew)
         return None if v.ok else (v.status, v.reason)
 
     def _make_entry(self, fd: int, size: int, content_id: str, checksum: str, mtime_s: int, store_uuid: str) -> CachedFile:
@@ -275,9 +279,9 @@ class App:
         )
         return CachedFile(fd, size, block, etag, last_modified, mtime_s, store_uuid, ctype)
 
-    def _file_response(self, req: Request, entry: CachedFile, status: int, offset: int, count: int, content_range: str | None) -> Response:
+    def _file_response(self, req: Request, entry: CachedFile, status: int, offset: int, count: int, more: bytes) -> Response:
+        """`more`: the Content-Range line, or b"" (formatted by the caller: one bytes % on the fast path)."""
         close = not req.keep_alive
-        more = b"" if content_range is None else b"Content-Range: %s\r\n" % content_range.encode()
         head = build_head(status, self.dates.get(), entry.block, count, close, more)
         if req.method == "HEAD" or count == 0:
             return Response(status, head, [], 0, close)
@@ -446,6 +450,8 @@ class App:
             "days_left": None if not_after is None else round((not_after - now) / 86400, 2),
             "reload_refused": refusal or None,
             "ktls": info.get("ktls"),
+            "session_tickets": info.get("session_tickets"),
+            "key_file_warning": info.get("key_file_warning"),  # a note: the key is readable by others (status unchanged)
         }
 
     def health(self, req: Request) -> Response:
@@ -475,7 +481,7 @@ class App:
             dict(last) if last is not None else {}, failures,
             None if self.tls_info is None else TlsFigures(
                 self.tls_info.get("not_after_s"), str(self.tls_info.get("ktls", "")),
-                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0,
+                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0, str(self.tls_info.get("session_tickets") or ""),
             ),
         )
 

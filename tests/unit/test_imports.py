@@ -48,6 +48,7 @@ PURE_MODULES = frozenset({
     "oca.settings",
     "fill.plan",
     "fill.manifest",
+    "fill.mp4",
     "fill.resume",
     "fill.inventory",
     "fill.window",
@@ -57,6 +58,11 @@ PURE_MODULES = frozenset({
     "steering.health",
     "steering.messages",
     "steering.access",
+    "steering.catalog",
+    "steering.dash",
+    "steering.hls",
+    "steering.content_steering",
+    "steering.watch_page",
 })
 # Project modules a pure module may import besides the pure ones: no I/O, no state.
 PURE_HELPERS = frozenset({"oca", "oca.errors", "oca.http", "oca.store", "fill", "fill.errors", "steering"})
