@@ -14,6 +14,9 @@ here performs I/O: `fill.manifest_build` reads directories and hashes files.
          "mtime": 1795600000,                         origin modification time, unix seconds
          "popularity": 4.2e9,                         predicted bytes served per day, >= 0
          "sources": ["https://origin/title.1080p.mp4"],   one or more http(s) URLs
+         "forecast": "title",                         optional: "title" (default), the popularity is
+                                                      about this file; "class": the mean of earlier
+                                                      releases of its class, which says little of it
          "title": "title",                            optional: which files form one title (a content id)
          "kind": "video",                             optional media fields, all or none:
          "codecs": "avc1.64001f",                       RFC 6381 codecs string
@@ -67,8 +70,9 @@ FORMAT = "oca-manifest"
 VERSION = 1
 _FILE_KEYS = {"id", "size", "xxh128", "mtime", "popularity", "sources"}
 _MEDIA_KEYS = ("kind", "codecs", "bandwidth", "width", "height", "duration_s", "init_range", "index_range", "segments")
-_OPTIONAL_FILE_KEYS = {"title", *_MEDIA_KEYS}
+_OPTIONAL_FILE_KEYS = {"title", "forecast", *_MEDIA_KEYS}
 KINDS = ("video", "audio")
+FORECASTS = ("title", "class")
 _TOP_KEYS = {"format", "version", "generated_s", "files", "sites", "signature"}
 _APPLIANCE_KEYS = {"id", "url", "weight"}
 
@@ -125,6 +129,7 @@ class ManifestFile:
     sources: tuple[str, ...]
     title: str | None = None
     media: MediaInfo | None = None
+    forecast: str = "title"  # "class": the popularity is a class mean (the agent reserves budget for the passes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +292,10 @@ def _parse_file(item: Any, where: str, seen: set[str]) -> ManifestFile:
     if title is not None and not is_valid_id(title):
         raise ManifestError(f"{where}.title: {str(title)[:60]!r} is not a valid title (content id syntax)")
     media = _parse_media(item, where, size) if any(k in item for k in _MEDIA_KEYS) else None
-    return ManifestFile(cid, size, checksum, mtime, float(pop), urls, title, media)
+    forecast = item.get("forecast", "title")
+    if forecast not in FORECASTS:
+        raise ManifestError(f"{where}.forecast: must be one of {', '.join(map(repr, FORECASTS))}")
+    return ManifestFile(cid, size, checksum, mtime, float(pop), urls, title, media, forecast)
 
 
 def _parse_media(item: Mapping[str, Any], where: str, size: int) -> MediaInfo:

@@ -196,6 +196,18 @@ class CheckConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PopularityConfig:
+    max_ids: int = setting(
+        100_000, doc="Content ids whose requests are counted at most; past it the least requested are forgotten.",
+        check=lambda v: in_range(v, 100, 10_000_000),
+    )
+    flush_s: float = setting(
+        5, doc="Seconds between a worker's writes of its request counts (a worker killed with -9 loses at most these).",
+        check=lambda v: in_range(v, 0.05, 3600),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SigningConfig:
     required: bool = setting(False, doc="Refuse content requests without a valid signed URL.")
     keys: Mapping[str, str] = mapping_setting(
@@ -228,6 +240,7 @@ class Config:
     stores: tuple[StoreConfig, ...] = setting(doc="One [[stores]] table per data disk.")
     check: CheckConfig = setting(CheckConfig(), doc="Start-up reconciliation.")
     signing: SigningConfig = setting(SigningConfig(), doc="Signed URLs.")
+    popularity: PopularityConfig = setting(PopularityConfig(), doc="Per-file request counters (the fill agent's intra-day passes read them).")
     routes: RoutesConfig = setting(RoutesConfig(), doc="Client prefixes reported on /routes.")
     tls: TlsConfig | None = setting(None, doc="HTTPS serving; unset: plain HTTP only.")
 

@@ -10,7 +10,8 @@ Rules kept here:
   less per request); any other input goes through `ranges.decide`.
 - URLs: GET/HEAD `/content/<id>` (with `Range`), `/content/<id>/range/<s>-<e>`
   (Open Connect's path form: 200 with the clamped bytes), OPTIONS for CORS
-  preflight, and the control endpoints `/health`, `/inventory`, `/metrics`.
+  preflight, and the control endpoints `/health`, `/inventory`, `/metrics`,
+  `/routes`, `/popularity`.
   A malformed id or path is 400, an unknown id 404; a client's path never
   becomes a file path (the index maps ids to files).
 - Signed URLs (`e`, `k`, `t`) are checked whenever `[signing] required` is
@@ -33,7 +34,11 @@ Rules kept here:
   cheap on the serving loop: `/health` and `/metrics` read counters from
   shared memory and store states from the index; `/inventory` reads the
   index (full listing or journal walk) only in a thread, one build per
-  distinct answer however many ask at once, cached by generation.
+  distinct answer however many ask at once, cached by generation;
+  `/popularity` reads the request counters only in a thread.
+- Each content request that passes the signing rules is counted for its id
+  (`oca.server.popularity`): one dict lookup on the loop, written to the
+  store's counters by the worker's flush loop.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from oca.server import control
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.fdcache import CachedFile, FdCache, SizeMismatch
+from oca.server.popularity import Tally
 from oca.server.responses import (
     _ERROR_FIELDS,
     _PREFLIGHT_FIELDS,
@@ -95,6 +101,7 @@ class App:
         self.max_ranges = cfg.server.max_ranges
         self.control_policy = control.ControlPolicy.from_config(cfg.server.control_allow, cfg.server.control_token)
         self.tasks_down = tasks_down  # this worker's supervised tasks that are down: name → reason
+        self.tally = Tally(cfg.popularity.max_ids)  # requests per content id since the last flush
         self.task_failures = task_failures
         self._inventory_cache: dict[tuple, bytes] = {}  # (kind, ..., generation) → body; only the current generation
         self._building: dict[tuple, asyncio.Future] = {}  # the same keys, while a thread builds them
@@ -156,6 +163,8 @@ class App:
                     return self.metrics(req)
                 if path == "/routes":
                     return self.routes(req)
+                if path == "/popularity":
+                    return self.popularity(req)
                 return self.inventory(req)
             except control.QueryError as exc:
                 return self.error_response(400, str(exc), not req.keep_alive)
@@ -182,6 +191,11 @@ class App:
             verdict = self._check_signature(content_id, req.query)
             if verdict is not None:
                 return self.error_response(verdict[0], verdict[1], close)
+        # Request counters (oca.server.popularity): one dict lookup, flushed off the loop.
+        counted = self.tally.counts.get(content_id)
+        if counted is None:
+            counted = self.tally.slot(content_id) or [0, 0]
+        counted[0] += 1
         loc = self.store.lookup(content_id)
         if loc is None:
             return self.error_response(404, "no such content on this appliance", close)
@@ -201,6 +215,8 @@ class App:
                 return self.error_response(503, "content unavailable: store error", close)
         entry.used = self.loop.time()
         resp = self._content_response(req, entry, path_range, close)
+        if resp.status < 300:
+            counted[1] += resp.body_bytes  # the content's bytes, not an error's text
         if entry.retired and resp.on_done is None:
             self.fds.unused(entry)  # a body-less answer never holds the descriptor
         return resp
@@ -540,4 +556,38 @@ class App:
                 fut.set_result(self.error_response(503, f"inventory unavailable: {type(exc).__name__}", True))
 
         shared.add_done_callback(answer)
+        return fut
+
+    def popularity(self, req: Request) -> asyncio.Future:
+        """The request counters per content id: totals and since the fill agent's mark (flushed counts)."""
+        top = control.parse_popularity_query(req.query)
+        store = self.store
+        head = {"appliance": self.cfg.appliance.id, "site": self.cfg.appliance.site}
+
+        def build() -> bytes:
+            # A thread with its own read transaction: the serving loop never walks the counters.
+            snap = store.demand()
+            rows = sorted(snap.records.items(), key=lambda kv: (-kv[1].requests_since_mark, -kv[1].requests, kv[0]))
+            if top is not None:
+                rows = rows[:top]
+            doc = {
+                **head, "time": time.time(), "created_s": snap.created_s,
+                "mark": snap.mark.number, "mark_s": snap.mark.since_s,
+                "fields": ["id", "requests", "bytes", "requests_since_mark", "bytes_since_mark", "last_s"],
+                "count": len(snap.records),
+                "rows": [[cid, d.requests, d.bytes, d.requests_since_mark, d.bytes_since_mark, d.last_s] for cid, d in rows],
+            }
+            return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+        fut = self.loop.create_future()
+
+        def answer(task: asyncio.Future) -> None:
+            if fut.done():
+                return
+            try:
+                fut.set_result(self._simple(200, "application/json", task.result(), req))
+            except Exception as exc:  # counters trouble: answer, don't hang
+                fut.set_result(self.error_response(503, f"popularity unavailable: {type(exc).__name__}", True))
+
+        self.loop.run_in_executor(None, build).add_done_callback(answer)
         return fut

@@ -24,6 +24,9 @@ Rules kept here:
   shares (`--ticket-key-fd`) is installed in that context
   (`oca.tickets.install`); if it cannot be, the context keeps its own key
   and /health and /metrics say why (resumption then only on this worker).
+- A second supervised task flushes the request counters
+  (`oca.server.popularity`) every `[popularity] flush_s`, and once more
+  after serving ends.
 - SIGTERM (or SIGINT): stop accepting, close idle connections, let
   responses in flight finish until `shutdown_timeout_s`, then exit.
   SIGUSR1 reopens the access log; SIGHUP flushes it. The worker exits by itself if its parent
@@ -45,6 +48,7 @@ from oca.config import load_config
 from oca.errors import OcaError
 from oca.http.protocol import HttpConnection, Limits
 from oca.http.tlsconn import TlsConnection
+from oca.server import popularity
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.app import App
@@ -89,6 +93,10 @@ class Worker:
         cfg = self.cfg
         self.stats = S.SharedStats(self.args.stats_fd, self.args.slots, self.args.slot)
         self.store = ContentStore.open(cfg, writable=False)
+        try:
+            self.store.open_counters()
+        except OcaError as exc:  # serving goes on; the flush loop tries again and /health shows it down
+            _log_line(self.args.slot)(f"request counters: {exc}")
         self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
         self.supervisor = Supervisor(_log_line(self.args.slot), on_failure=self._task_failed)
         self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)
@@ -153,6 +161,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
         loop.add_signal_handler(signal.SIGHUP, self.log.flush)  # the parent reloads; nothing buffered is left behind
         self.supervisor.start("sweep", self.sweep)
+        self.supervisor.start("popularity", lambda: popularity.flush(self.app.tally, self.store, cfg.popularity.flush_s))
         if self.args.ready_fd >= 0:
             try:
                 os.write(self.args.ready_fd, b"R")
@@ -165,6 +174,10 @@ class Worker:
                 os.close(self.args.ready_fd)
         await self.done
         await self.supervisor.stop()
+        try:  # serving has ended: what the last interval counted is written before the worker exits
+            popularity.flush_now(self.app.tally, self.store)
+        except OcaError as exc:
+            _log_line(self.args.slot)(f"request counts of the last {cfg.popularity.flush_s:g} s lost: {exc}")
         self.log.close()
         self.app.fds.clear()
         stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = 0

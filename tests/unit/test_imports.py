@@ -41,6 +41,7 @@ PURE_MODULES = frozenset({
     "oca.store.layout",
     "oca.store.flags",
     "oca.store.identity",
+    "oca.store.demand",
     "oca.signing",
     "oca.rendezvous",
     "oca.ids",

@@ -179,6 +179,9 @@ ERROR_CASES = [
     ("file not an object", set_top("files", [["a.mp4"]]), "files[0]: must be an object"),
     ("unknown file field", set_file("colour", "red"), "files[0].colour: unknown field"),
     ("typo of a field", lambda d: d["files"][1].update(popularty=1), "files[1].popularty: unknown field"),
+    ("forecast unknown", set_file("forecast", "oracle"), f"{A}.forecast: must be one of 'title', 'class'"),
+    ("forecast not a string", set_file("forecast", 1), f"{A}.forecast:"),
+    ("forecast null", set_file("forecast", None), f"{A}.forecast:"),
     # ids
     ("invalid id", set_file("id", "../etc/passwd"), "files[0].id: '../etc/passwd' is not a valid content id"),
     ("id with slash", set_file("id", "a/b"), "files[0].id:"),
@@ -994,3 +997,13 @@ def test_check_fresh(generated, newest, words):
 
 def test_manifest_errors_share_the_fill_root():
     assert issubclass(ManifestError, FillError) and issubclass(FillError, OcaError)
+
+
+def test_forecast_is_optional_and_title_by_default():
+    from fill.agent import uncertain_forecasts
+
+    doc = valid_doc()
+    doc["files"][0]["forecast"] = "class"
+    m = parse_manifest(dumps(doc))
+    assert [f.forecast for f in m.files][:2] == ["class", "title"]
+    assert uncertain_forecasts(m) == {doc["files"][0]["id"]}
