@@ -579,7 +579,13 @@ class HttpConnection(asyncio.Protocol):
         return kind
 
     def shutdown(self) -> None:
-        """Graceful stop: close if idle, else close after the current response."""
+        """Graceful stop: close if idle between requests, else close after the next response.
+
+        A connection that has sent nothing yet is not idle: it was accepted for
+        a request that is on its way (closing it would reset the client, who
+        never got an answer), so that request is answered, with
+        `Connection: close`; the header deadline bounds the wait.
+        """
         self.shutting_down = True
-        if self._current is None and not self._queue and self.phase != CLOSING:
+        if self._current is None and not self._queue and self.phase == IDLE and self.deadline_kind == "idle":
             self._close()
