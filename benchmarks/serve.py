@@ -425,6 +425,14 @@ def start_oca(base: Path, cfg: Path, port: int, cleanup: Cleanup, name: str = "o
     wait_port(port, proc, log)
     srv = Server(name, port, proc, log)
     _wait_workers(srv, 2)
+    # The port answers as soon as the parent has bound it, but each worker's
+    # SO_REUSEPORT socket joins only when that worker listens: wrk's
+    # keep-alive connections opened before then would all stay on one worker.
+    deadline = time.monotonic() + 30
+    while " with 2/2 workers" not in tail(log):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: workers not ready: {tail(log)}")
+        time.sleep(0.05)
     return srv
 
 

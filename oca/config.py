@@ -107,7 +107,7 @@ class ServerConfig:
         doc="Plain-HTTP addresses to serve on, 'host:port' or '[v6]:port'; may be empty when [tls] listen is set.",
         check=lambda v: check_listen(v) if v else v,
     )
-    workers: int = setting(2, doc="Worker processes sharing the listening sockets.", check=lambda v: in_range(v, 1, 256))
+    workers: int = setting(2, doc="Worker processes, each with its own SO_REUSEPORT socket per address.", check=lambda v: in_range(v, 1, 256))
     event_loop: str = setting(
         "uvloop", doc="'uvloop' (fast) or 'asyncio' (stock loop, for comparison and tests).", check=lambda v: one_of(v, ("uvloop", "asyncio"))
     )

@@ -5,8 +5,27 @@ Rules kept here:
   as the hard limit allows, attaches the stores once (initialising new empty
   ones, so workers never race to do it), binds every `[server] listen`
   address and starts `[server] workers` workers as its direct children, in
-  its own process group, each inheriting the listening sockets (the kernel
-  balances connections between them).
+  its own process group.
+- Balance: every address has one listening socket per worker position
+  (a "group"), all bound with SO_REUSEPORT, so the kernel hashes each new
+  connection to one group and the workers get even shares. (One socket
+  accepted from by all workers gave 2:1 splits: the busier worker wins
+  more accept races.) The first socket of an address is bound before
+  SO_REUSEPORT is set, so an address another process holds is refused as
+  before. The parent keeps every group's socket open for its whole life:
+  a worker that dies or is replaced leaves its queued connections waiting
+  in the socket's backlog for the next worker of that group, never reset.
+  A group's extra sockets are bound by the parent but listened on only by
+  the worker (its `create_server` calls listen), so no connection is
+  hashed to a group before a worker has opened it. If a dead worker's
+  replacement cannot be spawned, its groups' sockets stop listening
+  (shutdown SHUT_RD: still bound, out of the SO_REUSEPORT group) so new
+  connections go to the live workers; what was queued on them is reset,
+  or moved to the other sockets where `net.ipv4.tcp_migrate_req = 1`. The
+  replacement, once spawned, listens on them again. Groups are never
+  removed while their address is configured: after a reload lowers
+  `workers`, the surplus groups are shared out among the remaining workers
+  (group j to worker j mod workers).
 - A worker that dies is restarted (with a pause if they keep dying). A
   spawn that fails (fork or exec refused: EAGAIN, EMFILE, ENOMEM, the
   interpreter gone) never ends the parent: the slot is remembered and
@@ -111,17 +130,52 @@ def bind_sockets(listen: tuple[str, ...], backlog: int, key: str = "server.liste
         if fam == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
-            sock.bind(addr)
+            sock.bind(addr)  # without SO_REUSEPORT yet: an address held by anyone else is refused
         except OSError as exc:
             sock.close()
             for s in socks.values():
                 s.close()
             raise OcaError(f"{key}: cannot bind {item}: {exc.strerror}") from None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # the groups' sockets join it
         sock.listen(backlog)
         sock.setblocking(False)
         sock.set_inheritable(True)
         socks[item] = sock
     return socks
+
+
+def bind_group_socket(first: socket.socket) -> socket.socket:
+    """Another socket on `first`'s address, in its SO_REUSEPORT group once listened on.
+
+    Bound, not listening: the worker that serves it listens (see the module's rules).
+    """
+    sock = socket.socket(first.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if first.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(first.getsockname())
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    sock.set_inheritable(True)
+    return sock
+
+
+def tcp_migrate_req() -> bool:
+    """Whether the kernel moves a closed SO_REUSEPORT listener's queue to its group (Linux 5.14+)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req") as fh:
+            return fh.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def groups_of(position: int, workers: int, groups: int) -> list[int]:
+    """The socket groups the worker at `position` (of `workers`) accepts from: j mod workers == position."""
+    return list(range(position, max(groups, workers), workers))
 
 
 class LoopGuard:
@@ -188,6 +242,7 @@ class WorkerProc:
     proc: subprocess.Popen
     slot: int
     started: float
+    position: int = 0  # which socket groups it accepts from (groups_of)
     retiring: bool = False
     ready: bool = False
 
@@ -206,6 +261,44 @@ class Master:
     tls_socks: dict[str, socket.socket] = field(default_factory=dict)  # [tls] listen
     ticket_key: bytes = b""  # the session-ticket key the workers share (OpenSSL order)
     ticket_fd: int = -1  # a sealed memfd holding ticket_key; -1: no [tls]
+    # first socket's fd → the sockets of groups 1, 2, ... on its address (group 0 is the first socket)
+    group_socks: dict[int, list[socket.socket]] = field(default_factory=dict)
+    positions: dict[int, int] = field(default_factory=dict)  # slot → position, so a restart keeps its groups
+
+    def _group_fds(self, firsts, position: int) -> list[int]:
+        workers = self.cfg.server.workers
+        groups = max(workers, 1 + max((len(v) for v in self.group_socks.values()), default=0))
+        fds = []
+        for first in firsts:
+            extra = self.group_socks.setdefault(first.fileno(), [])
+            for g in groups_of(position, workers, groups):
+                if g == 0:
+                    fds.append(first.fileno())
+                    continue
+                while len(extra) < g:
+                    extra.append(bind_group_socket(first))
+                fds.append(extra[g - 1].fileno())
+        return fds
+
+    def unlisten(self, position: int) -> None:
+        """Take the groups of `position` out of service until a worker listens on them again."""
+        workers = self.cfg.server.workers
+        for first in [*self.socks.values(), *self.tls_socks.values()]:
+            extra = self.group_socks.get(first.fileno(), [])
+            for g in groups_of(position, workers, 1 + len(extra)):
+                sock = first if g == 0 else extra[g - 1] if g <= len(extra) else None
+                if sock is None:
+                    continue
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass  # not listening (never opened by a worker, or already out)
+
+    def close_socket(self, sock: socket.socket) -> None:
+        """Close a first socket and its groups' sockets."""
+        for extra in self.group_socks.pop(sock.fileno(), []):
+            extra.close()
+        sock.close()
 
     def free_slot(self) -> int:
         used = {w.slot for w in self.workers}
@@ -214,11 +307,12 @@ class Master:
                 return slot
         raise OcaError("no free worker slot")
 
-    def spawn(self, slot: int | None = None, wait_ready: bool = True) -> WorkerProc:
+    def spawn(self, slot: int | None = None, wait_ready: bool = True, position: int | None = None) -> WorkerProc:
         slot = self.free_slot() if slot is None else slot
+        position = self.positions.get(slot, 0) if position is None else position
+        fds = self._group_fds(self.socks.values(), position)  # OSError (EMFILE) reaches the caller
+        tls_fds = self._group_fds(self.tls_socks.values(), position)
         r, w = os.pipe()  # OSError (EMFILE) reaches the caller before anything is started
-        fds = [s.fileno() for s in self.socks.values()]
-        tls_fds = [s.fileno() for s in self.tls_socks.values()]
         args = [
             sys.executable, "-m", "oca.server.worker",
             "--config", self.config_path,
@@ -239,7 +333,8 @@ class Master:
             os.close(w)
             raise
         os.close(w)
-        wp = WorkerProc(proc, slot, time.monotonic())
+        wp = WorkerProc(proc, slot, time.monotonic(), position)
+        self.positions[slot] = position
         self.workers.append(wp)
         if wait_ready:
             wp.ready = self._wait_ready(r, proc)
@@ -301,6 +396,7 @@ class Master:
             except OSError as exc:
                 failed.append(slot)
                 error = exc
+                self.unlisten(self.positions.get(slot, 0))
         self.missing = failed
         if error is not None:
             raise OcaError(f"cannot start a worker for slot(s) {', '.join(map(str, failed))}: {error}") from error
@@ -316,7 +412,7 @@ class Master:
         for wp in self.workers:
             _signal(wp.proc, signal.SIGKILL)
         for s in [*self.socks.values(), *self.tls_socks.values()]:
-            s.close()
+            self.close_socket(s)
 
     def reload(self) -> None:
         try:
@@ -368,7 +464,7 @@ class Master:
             except OcaError as exc:
                 for key, sock in self.socks.items():
                     if key not in old_socks:
-                        sock.close()
+                        self.close_socket(sock)
                 self.socks = old_socks
                 log(f"reload refused: {exc}")
                 return
@@ -380,7 +476,7 @@ class Master:
         for i in range(max(needed, len(old))):
             if i < needed:
                 try:
-                    new = self.spawn()
+                    new = self.spawn(position=i)
                 except OSError as exc:
                     log(f"reload: cannot start a new worker ({exc}); the old ones keep serving")
                     return
@@ -394,10 +490,10 @@ class Master:
                 _signal(old[i].proc, signal.SIGTERM)
         for key, sock in old_socks.items():
             if key not in self.socks:
-                sock.close()
+                self.close_socket(sock)
         for key, sock in old_tls.items():
             if key not in self.tls_socks:
-                sock.close()
+                self.close_socket(sock)
 
     def set_ticket_key(self, key: bytes) -> None:
         """Hold `key` in a fresh sealed memfd for the workers started from now on."""
@@ -505,8 +601,8 @@ def serve(config_path: str) -> int:
     if cfg.server.pid_file:
         with open(cfg.server.pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
-    for _ in range(cfg.server.workers):
-        master.spawn()
+    for position in range(cfg.server.workers):
+        master.spawn(position=position)
     ready = sum(1 for w in master.workers if w.ready)
     log(
         f"oca {__version__} appliance {cfg.appliance.id} serving on {', '.join(cfg.server.listen) or '-'}"
@@ -514,6 +610,9 @@ def serve(config_path: str) -> int:
         f"with {ready}/{cfg.server.workers} workers ({cfg.server.event_loop}), open-files limit {nofile}"
     )
     notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving")
+    if cfg.server.workers > 1 and not tcp_migrate_req():
+        log("net.ipv4.tcp_migrate_req is not 1: if a dead worker cannot be respawned, the connections "
+            "queued on its sockets are reset instead of moved to the other workers")
     routes_index = Index(cfg.index.path, map_size_bytes=int(cfg.index.map_size_gb * (1 << 30)), max_readers=cfg.index.max_readers)
     master.index = routes_index
     routes = RoutesManager(routes_index, log)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from bisect import bisect_left
 
 # Counter layout of one slot (int64 each).
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -41,6 +42,7 @@ C_HIST_COUNT = 15
 C_HIST = 16
 # Response time histogram upper bounds in seconds (le). +Inf is the count.
 HIST_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_HIST_BUCKETS = len(HIST_BOUNDS_S)
 C_CODES = C_HIST + len(HIST_BOUNDS_S)
 COUNTED_CODES = (200, 206, 304, 400, 403, 404, 405, 410, 412, 416, 431, 500, 503)
 C_TASK_FAILURES = C_CODES + len(COUNTED_CODES)  # the worker's supervised tasks, all failures
@@ -114,10 +116,9 @@ class SharedStats:
         c[b + C_BYTES] += body_bytes
         c[b + C_HIST_SUM_US] += int(seconds * 1e6)
         c[b + C_HIST_COUNT] += 1
-        for i, bound in enumerate(HIST_BOUNDS_S):
-            if seconds <= bound:
-                c[b + C_HIST + i] += 1
-                break
+        i = bisect_left(HIST_BOUNDS_S, seconds)  # the first bound >= seconds (le buckets); past the last: +Inf only
+        if i < _HIST_BUCKETS:
+            c[b + C_HIST + i] += 1
 
     def zero_gauges(self, slot: int) -> None:
         self.counters[slot * SLOT_COUNTERS + C_CONNECTIONS_OPEN] = 0

@@ -237,7 +237,7 @@ def test_a_failed_spawn_leaves_the_parent_serving_and_is_retried(tmp_path):
         os.rename(python, python + ".away")
         victim = _children(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
-        _wait(lambda: _health(base)["status"] == "degraded", 10, "/health to name the failed spawn")
+        _wait(lambda: _health_or_reset(base) == "degraded", 10, "/health to name the failed spawn")
         reasons = [c["reason"] for c in _health(base)["conditions"]]
         assert any("task spawn is down in the parent" in r for r in reasons), reasons
         assert proc.poll() is None, "the parent died"
@@ -261,6 +261,16 @@ def test_a_failed_spawn_leaves_the_parent_serving_and_is_retried(tmp_path):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+def _health_or_reset(base: str) -> str:
+    """A request queued on the dead worker's socket when its respawn fails is reset (unless
+    net.ipv4.tcp_migrate_req moves it to the live worker's socket): the parent takes that
+    socket out of service so later connections reach the live worker."""
+    try:
+        return _health(base)["status"]
+    except ConnectionResetError:
+        return "reset"
 
 
 def _children(pid: int) -> list[int]:
