@@ -278,6 +278,8 @@ class TlsGuarded(TlsConnection):
     handshakes stalled).
     """
 
+    __slots__ = ("_worker", "_refused")
+
     def __init__(self, app, limits, registry, loop, on_stat, worker: "Worker", refused: bool):
         super().__init__(app, limits, registry, loop, on_stat)
         self._worker = worker
