@@ -51,7 +51,7 @@ from oca.server.app import App
 from oca.store.content import ContentStore
 from oca.supervise import Supervisor
 from oca import tickets
-from oca.tls import ktls_status, make_context, stat_key_file
+from oca.tls import ktls_status, make_context, read_pair_ssl, stat_key_file
 
 PR_SET_PDEATHSIG = 1
 # Tests only: while the file named by OCA_TEST_FAULT_SWEEP exists, the sweep
@@ -92,7 +92,7 @@ class Worker:
         self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
         self.supervisor = Supervisor(_log_line(self.args.slot), on_failure=self._task_failed)
         self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)
-        served = make_context(cfg.tls, time.time()) if cfg.tls is not None and self.args.tls_fds else None
+        served = make_context(cfg.tls, time.time(), read_pair_ssl) if cfg.tls is not None and self.args.tls_fds else None
         if cfg.tls is not None:
             self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status(),
                                  "session_tickets": self._share_tickets(served.context) if served else None,
