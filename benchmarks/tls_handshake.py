@@ -300,7 +300,7 @@ def handshakes(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -
         crt, key = pki[kind]
         for mode in ("full", "resumed"):
             tickets = mode == "resumed"
-            servers = [start_oca(base, f"oca-{kind}-{mode}", crt, key, tickets, ROOT),
+            servers = [start_oca(base, f"oca-{kind}-{mode}", crt, key, tickets, args.oca_root),
                        start_nginx(base, f"nginx-{kind}-{mode}", crt, key, tickets)]
             if args.floor:
                 servers.append(start_floor(base / f"floor-{kind}-{mode}", crt, key, tickets))
@@ -365,7 +365,7 @@ def main() -> int:
     p.add_argument("--floor", action="store_true", help="also run bare uvloop TLS (no oca code), the floor of this stack")
     p.add_argument("--resumption", action="store_true", help="measure the share of sessions resumed across workers instead")
     p.add_argument("--connections-resume", type=int, default=200)
-    p.add_argument("--oca-root", type=Path, default=ROOT, help="the oca checkout to run (for --resumption before/after)")
+    p.add_argument("--oca-root", type=Path, default=ROOT, help="the oca checkout to run (a before/after of either mode)")
     args = p.parse_args()
     base = Path(tempfile.mkdtemp(prefix="tls-handshake-"))
     cleanup: list[Server] = []

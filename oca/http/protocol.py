@@ -181,6 +181,10 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.registry.discard(self)
+        # The parser holds this connection's bound callbacks: a reference
+        # cycle that only the cyclic collector would free. Dropped here, a
+        # closed connection is freed by reference counting at once.
+        self._parser = None
         if self._current is not None:
             self._finish(complete=False)
         self._release_sock()

@@ -425,7 +425,7 @@ class App:
         }
 
     def _tls_health(self, conditions: list) -> dict:
-        from oca.tls import expiry_condition, judge_pair, read_pair
+        from oca.tls import expiry_condition, judge_pair, read_pair_ssl
 
         info = self.tls_info or {}
         tls = self.cfg.tls
@@ -441,7 +441,7 @@ class App:
             if self._tls_refusal[0] != refused_at:
                 # The parent logged the full reason; the files are judged again
                 # here once per refusal (two small reads) to say why.
-                why = judge_pair(read_pair(tls.cert_file, tls.key_file), now) or "see the server log"
+                why = judge_pair(read_pair_ssl(tls.cert_file, tls.key_file), now) or "see the server log"
                 self._tls_refusal = (refused_at, why)
             refusal = self._tls_refusal[1]
             conditions.append({"status": "degraded", "reason": f"TLS reload refused, the previous key pair is still served: {refusal}"})

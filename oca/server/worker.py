@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gc
 import os
 import signal
 import socket
@@ -55,7 +56,7 @@ from oca.server.app import App
 from oca.store.content import ContentStore
 from oca.supervise import Supervisor
 from oca import tickets
-from oca.tls import ktls_status, make_context, stat_key_file
+from oca.tls import ktls_status, make_context, read_pair_ssl, stat_key_file
 
 PR_SET_PDEATHSIG = 1
 # Tests only: while the file named by OCA_TEST_FAULT_SWEEP exists, the sweep
@@ -100,7 +101,7 @@ class Worker:
         self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
         self.supervisor = Supervisor(_log_line(self.args.slot), on_failure=self._task_failed)
         self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)
-        served = make_context(cfg.tls, time.time()) if cfg.tls is not None and self.args.tls_fds else None
+        served = make_context(cfg.tls, time.time(), read_pair_ssl) if cfg.tls is not None and self.args.tls_fds else None
         if cfg.tls is not None:
             self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status(),
                                  "session_tickets": self._share_tickets(served.context) if served else None,
@@ -162,6 +163,10 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, self.log.flush)  # the parent reloads; nothing buffered is left behind
         self.supervisor.start("sweep", self.sweep)
         self.supervisor.start("popularity", lambda: popularity.flush(self.app.tally, self.store, cfg.popularity.flush_s))
+        # Everything made so far (modules, config, the App, the context) lives
+        # as long as the worker: move it out of the cyclic collector's sight,
+        # so that each full collection walks only what connections made.
+        gc.freeze()
         if self.args.ready_fd >= 0:
             try:
                 os.write(self.args.ready_fd, b"R")
@@ -290,6 +295,8 @@ class TlsGuarded(TlsConnection):
     protocol before start_tls took the transport over (measured: 19 of 300
     handshakes stalled).
     """
+
+    __slots__ = ("_worker", "_refused")
 
     def __init__(self, app, limits, registry, loop, on_stat, worker: "Worker", refused: bool):
         super().__init__(app, limits, registry, loop, on_stat)

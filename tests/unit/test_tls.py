@@ -94,3 +94,80 @@ def test_the_deployment_example_config_loads(tmp_path):
     assert cfg.server.listen == ("0.0.0.0:80", "[::]:80") and cfg.tls.ticket_key_file == "/etc/oca/tls/ticket.key"
     hook = ROOT / "configs" / "deploy" / "certbot-deploy-hook.sh"
     assert subprocess.run(["sh", "-n", str(hook)], timeout=10).returncode == 0 and "systemctl reload oca-server" in hook.read_text()
+
+
+# ------------------------------------------------------------ cert_validity (the workers' reader, no cryptography)
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | 2]) + n.to_bytes(2, "big")
+    return bytes([tag]) + length + content
+
+
+def _cert(validity: bytes, version: bool = True) -> bytes:
+    tbs = (_der(0xA0, _der(0x02, b"\x02")) if version else b"") + _der(0x02, b"\x01") + _der(0x30, b"") + _der(0x30, b"") + validity
+    return _der(0x30, _der(0x30, tbs) + _der(0x30, b"") + _der(0x03, b"\x00"))
+
+
+VALID = _der(0x30, _der(0x17, b"260101000000Z") + _der(0x18, b"20510101000000Z"))
+VALIDITY_CASES = [
+    # (DER, expected (not_before_s, not_after_s) or None for ValueError)
+    (_cert(VALID), (1767225600.0, 2556144000.0)),
+    (_cert(VALID, version=False), (1767225600.0, 2556144000.0)),
+    (_cert(_der(0x30, _der(0x17, b"500101000000Z") + _der(0x17, b"491231235959Z"))), (-631152000.0, 2524607999.0)),  # RFC 5280 §4.1.2.5.1 pivot
+    (b"", None),
+    (b"\x30", None),
+    (b"\x31\x00", None),  # not a SEQUENCE
+    (b"\x30\x05\x30\x03", None),  # inner item longer than its parent
+    (b"\x30\x84\xff\xff\xff\xff", None),  # length beyond the data
+    (b"\x30\x85" + b"\x00" * 5, None),  # five length bytes
+    (b"\x30\x80", None),  # indefinite length (BER, not DER)
+    (_cert(_der(0x30, _der(0x17, b"2601010000Z") + _der(0x17, b"260101000000Z"))), None),  # no seconds
+    (_cert(_der(0x30, _der(0x17, b"261301000000Z") + _der(0x17, b"260101000000Z"))), None),  # month 13
+    (_cert(_der(0x30, _der(0x17, b"260101000000+0100") + _der(0x17, b"260101000000Z"))), None),  # not Z
+    (_cert(_der(0x30, _der(0x04, b"260101000000Z") + _der(0x17, b"260101000000Z"))), None),  # OCTET STRING
+    (_cert(_der(0x30, _der(0x17, b"260101000000Z"))), None),  # notAfter missing
+    (_cert(_der(0x31, b"")), None),  # validity not a SEQUENCE
+    (_der(0x30, _der(0x30, _der(0x02, b"\x01"))), None),  # tbsCertificate ends early
+]
+
+
+@pytest.mark.parametrize("der,expected", VALIDITY_CASES)
+def test_cert_validity(der, expected):
+    from oca.tls import cert_validity
+
+    if expected is None:
+        with pytest.raises(ValueError):
+            cert_validity(der)
+    else:
+        assert cert_validity(der) == expected
+
+
+def test_read_pair_ssl_agrees_with_read_pair(tmp_path):
+    """The workers' reader finds what the parent's finds, on real pairs (it reads two small files)."""
+    from oca.tls import read_pair, read_pair_ssl
+    from tests.tlscerts import make_ca, make_leaf
+
+    ca = make_ca(tmp_path)
+    ec_crt, ec_key = make_leaf(ca, tmp_path, "ec", "ecdsa", days=30, start_days=-2)
+    rsa_crt, rsa_key = make_leaf(ca, tmp_path, "rsa", "rsa")
+    ec2_crt, ec2_key = make_leaf(ca, tmp_path, "ec2", "ecdsa")
+    for crt, key in [(ec_crt, ec_key), (rsa_crt, rsa_key), (ec_crt, ec2_key), (ec_crt, rsa_key), (rsa_crt, ec_key)]:
+        assert read_pair_ssl(str(crt), str(key)) == read_pair(str(crt), str(key)), (crt, key)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    for crt, key in [(tmp_path / "none.pem", ec_key), (garbage, ec_key), (ec_crt, tmp_path / "none.key"), (ec_crt, ec_crt)]:
+        mine, theirs = read_pair_ssl(str(crt), str(key)), read_pair(str(crt), str(key))
+        assert judge_pair(mine, NOW) is not None and judge_pair(theirs, NOW) is not None
+        assert (mine.cert_error is None) == (theirs.cert_error is None) and (mine.key_error is None) == (theirs.key_error is None)
+        if "none" in str(crt) or "none" in str(key):
+            assert mine == theirs  # the same "cannot read: ..." reason
+
+
+def test_worker_never_imports_cryptography():
+    """~10 MiB of RSS per worker: the worker and what it imports must not pull the package in."""
+    import subprocess
+    import sys
+
+    code = "import sys, oca.server.worker; sys.exit(1 if 'cryptography' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
