@@ -4,8 +4,12 @@ Rules kept here:
 - Every appliance is polled in its own task with its own deadline
   (`[health] timeout_s`, for the whole poll); a dead, hanging or trickling
   appliance never delays the others or the round.
-- Inventory is fetched with `?since=<generation>`, so an unchanged appliance
-  costs one small answer; routes likewise.
+- Inventory is fetched with `?since=<generation>&form=packed`, so an
+  unchanged appliance costs one small answer; routes likewise. An
+  appliance that predates the packed form answers JSON, read as before
+  (told apart by Content-Type). Holdings are interned into one catalogue
+  and kept as a bitmap per appliance (`steering.holdings`), built in the
+  checker thread.
 - Every answer is read with a size bound (`[health] max_response_mb`,
   checked against Content-Length and again while reading; no compressed
   bodies) and parsed by the pure validators in `steering.messages`, in a
@@ -33,6 +37,7 @@ import asyncio
 import concurrent.futures
 import ssl
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -40,7 +45,8 @@ from typing import Callable, Mapping
 import aiohttp
 
 from steering.health import Availability, PollResult, Thresholds, apply_round
-from steering.messages import BodyLimits, MessageError, PollAnswers, body_limits, read_poll
+from steering.holdings import Catalogue, Holdings
+from steering.messages import BodyLimits, InventoryMessage, MessageError, PollAnswers, body_limits, read_poll
 from steering.ranking import Appliance
 
 READ_CHUNK_BYTES = 256 * 1024
@@ -72,7 +78,7 @@ class PollFailure(Exception):
 class Knowledge:
     """What steering knows about one appliance beyond its availability."""
 
-    inventory: frozenset = frozenset()
+    inventory: Holdings | frozenset = frozenset()
     inventory_generation: int = 0
     routes: tuple = ()
     routes_generation: int = 0
@@ -81,6 +87,10 @@ class Knowledge:
     failures: int = 0
     last_failure: str = ""
     checking: concurrent.futures.Future | None = None  # the parse of this appliance's last answers
+
+    def __contains__(self, content_id: object) -> bool:
+        """Whether the appliance holds `content_id` now (the ranking's `Live.holds`)."""
+        return content_id in self.inventory
 
 
 @dataclass
@@ -101,6 +111,10 @@ class Poller:
         self.on_routes_changed = on_routes_changed
         self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}))
         self.log = log or (lambda line: print(f"oca-steering: {line}", file=sys.stderr, flush=True))
+        self.catalogue = Catalogue()
+        # Interning happens in the checker threads; one batch at a time keeps
+        # the catalogue's numbering whole.
+        self._intern_lock = threading.Lock()
         self.states: dict[str, Availability] = {a.appliance_id: Availability() for a in registry}
         self.known: dict[str, Knowledge] = {a.appliance_id: Knowledge() for a in registry}
         self.blip = False
@@ -189,6 +203,10 @@ class Poller:
         return body_limits(self._s.limits.max_response_bytes, self._s.limits.max_prefixes)
 
     async def _fetch(self, base: str, path: str, limit: int, why: str, statuses: tuple[int, ...] = (200,)) -> bytes:
+        return (await self._fetch_typed(base, path, limit, why, statuses))[0]
+
+    async def _fetch_typed(self, base: str, path: str, limit: int, why: str, statuses: tuple[int, ...] = (200,)) -> tuple[bytes, str]:
+        """The body and its Content-Type."""
         assert self._session is not None
         headers = {"Accept-Encoding": "identity"}
         if self._s.limits.token is not None:
@@ -199,7 +217,7 @@ class Poller:
             tls = self._default_tls = self._default_tls or client_context(None)
         try:
             async with self._session.get(base + path, headers=headers, allow_redirects=False, ssl=tls) as resp:
-                return await self._read(resp, what, limit, why, statuses)
+                return await self._read(resp, what, limit, why, statuses), resp.headers.get("Content-Type", "")
         except aiohttp.ClientConnectorCertificateError as exc:
             raise PollFailure(f"{what}: TLS certificate not verified: {exc.certificate_error}") from None
         except aiohttp.ClientSSLError as exc:
@@ -224,6 +242,22 @@ class Poller:
                 raise PollFailure(f"{what}: answer is over {limit / 1e6:g} MB ({why})")
         return b"".join(chunks)
 
+    def _check(self, health: bytes, inventory: bytes, inventory_type: str, since: int, routes: bytes,
+               allowed: tuple[str, ...] | None, held: Holdings | frozenset) -> tuple[PollAnswers, Holdings | None]:
+        """In a checker thread: validate the answers and build the new holdings (None: unchanged)."""
+        answers = read_poll(health, inventory, since, routes, self._s.limits.max_prefixes, allowed, inventory_type,
+                            self._s.limits.max_response_bytes)
+        return answers, self._holdings(answers.inventory, held)
+
+    def _holdings(self, inv: InventoryMessage, held: Holdings | frozenset) -> Holdings | None:
+        with self._intern_lock:
+            if inv.kind == "full":
+                return Holdings.of(self.catalogue, inv.ids)
+            if inv.kind == "delta":
+                base = held if isinstance(held, Holdings) else Holdings.of(self.catalogue, held)
+                return base.changed(inv.added, inv.removed)
+        return None
+
     async def _poll(self, a: Appliance, k: Knowledge) -> PollResult:
         if k.checking is not None and not k.checking.done():
             raise PollFailure("its previous answer is still being checked (too big or too slow to parse)")
@@ -232,19 +266,17 @@ class Poller:
         most = f"[health] max_response_mb = {self._s.limits.max_response_bytes / 1e6:g}"
         health = await self._fetch(base, "/health", limits.health, f"{most}, and a /health answer is never that big", (200, 503))
         since = k.inventory_generation
-        inventory = await self._fetch(base, f"/inventory?since={since}", limits.inventory, most)
+        inventory, inventory_type = await self._fetch_typed(base, f"/inventory?since={since}&form=packed", limits.inventory, most)
         routes = await self._fetch(base, f"/routes?since={k.routes_generation}", limits.routes,
                                    f"{most}; [health] max_prefixes_per_appliance = {self._s.limits.max_prefixes} prefixes take less")
         assert self._checker is not None
-        k.checking = self._checker.submit(read_poll, health, inventory, since, routes, self._s.limits.max_prefixes,
-                                          self._s.allowed.get(a.appliance_id))
-        answers: PollAnswers = await asyncio.wrap_future(k.checking)
+        k.checking = self._checker.submit(self._check, health, inventory, inventory_type, since, routes,
+                                          self._s.allowed.get(a.appliance_id), k.inventory)
+        answers, holdings = await asyncio.wrap_future(k.checking)
         # Applied whole: nothing above changed `k`.
         inv = answers.inventory
-        if inv.kind == "full":
-            k.inventory = inv.ids
-        elif inv.kind == "delta":
-            k.inventory = (k.inventory | inv.added) - inv.removed
+        if holdings is not None:
+            k.inventory = holdings
         k.inventory_generation = inv.generation
         if answers.routes is not None:
             changed = answers.routes.prefixes != k.routes

@@ -101,6 +101,8 @@ class Steering:
         self._log_fd = -1
         self.tls: Served | None = None  # set by serve() when [tls] is configured
         self.tls_error = ""  # why the last reload of the pair was refused
+        self._live: dict[str, Live] = {}
+        self._live_key: tuple | None = None
         self._apply_config(cfg)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
                              self.limits, self.allowed, log=_log)
@@ -218,12 +220,7 @@ class Steering:
         started = time.perf_counter()
         addr = ipaddress.ip_address(client)
         matches = self.table.matches_int(addr.version, int(addr))
-        live = {}
-        for a in self.registry:
-            st = self.poller.states.get(a.appliance_id)
-            k = self.poller.known.get(a.appliance_id)
-            if st is not None and k is not None:
-                live[a.appliance_id] = Live(st.serves_new_clients, st.overloaded, k.inventory)
+        live = self.live_view()
         d = decide(content_id, matches, self.registry, live, max_urls=self.cfg.max_urls, fallback_sites=self.cfg.fallback_sites)
         now = int(time.time())
         key_id = self.cfg.signing.key_id
@@ -248,6 +245,27 @@ class Steering:
             except OSError:
                 pass
         return doc
+
+    def live_view(self) -> dict[str, Live]:
+        """What the ranking needs per appliance; made again only when the states, the registry or the knowledge change.
+
+        `Live.holds` is the appliance's `Knowledge`, which answers from its
+        current holdings, so an inventory delta counts from the poll that
+        brought it, without remaking this view.
+        """
+        p = self.poller
+        key = (p.states, self.registry, p.known)
+        cached = self._live_key
+        if cached is None or any(a is not b for a, b in zip(key, cached)):
+            live = {}
+            for a in self.registry:
+                st = p.states.get(a.appliance_id)
+                k = p.known.get(a.appliance_id)
+                if st is not None and k is not None:
+                    live[a.appliance_id] = Live(st.serves_new_clients, st.overloaded, k)
+            self._live = live
+            self._live_key = key
+        return self._live
 
     # ------------------------------------------------------------ handlers
 

@@ -56,6 +56,8 @@ PURE_MODULES = frozenset({
     "steering.health",
     "steering.messages",
     "steering.access",
+    "steering.holdings",
+    "oca.inventory_wire",
 })
 # Project modules a pure module may import besides the pure ones: no I/O, no state.
 PURE_HELPERS = frozenset({"oca", "oca.errors", "oca.http", "oca.store", "fill", "fill.errors", "steering"})
