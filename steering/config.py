@@ -84,6 +84,9 @@ class HealthConfig:
     fail_after: int = setting(3, doc="Failed polls in a row before an appliance is down.", check=lambda v: in_range(v, 1, 1000))
     recover_after: int = setting(2, doc="Good polls in a row before it is up again.", check=lambda v: in_range(v, 1, 1000))
     overload_percent: float = setting(85.0, doc="NIC use (percent) at which an appliance is overloaded.", check=lambda v: in_range(v, 1, 100))
+    max_concurrent_polls: int = setting(
+        256, doc="Appliances polled at once; the others wait their turn, and an appliance's timeout_s starts when its poll does.",
+        check=lambda v: in_range(v, 1, 100_000))
     max_prefixes_per_appliance: int = setting(
         100_000, doc="Prefixes one appliance may claim on /routes; over it, its routes are refused whole.", check=lambda v: in_range(v, 1, 10_000_000))
     max_response_mb: float = setting(

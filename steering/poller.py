@@ -3,7 +3,9 @@
 Rules kept here:
 - Every appliance is polled in its own task with its own deadline
   (`[health] timeout_s`, for the whole poll); a dead, hanging or trickling
-  appliance never delays the others or the round.
+  appliance never delays the others or the round. At most `[health]
+  max_concurrent_polls` polls run at once; a poll's deadline starts when it
+  does.
 - Inventory is fetched with `?since=<generation>&form=packed`, so an
   unchanged appliance costs one small answer; routes likewise. An
   appliance that predates the packed form answers JSON, read as before
@@ -100,16 +102,21 @@ class _Settings:
     timeout_s: float
     limits: PollLimits = field(default_factory=PollLimits)
     allowed: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    max_concurrent: int = 256
 
 
 class Poller:
     def __init__(self, registry: list[Appliance], thresholds: Thresholds, interval_s: float, timeout_s: float,
                  on_routes_changed: Callable[[], None], limits: PollLimits = PollLimits(),
                  allowed: Mapping[str, tuple[str, ...] | None] | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, max_concurrent: int = 256,
+                 on_holdings_changed: Callable[[frozenset | None], None] | None = None):
         self.registry = registry
         self.on_routes_changed = on_routes_changed
-        self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}))
+        # Called with the ids whose holders changed (None: any may have).
+        self.on_holdings_changed = on_holdings_changed or (lambda ids: None)
+        self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}), max_concurrent)
+        self._slots: asyncio.Semaphore | None = None
         self.log = log or (lambda line: print(f"oca-steering: {line}", file=sys.stderr, flush=True))
         self.catalogue = Catalogue()
         # Interning happens in the checker threads; one batch at a time keeps
@@ -131,11 +138,14 @@ class Poller:
         return self._s.thresholds
 
     def reconfigure(self, registry: list[Appliance], thresholds: Thresholds, interval_s: float, timeout_s: float,
-                    limits: PollLimits = PollLimits(), allowed: Mapping[str, tuple[str, ...] | None] | None = None) -> None:
+                    limits: PollLimits = PollLimits(), allowed: Mapping[str, tuple[str, ...] | None] | None = None,
+                    max_concurrent: int = 256) -> None:
         """New registry: keep what is known about appliances that stay (routes are admitted again next poll)."""
         self.registry = registry
         old_allowed = self._s.allowed
-        self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}))
+        if max_concurrent != self._s.max_concurrent:
+            self._slots = None  # the next round makes one of the new size
+        self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}), max_concurrent)
         ids = {a.appliance_id for a in registry}
         self.states = {aid: self.states.get(aid, Availability()) for aid in ids}
         self.known = {aid: self.known.get(aid, Knowledge()) for aid in ids}
@@ -143,6 +153,7 @@ class Poller:
             if old_allowed.get(aid) != self._s.allowed.get(aid):
                 k.routes_generation = 0  # fetch the full routes again, to admit them under the new list
         self.on_routes_changed()
+        self.on_holdings_changed(None)
 
     async def run(self) -> None:
         s = self._s
@@ -175,6 +186,12 @@ class Poller:
         self.last_round_s = now
 
     async def _poll_bounded(self, a: Appliance) -> PollResult:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._s.max_concurrent)
+        async with self._slots:
+            return await self._poll_one(a)
+
+    async def _poll_one(self, a: Appliance) -> PollResult:
         k = self.known.setdefault(a.appliance_id, Knowledge())
         k.polls += 1
         timeout_s = self._s.timeout_s
@@ -277,6 +294,7 @@ class Poller:
         inv = answers.inventory
         if holdings is not None:
             k.inventory = holdings
+            self.on_holdings_changed(None if inv.kind == "full" else inv.added | inv.removed)
         k.inventory_generation = inv.generation
         if answers.routes is not None:
             changed = answers.routes.prefixes != k.routes

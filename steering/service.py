@@ -55,10 +55,13 @@ from steering.health import Thresholds
 from steering.lpm import PrefixTable
 from steering.messages import MessageError, parse_steer_query
 from steering.poller import Knowledge, PollLimits, Poller, client_context
-from steering.ranking import NO_CANDIDATES, Appliance, Live, decide
+from steering.ranking import NO_CANDIDATES, Appliance, Live, RegistryIndex, decide, holder_order, index_registry
 from steering.status_page import render_status
 
 POLLER_TASK = "poller"
+# Contents whose holders are kept in order (most recently made); one entry is
+# a list of the content's holders, about 8 bytes each.
+HOLDERS_CACHE = 20_000
 TABLE_TASK = "table-keeper"
 
 
@@ -105,7 +108,8 @@ class Steering:
         self._live_key: tuple | None = None
         self._apply_config(cfg)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
-                             self.limits, self.allowed, log=_log)
+                             self.limits, self.allowed, log=_log, max_concurrent=cfg.health.max_concurrent_polls,
+                             on_holdings_changed=self.holders_changed)
         self.registry_metrics = CollectorRegistry()
         r = self.registry_metrics
         self.m_decisions = PCounter("steering_decisions", "Decisions by result type", ["result"], registry=r)
@@ -143,6 +147,8 @@ class Steering:
         self._log_fd = log_fd
         self.cfg = cfg
         self.registry = [Appliance(a.id, a.url.rstrip("/"), a.site, a.tier, a.weight) for a in cfg.appliances]
+        self._holders: dict[str, list[Appliance]] = {}
+        self.index: RegistryIndex = index_registry(self.registry, self.holders_of)
         self.allowed = {a.id: a.allowed_prefixes for a in cfg.appliances}
         self.limits = PollLimits(int(cfg.health.max_response_mb * 1_000_000), cfg.health.max_prefixes_per_appliance,
                                  cfg.health.appliance_token, poll_tls)
@@ -166,7 +172,8 @@ class Steering:
             _log(f"reload refused, keeping the running config: {exc}")
             self.reload_pair()  # renewal (e.g. a certbot deploy hook) does not wait for the config to be fixed
             return
-        self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed)
+        self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed,
+                                cfg.health.max_concurrent_polls)
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
         self.reload_pair()
 
@@ -221,7 +228,8 @@ class Steering:
         addr = ipaddress.ip_address(client)
         matches = self.table.matches_int(addr.version, int(addr))
         live = self.live_view()
-        d = decide(content_id, matches, self.registry, live, max_urls=self.cfg.max_urls, fallback_sites=self.cfg.fallback_sites)
+        d = decide(content_id, matches, self.registry, live, max_urls=self.cfg.max_urls, fallback_sites=self.cfg.fallback_sites,
+                   index=self.index)
         now = int(time.time())
         key_id = self.cfg.signing.key_id
         query = ""
@@ -245,6 +253,26 @@ class Steering:
             except OSError:
                 pass
         return doc
+
+    def holders_changed(self, ids: frozenset | None) -> None:
+        """The poller's word that these contents' holders changed (None: any content's)."""
+        if ids is None:
+            self._holders.clear()
+        else:
+            for cid in ids:
+                self._holders.pop(cid, None)
+
+    def holders_of(self, content_id: str) -> list[Appliance]:
+        """Every appliance holding `content_id`, in `ranking.holder_order`; kept until a poll changes them."""
+        h = self._holders.get(content_id)
+        if h is None:
+            known = self.poller.known
+            empty = frozenset()
+            h = holder_order(content_id, [a for a in self.registry if content_id in known.get(a.appliance_id, empty)])
+            if len(self._holders) >= HOLDERS_CACHE:
+                del self._holders[next(iter(self._holders))]  # the oldest made
+            self._holders[content_id] = h
+        return h
 
     def live_view(self) -> dict[str, Live]:
         """What the ranking needs per appliance; made again only when the states, the registry or the knowledge change.
