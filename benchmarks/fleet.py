@@ -477,6 +477,9 @@ class Client:
     def json(self, path: str) -> dict:
         return json.loads(self.get(path)[1])
 
+    def close(self) -> None:
+        self.conn.close()
+
     def steer(self, client: str, content: str) -> list[str]:
         status, body = self.get(f"/steer?content={content}&client={client}")
         return [u["appliance"] for u in json.loads(body).get("urls", [])]
