@@ -227,8 +227,42 @@ def generate(n: int, seed: int, files: int, prefixes: int) -> Fleet:
     return Fleet(n, seed, ids, appliances, site_of, sites, members, holdings, v4, v6)
 
 
+def cache_path(args) -> Path:
+    return Path(args.cache_dir) / f"fleet-s{args.seed}-n{args.appliances}-f{args.files}-p{args.prefixes}.pickle"
+
+
+def full_bodies(args, fleet: Fleet) -> tuple:
+    """Every appliance's first full inventory in the packed form, made once and cached beside the fleet.
+
+    Returns (memory map of the bodies, offsets): body i is map[offsets[i]:offsets[i + 1]].
+    A real appliance also keeps its answer per generation; making 30,000-id
+    bodies on demand made the simulator, not steering, the bottleneck.
+    """
+    import mmap
+
+    import numpy as np
+
+    from oca.inventory_wire import inventory_full
+
+    path = cache_path(args).with_suffix(".bodies")
+    index = cache_path(args).with_suffix(".offsets.npy")
+    if not path.exists() or not index.exists():
+        offsets = [0]
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with tmp.open("wb") as fh:
+            for i, aid in enumerate(fleet.appliances):
+                body = inventory_full(aid, 1, [fleet.ids[f] for f in fleet.holdings[i].tolist()], "packed")
+                fh.write(body)
+                offsets.append(offsets[-1] + len(body))
+        np.save(index, np.array(offsets, dtype=np.int64))
+        os.replace(tmp, path)
+    offsets = np.load(index)
+    with path.open("rb") as fh:
+        return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ), offsets
+
+
 def load_fleet(args) -> Fleet:
-    cache = Path(args.cache_dir) / f"fleet-s{args.seed}-n{args.appliances}-f{args.files}-p{args.prefixes}.pickle"
+    cache = cache_path(args)
     if cache.exists():
         with cache.open("rb") as fh:
             return pickle.load(fh)  # our own cache file, written below
@@ -287,6 +321,7 @@ def simulate(args) -> None:
                                     routes_answer)
 
     fleet = load_fleet(args)
+    bodies, offsets = full_bodies(args, fleet)
     lo, hi = (int(x) for x in args.simulate.split(":"))
     sims = {i: SimAppliance(i) for i in range(lo, hi)}
     rng = random.Random(args.seed * 1000 + lo)
@@ -347,6 +382,8 @@ def simulate(args) -> None:
                             added.discard(c)
                             removed.add(c)
                 body = inventory_delta(aid, s.generation, since, sorted(added), sorted(removed), form=form)
+            elif s.generation == 1 and form == "packed":
+                body = bodies[int(offsets[s.index]) : int(offsets[s.index + 1])]
             else:
                 body = await asyncio.get_running_loop().run_in_executor(None, inventory_full, aid, s.generation, ids_of(s), form)
             return web.Response(body=body, headers={"Content-Type": ctype})
@@ -435,6 +472,8 @@ def steering_toml(fleet: Fleet, path: Path, port: int, sim_ports: list[tuple[int
         "[health]", f"interval_s = {args.interval}", f"timeout_s = {args.timeout}", f"fail_after = {args.fail_after}",
         "recover_after = 1", "max_response_mb = 64",
     ]
+    if getattr(args, "snapshot", None):
+        lines += [f'snapshot_file = "{args.snapshot}"', f"snapshot_interval_s = {getattr(args, 'snapshot_interval', 60)}"]
     for lo, hi, sim_port in sim_ports:
         for i in range(lo, hi):
             lines += ["[[appliances]]", f'id = "{fleet.appliances[i]}"', f'url = "http://127.0.0.1:{sim_port}/a/{i}"',
@@ -605,6 +644,7 @@ def wait_for(what: str, fn, timeout_s: float, step_s: float = 0.05):
 
 def run_one(args) -> dict:
     fleet = load_fleet(args)
+    full_bodies(args, fleet)  # made before anything is timed
     rng = random.Random(args.seed + 7)
     agree = check_placement(fleet.ids, fleet.appliances, 10_000, rng)
     if agree != 10_000:
@@ -804,7 +844,7 @@ def main() -> int:
         simulate(args)
         return 0
     if args.generate_only:
-        load_fleet(args)
+        full_bodies(args, load_fleet(args))
         return 0
     if args.table:
         results = []

@@ -87,6 +87,10 @@ class HealthConfig:
     max_concurrent_polls: int = setting(
         256, doc="Appliances polled at once; the others wait their turn, and an appliance's timeout_s starts when its poll does.",
         check=lambda v: in_range(v, 1, 100_000))
+    snapshot_file: str | None = setting(
+        None, doc="Where what steering knows is written after polling rounds, and read at start (answers at once, marked stale "
+                  "until the first full round). Unset: no snapshot, a cold start.", check=check_abs_path)
+    snapshot_interval_s: float = setting(60.0, doc="Seconds between snapshot writes, at least.", check=lambda v: in_range(v, 1, 86400))
     max_prefixes_per_appliance: int = setting(
         100_000, doc="Prefixes one appliance may claim on /routes; over it, its routes are refused whole.", check=lambda v: in_range(v, 1, 10_000_000))
     max_response_mb: float = setting(

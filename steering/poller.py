@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import ssl
 import sys
 import threading
@@ -50,6 +51,7 @@ from steering.health import Availability, PollResult, Thresholds, apply_round
 from steering.holdings import Catalogue, Holdings
 from steering.messages import BodyLimits, InventoryMessage, MessageError, PollAnswers, body_limits, read_poll
 from steering.ranking import Appliance
+from steering.snapshot import SnapshotError, decode as decode_snapshot, encode as encode_snapshot
 
 READ_CHUNK_BYTES = 256 * 1024
 CHECKERS = 2  # threads parsing answers; parsing holds the GIL, more would only queue
@@ -117,6 +119,12 @@ class Poller:
         self.on_holdings_changed = on_holdings_changed or (lambda ids: None)
         self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}), max_concurrent)
         self._slots: asyncio.Semaphore | None = None
+        self.snapshot_path: str | None = None
+        self.snapshot_interval_s = 60.0
+        self.restored_from_s: float | None = None  # when the snapshot read at start was taken
+        self.snapshot_written_s: float | None = None
+        self.snapshot_error = ""
+        self._snapshot_writing: asyncio.Future | None = None
         self.log = log or (lambda line: print(f"oca-steering: {line}", file=sys.stderr, flush=True))
         self.catalogue = Catalogue()
         # Interning happens in the checker threads; one batch at a time keeps
@@ -170,6 +178,70 @@ class Poller:
         finally:
             self._checker.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def stale(self) -> bool:
+        """Answers come from a snapshot read at start, and no full round has run since."""
+        return self.restored_from_s is not None and self.rounds == 0
+
+    def restore(self, path: str) -> str:
+        """Read the snapshot at `path` (at start, before polling); returns what happened, for the log."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return f"no snapshot at {path}: a cold start"
+        except OSError as exc:
+            self.snapshot_error = f"snapshot {path} not read: {exc}"
+            return self.snapshot_error + "; a cold start"
+        try:
+            snap = decode_snapshot(data, set(self.known))
+        except SnapshotError as exc:
+            self.snapshot_error = f"snapshot {path} not used: {exc}"[:300]
+            return self.snapshot_error + "; a cold start"
+        self.catalogue = snap.catalogue
+        for aid, r in snap.appliances.items():
+            self.states[aid] = r.state
+            k = self.known[aid]
+            k.inventory, k.inventory_generation = r.inventory, r.inventory_generation
+            k.routes, k.routes_generation = r.routes, r.routes_generation
+        self.restored_from_s = snap.taken_s
+        self.on_routes_changed()
+        self.on_holdings_changed(None)
+        return f"restored {len(snap.appliances)} appliances from {path} (taken {time.time() - snap.taken_s:.0f} s ago); stale until the first round"
+
+    def _maybe_snapshot(self, now: float) -> None:
+        path = self.snapshot_path
+        if not path or (self._snapshot_writing is not None and not self._snapshot_writing.done()):
+            return
+        if self.snapshot_written_s is not None and now - self.snapshot_written_s < self.snapshot_interval_s:
+            return
+        # References only, on the loop; values are never changed in place, so the thread reads a consistent round.
+        ids = self.catalogue.ids
+        count = len(ids)
+        items = {aid: (self.states.get(aid, Availability()), k.inventory, k.inventory_generation, k.routes, k.routes_generation)
+                 for aid, k in self.known.items()}
+
+        def write() -> None:
+            data = encode_snapshot(now, ids[:count], items)
+            tmp = f"{path}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+
+        def done(fut: asyncio.Future) -> None:
+            exc = fut.exception() if not fut.cancelled() else None
+            if exc is None and not fut.cancelled():
+                self.snapshot_written_s = now
+                self.snapshot_error = ""
+            elif exc is not None:
+                self.snapshot_error = f"snapshot not written: {exc}"[:300]
+                self.log(self.snapshot_error)
+
+        self._snapshot_writing = asyncio.get_running_loop().run_in_executor(None, write)
+        self._snapshot_writing.add_done_callback(done)
+
     async def poll_round(self) -> None:
         registry = list(self.registry)
         results = await asyncio.gather(*(self._poll_bounded(a) for a in registry))
@@ -184,6 +256,7 @@ class Poller:
             self.blip_since = None
         self.rounds += 1
         self.last_round_s = now
+        self._maybe_snapshot(now)
 
     async def _poll_bounded(self, a: Appliance) -> PollResult:
         if self._slots is None:

@@ -17,6 +17,11 @@ Rules kept here:
 - The prefix table is rebuilt, in a thread, when an event says the routes
   or coverage changed; changes that arrive during a build coalesce into one
   more build. A keeper that restarts rebuilds.
+- With `[health] snapshot_file`, what the poller knows is written after a
+  round (at most every `snapshot_interval_s`, in a thread, then renamed);
+  at start it is read and the prefix table built before listening, so the
+  first answers come from it. Answers say `"stale": true` and /health is
+  `degraded` until the first full round after the start.
 - SIGHUP reloads the registry, coverage zones and keys without dropping
   poll state; a config that does not load is reported and the old one stays.
 - `[tls]` serves the same app on HTTPS addresses with `oca.tls.make_context`
@@ -128,6 +133,8 @@ class Steering:
         for name in (POLLER_TASK, TABLE_TASK):
             self.m_task_failures.labels(name)
         self.supervisor = Supervisor(_log, on_failure=lambda name: self.m_task_failures.labels(name).inc())
+        self.poller.snapshot_path = cfg.health.snapshot_file
+        self.poller.snapshot_interval_s = cfg.health.snapshot_interval_s
 
     # ------------------------------------------------------------ configuration
 
@@ -174,6 +181,8 @@ class Steering:
             return
         self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed,
                                 cfg.health.max_concurrent_polls)
+        self.poller.snapshot_path = cfg.health.snapshot_file
+        self.poller.snapshot_interval_s = cfg.health.snapshot_interval_s
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
         self.reload_pair()
 
@@ -241,6 +250,8 @@ class Steering:
             for p in d.picks
         ]
         doc = {"client": client, "prefix": d.prefix, "result": d.result, "urls": urls, "content": content_id}
+        if self.poller.stale:
+            doc["stale"] = True  # from the snapshot read at start; no full round yet
         self.results[d.result] += 1
         self.m_decisions.labels(d.result).inc()
         self.m_latency.observe(time.perf_counter() - started)
@@ -337,6 +348,8 @@ class Steering:
                 "routes_dropped": len(k.routes_dropped), "dropped_examples": list(k.routes_dropped[:5]),
             }
         status = overall_status(serving, len(states), tasks_down)
+        if status == "ok" and self.poller.stale:
+            status = "degraded"  # answering from the snapshot until the first round
         if self.tls is not None and self.cfg.tls is not None:
             expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days)
             if status == "ok" and (expiry or self.tls_error):
@@ -346,6 +359,8 @@ class Steering:
             "appliances": len(states), "serving": serving, "tasks_down": tasks_down,
             "blip_guard": {"active": self.poller.blip, "reason": self.poller.blip_reason, "since": self.poller.blip_since},
             "rounds": self.poller.rounds, "last_round": self.poller.last_round_s,
+            "snapshot": {"restored_from": self.poller.restored_from_s, "stale": self.poller.stale,
+                         "written": self.poller.snapshot_written_s, "error": self.poller.snapshot_error},
             "prefixes": len(self.table), "table_built": self.table_built_s, "table_error": self.table_error,
             "decisions": dict(self.results), "by_appliance": by_appliance,
             **({"tls": self.tls_doc()} if self.tls is not None else {}),
@@ -402,6 +417,12 @@ class Steering:
 async def serve(config_path: str) -> int:
     cfg = load_steering_config(config_path)
     s = Steering(config_path, cfg)
+    if cfg.health.snapshot_file:
+        # Before listening: the first answers already come from the snapshot's routes and holdings.
+        _log(s.poller.restore(cfg.health.snapshot_file))
+        if s.poller.restored_from_s is not None:
+            s.table = PrefixTable.build(table_items(s.poller.known, s.coverage))
+            s.table_built_s = time.time()
     runner = web.AppRunner(s.app(), access_log=None, handle_signals=False)
     await runner.setup()
     for item in cfg.server.listen:

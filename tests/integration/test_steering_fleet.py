@@ -14,10 +14,13 @@ arrays and sets, `ranking.decide` for the order).
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,7 +47,7 @@ def wait_for(what, fn, timeout_s):
 def fleet_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fleet")
     args = argparse.Namespace(appliances=N, seed=3, files=3000, prefixes=400, cache_dir=str(tmp / "cache"),
-                              interval=0.5, timeout=3.0, fail_after=2)
+                              interval=0.5, timeout=6.0, fail_after=2)
     fleet = load_fleet(args)
     sim_port = free_port()
     procs = []
@@ -62,10 +65,14 @@ def fleet_run(tmp_path_factory):
         procs.append(sim)
         wait_port("127.0.0.1", sim_port, 30)
         replicas = []
+        configs = []
         for r in range(2):
             port = free_port()
             cfg = tmp / f"steering-{r}.toml"
+            # Replica 0 keeps a snapshot (test_restart_answers_from_the_snapshot_at_once).
+            args.snapshot, args.snapshot_interval = (str(tmp / "steering.snapshot"), 1) if r == 0 else (None, 60)
             steering_toml(fleet, cfg, port, [(0, N, sim_port)], args)
+            configs.append(cfg)
             procs.append(subprocess.Popen([sys.executable, "-m", "steering.cli", "--config", str(cfg)], cwd=ROOT,
                                           stderr=log(f"steering-{r}.log")))
             wait_port("127.0.0.1", port, 30)
@@ -81,7 +88,7 @@ def fleet_run(tmp_path_factory):
             rounds = c.json("/health")["rounds"]
             wait_for("two rounds after the freeze", lambda c=c, rounds=rounds: c.json("/health")["rounds"] >= rounds + 2, 30)
         truth = sim_ctl.json("/_ctl/truth")
-        yield fleet, replicas, truth
+        yield Run(fleet, replicas, truth, sim, procs, configs, log, tmp)
     finally:
         for c in clients:
             c.close()
@@ -97,8 +104,20 @@ def fleet_run(tmp_path_factory):
             f.close()
 
 
+@dataclass
+class Run:
+    fleet: object
+    replicas: list
+    truth: dict
+    sim: subprocess.Popen
+    procs: list
+    configs: list
+    log: object
+    tmp: Path
+
+
 def test_decisions_equal_the_brute_force_oracle(fleet_run):
-    fleet, replicas, truth = fleet_run
+    fleet, replicas, truth = fleet_run.fleet, fleet_run.replicas, fleet_run.truth
     assert any(t["added"] for t in truth.values()), "churn changed no inventory: the test would not see deltas"
     rng = random.Random(5)
     samples = list(zip(sample_clients(fleet, SAMPLES, rng), [popular(fleet, rng) for _ in range(SAMPLES)]))
@@ -116,9 +135,41 @@ def test_decisions_equal_the_brute_force_oracle(fleet_run):
 
 
 def test_two_replicas_give_the_same_decisions(fleet_run):
-    fleet, replicas, _ = fleet_run
+    fleet, replicas = fleet_run.fleet, fleet_run.replicas
     rng = random.Random(6)
     samples = list(zip(sample_clients(fleet, SAMPLES, rng), [popular(fleet, rng) for _ in range(SAMPLES)]))
     first = [replicas[0].steer(c, cid) for c, cid in samples]
     second = [replicas[1].steer(c, cid) for c, cid in samples]
     assert first == second
+
+
+def test_restart_answers_from_the_snapshot_at_once(fleet_run):
+    """kill -9, restart with every appliance unreachable: the same answers at once, marked stale until a full round."""
+    run = fleet_run
+    client = run.replicas[0]
+    frozen_at = time.time()
+    wait_for("a snapshot written after the freeze", lambda: (client.json("/health")["snapshot"]["written"] or 0) > frozen_at, 30)
+    rng = random.Random(7)
+    samples = list(zip(sample_clients(run.fleet, 200, rng), [popular(run.fleet, rng) for _ in range(200)]))
+    before = [client.steer(c, cid) for c, cid in samples]
+    assert sum(1 for b in before if b) > 100
+    os.kill(run.sim.pid, signal.SIGSTOP)  # polls now hang until their timeout: no round can finish
+    try:
+        old = run.procs[1]
+        old.kill()
+        old.wait(10)
+        started = time.monotonic()
+        new = subprocess.Popen([sys.executable, "-m", "steering.cli", "--config", str(run.configs[0])], cwd=ROOT,
+                               stderr=run.log("steering-0-restarted.log"))
+        run.procs[1] = new
+        wait_port("127.0.0.1", client.port, 30)
+        health = client.json("/health")
+        assert health["snapshot"]["stale"] is True and health["status"] == "degraded" and health["rounds"] == 0
+        after = [client.steer(c, cid) for c, cid in samples]
+        assert time.monotonic() - started < 6.0, "the answers came after the first poll's timeout, not from the snapshot"
+        assert after == before
+        status, body = client.get(f"/steer?content={samples[0][1]}&client={samples[0][0]}")
+        assert b'"stale": true' in body
+    finally:
+        os.kill(run.sim.pid, signal.SIGCONT)
+    wait_for("the first round after the restart", lambda: client.json("/health")["snapshot"]["stale"] is False, 30)

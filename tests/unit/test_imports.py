@@ -57,6 +57,7 @@ PURE_MODULES = frozenset({
     "steering.messages",
     "steering.access",
     "steering.holdings",
+    "steering.snapshot",
     "oca.inventory_wire",
 })
 # Project modules a pure module may import besides the pure ones: no I/O, no state.

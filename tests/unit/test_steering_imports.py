@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 STEERING = Path(__file__).resolve().parents[2] / "steering"
-PURE = ("lpm", "ranking", "health", "messages", "access", "holdings")
+PURE = ("lpm", "ranking", "health", "messages", "access", "holdings", "snapshot")
 # What a pure module may import (a module or any submodule of it).
 PURE_ALLOWED = (
     "__future__", "array", "bisect", "dataclasses", "typing", "ipaddress", "json", "math", "hmac", "collections",
     "re", "zlib",  # whole-list checks and the packed inventory form (in memory)
     "socket",  # only inet_pton/inet_ntop (lpm): text <-> bytes, no sockets are opened
     "oca.ids", "oca.rendezvous", "oca.errors", "oca.inventory_wire",
-    "steering.lpm", "steering.ranking", "steering.health", "steering.messages", "steering.access", "steering.holdings",
+    "steering.lpm", "steering.ranking", "steering.health", "steering.messages", "steering.access", "steering.holdings", "steering.snapshot",
 )
 FORBIDDEN_EVERYWHERE = ("oca.server", "oca.store", "fill")
 
