@@ -467,7 +467,7 @@ def steering_toml(fleet: Fleet, path: Path, port: int, sim_ports: list[tuple[int
     lines = [
         "max_urls = 5",
         f'fallback_sites = ["{fleet.sites[0]}"]',
-        "[server]", f'listen = ["127.0.0.1:{port}"]',
+        "[server]", f'listen = ["127.0.0.1:{port}"]', f"workers = {getattr(args, 'workers', 1)}",
         "[trust]", 'callers = ["127.0.0.1/32"]',
         "[health]", f"interval_s = {args.interval}", f"timeout_s = {args.timeout}", f"fail_after = {args.fail_after}",
         "recover_after = 1", "max_response_mb = 64",
@@ -691,6 +691,7 @@ def run_one(args) -> dict:
         # Steering.
         sport = free_port()
         config = tmp / "steering.toml"
+        args.snapshot = str(tmp / "steering.snapshot")
         steering_toml(fleet, config, sport, [(lo, hi, p) for lo, hi, p, _ in sim_ports], args)
         started = time.monotonic()
         steering = subprocess.Popen([PY, "-m", "steering.cli", "--config", str(config)], cwd=ROOT,
@@ -806,7 +807,22 @@ def run_one(args) -> dict:
             bad = next((s, g, w) for s, g, w in zip(samples, got, want) if g != w)
             print(f"fleet: oracle disagrees, e.g. {bad}", file=sys.stderr)
         rss = max(rss, rss_mib([steering.pid] + child_pids(steering.pid)))
-        return {"appliances": fleet.n, "rss_mib": rss, "start_s": start_s, "interval_s": args.interval, "detect_s": detect_s,
+
+        # Restart: kill -9, start again; time to answering from the snapshot.
+        wait_for("a snapshot written", lambda: client.json("/health")["snapshot"]["written"], 2 * args.snapshot_interval + 120, 0.5)
+        steering.kill()
+        steering.wait()
+        started = time.monotonic()
+        steering = subprocess.Popen([PY, "-m", "steering.cli", "--config", str(config)], cwd=ROOT,
+                                    stderr=open(tmp / "steering-restarted.log", "w"))
+        cleanup.add("steering restarted", lambda: stop_process(steering))
+        wait_port("127.0.0.1", sport, 300)
+        client = Client(sport)
+        wait_for("answers after the restart", lambda: client.json("/health")["serving"] >= fleet.n - 2, 300, 0.2)
+        restart_s = time.monotonic() - started
+        stale = client.json("/health")["snapshot"]["stale"]
+        print(f"fleet: restarted and answering in {restart_s:.1f} s (stale: {stale})", file=sys.stderr)
+        return {"restart_s": restart_s, "appliances": fleet.n, "rss_mib": rss, "start_s": start_s, "interval_s": args.interval, "detect_s": detect_s,
                 "drain_s": drain_s, "add_s": add_s, "poll_cpu": poll_cpu, "decisions_per_s": rate, "baseline_per_s": base_rate,
                 "p99_ms": p99, "oracle": f"{agree}/{len(samples)}", "errors": errors}
     finally:
@@ -831,6 +847,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=4.0, help="[health] timeout_s")
     p.add_argument("--fail-after", type=int, default=2, help="[health] fail_after")
     p.add_argument("--sim-procs", type=int, default=2)
+    p.add_argument("--snapshot-interval", type=float, default=10.0, help="[health] snapshot_interval_s")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=2, help="wrk runs per server, alternating")
     p.add_argument("--oracle", type=int, default=10_000, help="sampled clients compared with the oracle")
@@ -853,15 +870,15 @@ def main() -> int:
             r = run_one(args)
             print(fleet_line(r), flush=True)
             results.append(r)
-        print("| N | RSS MiB | start s | poll CPU (cores) | detect s | drain s | added file s | decisions/s | baseline/s | ratio | p99 ms | oracle |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| N | RSS MiB | start s | restart s | poll CPU (cores) | detect s | drain s | added file s | decisions/s | baseline/s | ratio | p99 ms | oracle |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
-            print(f"| {r['appliances']:,} | {r['rss_mib']:.0f} | {r['start_s']:.1f} | {r['poll_cpu']:.2f} | {r['detect_s']:.2f} | "
+            print(f"| {r['appliances']:,} | {r['rss_mib']:.0f} | {r['start_s']:.1f} | {r['restart_s']:.1f} | {r['poll_cpu']:.2f} | {r['detect_s']:.2f} | "
                   f"{r['drain_s']:.2f} | {r['add_s']:.2f} | {r['decisions_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
                   f"{r['decisions_per_s'] / r['baseline_per_s']:.2f} | {r['p99_ms']:.2f} | {r['oracle']} |")
         return 0
     r = run_one(args)
-    print(f"fleet: poll_cpu={r['poll_cpu']:.2f} drain_s={r['drain_s']:.2f} add_s={r['add_s']:.2f} errors={r['errors']}", file=sys.stderr)
+    print(f"fleet: restart_s={r['restart_s']:.1f} poll_cpu={r['poll_cpu']:.2f} drain_s={r['drain_s']:.2f} add_s={r['add_s']:.2f} errors={r['errors']}", file=sys.stderr)
     print(fleet_line(r), flush=True)
     return 0
 

@@ -198,16 +198,58 @@ class Poller:
         except SnapshotError as exc:
             self.snapshot_error = f"snapshot {path} not used: {exc}"[:300]
             return self.snapshot_error + "; a cold start"
+        self.apply_snapshot(snap)
+        return f"restored {len(snap.appliances)} appliances from {path} (taken {time.time() - snap.taken_s:.0f} s ago); stale until the first round"
+
+    def apply_snapshot(self, snap, follower: bool = False) -> None:
+        """Take what a snapshot says as what is known (at start; and on every new snapshot in a worker)."""
+        routes_changed = False
         self.catalogue = snap.catalogue
+        states = dict(self.states)
         for aid, r in snap.appliances.items():
-            self.states[aid] = r.state
+            states[aid] = r.state
             k = self.known[aid]
             k.inventory, k.inventory_generation = r.inventory, r.inventory_generation
+            if k.routes != r.routes:
+                routes_changed = True
             k.routes, k.routes_generation = r.routes, r.routes_generation
+        self.states = states  # a new dict: the service's view of the fleet is made again
         self.restored_from_s = snap.taken_s
-        self.on_routes_changed()
+        if follower:
+            self.rounds = snap.rounds
+            self.last_round_s = snap.taken_s
+        if routes_changed:
+            self.on_routes_changed()
         self.on_holdings_changed(None)
-        return f"restored {len(snap.appliances)} appliances from {path} (taken {time.time() - snap.taken_s:.0f} s ago); stale until the first round"
+
+    async def follow(self, path: str, every_s: float = 0.25) -> None:
+        """In a worker: apply each new snapshot file the poller process writes (mapped, not copied); never poll."""
+        loop = asyncio.get_running_loop()
+        seen = None
+        while True:
+            try:
+                st = os.stat(path)
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                key = None
+            if key is not None and key != seen:
+                try:
+                    snap = await loop.run_in_executor(None, self._read_mapped, path)
+                except (OSError, SnapshotError) as exc:
+                    self.snapshot_error = f"snapshot {path} not used: {exc}"[:300]
+                else:
+                    self.apply_snapshot(snap, follower=True)
+                    self.snapshot_error = ""
+                    seen = key
+            await asyncio.sleep(every_s)
+
+    def _read_mapped(self, path: str):
+        import mmap
+
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
+        # The map lives while any Holdings slices it; a newer file is a new inode, so this one never changes.
+        return decode_snapshot(memoryview(mapped), set(self.known))
 
     def _maybe_snapshot(self, now: float) -> None:
         path = self.snapshot_path
@@ -218,11 +260,12 @@ class Poller:
         # References only, on the loop; values are never changed in place, so the thread reads a consistent round.
         ids = self.catalogue.ids
         count = len(ids)
+        rounds = self.rounds
         items = {aid: (self.states.get(aid, Availability()), k.inventory, k.inventory_generation, k.routes, k.routes_generation)
                  for aid, k in self.known.items()}
 
         def write() -> None:
-            data = encode_snapshot(now, ids[:count], items)
+            data = encode_snapshot(now, ids[:count], items, rounds)
             tmp = f"{path}.tmp"
             with open(tmp, "wb") as fh:
                 fh.write(data)

@@ -22,6 +22,11 @@ Rules kept here:
   at start it is read and the prefix table built before listening, so the
   first answers come from it. Answers say `"stale": true` and /health is
   `degraded` until the first full round after the start.
+- `[server] workers` > 1: this process polls and writes the snapshot, and
+  starts that many worker processes (`--role worker`), restarted if one
+  ends; each listens on the same addresses (SO_REUSEPORT) and follows the
+  snapshot file (mapped, its bitmaps shared, not copied) instead of
+  polling. The appliances see one poller whatever the number of workers.
 - SIGHUP reloads the registry, coverage zones and keys without dropping
   poll state; a config that does not load is reported and the old one stays.
 - `[tls]` serves the same app on HTTPS addresses with `oca.tls.make_context`
@@ -355,7 +360,7 @@ class Steering:
             if status == "ok" and (expiry or self.tls_error):
                 status = "degraded"  # still serving, but an operator must renew or fix the pair
         return {
-            "status": status, "version": __version__,
+            "status": status, "version": __version__, "pid": os.getpid(),
             "appliances": len(states), "serving": serving, "tasks_down": tasks_down,
             "blip_guard": {"active": self.poller.blip, "reason": self.poller.blip_reason, "since": self.poller.blip_since},
             "rounds": self.poller.rounds, "last_round": self.poller.last_round_s,
@@ -414,9 +419,33 @@ class Steering:
         return app
 
 
-async def serve(config_path: str) -> int:
+WORKERS_TASK = "workers"
+FOLLOWER_TASK = "snapshot-follower"
+
+
+async def _keep_workers(config_path: str, count: int, procs: list) -> None:
+    """The poller process's workers: started, and started again when one ends."""
+    import subprocess
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "steering.cli", "--config", config_path, "--role", "worker"])
+
+    while len(procs) < count:
+        procs.append(spawn())
+    while True:
+        await asyncio.sleep(1.0)
+        for i, p in enumerate(procs):
+            if p.poll() is not None:
+                _log(f"worker {p.pid} ended ({p.returncode}); starting another")
+                procs[i] = spawn()
+
+
+async def serve(config_path: str, role: str = "all") -> int:
+    """Run steering. `role`: "all" (one process, or with `[server] workers` > 1 the poller that starts the
+    workers), or "worker" (answers clients from the snapshot file, never polls)."""
     cfg = load_steering_config(config_path)
     s = Steering(config_path, cfg)
+    workers = cfg.server.workers if role == "all" else 0
     if cfg.health.snapshot_file:
         # Before listening: the first answers already come from the snapshot's routes and holdings.
         _log(s.poller.restore(cfg.health.snapshot_file))
@@ -425,25 +454,55 @@ async def serve(config_path: str) -> int:
             s.table_built_s = time.time()
     runner = web.AppRunner(s.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    for item in cfg.server.listen:
-        host, port = parse_host_port(item)
-        await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
-    if cfg.tls is not None:
-        s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
-        for item in cfg.tls.listen:
+    listens = workers <= 1  # with workers, the poller process does not answer clients
+    reuse_port = role == "worker"
+    if listens:
+        for item in cfg.server.listen:
             host, port = parse_host_port(item)
-            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=s.tls.context).start()
+            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None).start()
+        if cfg.tls is not None:
+            s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
+            for item in cfg.tls.listen:
+                host, port = parse_host_port(item)
+                await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None,
+                                  ssl_context=s.tls.context).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, s.reload)
-    s.supervisor.start(POLLER_TASK, s.poller.run)
+    procs: list = []
+
+    def hangup() -> None:
+        s.reload()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    if role == "worker":
+        assert cfg.health.snapshot_file
+        s.supervisor.start(FOLLOWER_TASK, lambda: s.poller.follow(cfg.health.snapshot_file))
+    else:
+        s.supervisor.start(POLLER_TASK, s.poller.run)
     s.supervisor.start(TABLE_TASK, s.table_keeper)
+    if workers > 1:
+        s.supervisor.start(WORKERS_TASK, lambda: _keep_workers(config_path, workers, procs))
     https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
-    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen)}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
+    what = (f"serving on {', '.join(cfg.server.listen)}{https}, polling {len(s.registry)} appliances" if workers <= 1 and role == "all"
+            else f"worker serving on {', '.join(cfg.server.listen)}{https} from {cfg.health.snapshot_file}" if role == "worker"
+            else f"polling {len(s.registry)} appliances for {workers} workers on {', '.join(cfg.server.listen)}{https}")
+    print(f"oca-steering {__version__}: {what}", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
     await s.supervisor.stop()
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except Exception:  # noqa: BLE001 - a worker that will not stop is killed
+            p.kill()
+            p.wait()
     await runner.cleanup()
     return 0

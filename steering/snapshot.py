@@ -12,6 +12,9 @@ file, then renames it) and reads them at start. Rules kept here:
   (the file may be cut short by a crash, or be from another version): any
   fault is a `SnapshotError` naming the field, and steering then starts
   cold, as without a snapshot.
+- Holdings bitmaps are slices of the buffer given to `decode`, not copies:
+  the workers of `[server] workers` map the file and share its pages.
+  `count` is taken from the head (bounded by the bitmap's bits).
 - Only appliances still in the registry are restored; their states come
   back as they were, and the service marks every answer stale until the
   first full polling round after the start.
@@ -53,9 +56,10 @@ class Snapshot:
     taken_s: float
     catalogue: Catalogue
     appliances: Mapping[str, Restored]
+    rounds: int = 0  # the writer's polling rounds since it started
 
 
-def encode(taken_s: float, catalogue_ids: list[str], appliances: Mapping[str, tuple]) -> bytes:
+def encode(taken_s: float, catalogue_ids: list[str], appliances: Mapping[str, tuple], rounds: int = 0) -> bytes:
     """`appliances`: id → (Availability, Holdings or a frozenset, inventory generation, routes, routes generation)."""
     blobs = []
     offset = 0
@@ -69,7 +73,8 @@ def encode(taken_s: float, catalogue_ids: list[str], appliances: Mapping[str, tu
             "bits": [offset, len(bits)], "routes": list(routes), "routes_generation": rgen,
         }
         offset += len(bits)
-    head = json.dumps({"taken_s": taken_s, "catalogue": catalogue_ids, "appliances": entries}, separators=(",", ":")).encode()
+    head = json.dumps({"taken_s": taken_s, "rounds": rounds, "catalogue": catalogue_ids, "appliances": entries},
+                      separators=(",", ":")).encode()
     return b"".join([MAGIC, len(head).to_bytes(8, "big"), head, *blobs])
 
 
@@ -114,10 +119,10 @@ def decode(data: bytes | memoryview, registry_ids: set[str]) -> Snapshot:
         if (not isinstance(span, list) or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in span)
                 or span[0] + span[1] > len(blobs) or span[1] > width):
             raise SnapshotError(f"{where}.bits: must be [offset, length] inside the file and the catalogue")
-        bits = bytes(blobs[span[0] : span[0] + span[1]])
-        inv = Holdings(catalogue, bits, int.from_bytes(bits, "little").bit_count())
-        if inv.count != _int(e, "count", where, 10**9) and bits:
-            raise SnapshotError(f"{where}.count: says {e['count']}, the bitmap holds {inv.count}")
+        # A slice of the caller's buffer, not a copy: workers map the file and share its pages.
+        bits = blobs[span[0] : span[0] + span[1]]
+        count = _int(e, "count", where, 8 * len(bits))
+        inv = Holdings(catalogue, bits, count)
         routes = e.get("routes")
         if not isinstance(routes, list):
             raise SnapshotError(f"{where}.routes: must be a list")
@@ -137,4 +142,7 @@ def decode(data: bytes | memoryview, registry_ids: set[str]) -> Snapshot:
         state = Availability(up=e["up"], reason=f"from the snapshot: {reason}"[:200], status=status[:20], draining=e["draining"],
                              overloaded=e["overloaded"], last_ok_s=last_ok, content_count=inv.count, route_count=len(routes_t))
         out[aid] = Restored(state, inv, _int(e, "generation", where) if bits else 0, routes_t, _int(e, "routes_generation", where))
-    return Snapshot(float(taken), catalogue, out)
+    rounds = doc.get("rounds", 0)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise SnapshotError("rounds: must be a non-negative integer")
+    return Snapshot(float(taken), catalogue, out, rounds)

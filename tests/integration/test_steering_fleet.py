@@ -1,10 +1,12 @@
-"""Steering over a small simulated fleet: decisions equal the brute-force oracle, and two replicas agree.
+"""Steering over a small simulated fleet: decisions equal the brute-force oracle, two replicas agree, a restart answers at once.
 
 The fleet and the simulator are `benchmarks/fleet.py`'s (the same code the
 fleet benchmark measures with), at N = 40: a real simulator process serving
 40 appliances under their own base URLs with the appliance's own inventory
 and routes builders, and two real `oca-steering` processes, each on its
-own port with its own poller and nothing shared. Churn runs until it is
+own port with its own poller and nothing shared; the second answers from
+two worker processes (`[server] workers = 2`) that follow its poller's
+snapshot. Churn runs until it is
 frozen; then, after two more rounds on each replica, sampled decisions of
 both replicas are compared with each other and with the oracle over the
 simulator's truth (every prefix length probed in a dict, holdings as
@@ -69,8 +71,10 @@ def fleet_run(tmp_path_factory):
         for r in range(2):
             port = free_port()
             cfg = tmp / f"steering-{r}.toml"
-            # Replica 0 keeps a snapshot (test_restart_answers_from_the_snapshot_at_once).
-            args.snapshot, args.snapshot_interval = (str(tmp / "steering.snapshot"), 1) if r == 0 else (None, 60)
+            # Replica 0 keeps a snapshot (test_restart_answers_from_the_snapshot_at_once); replica 1 answers
+            # from two worker processes that follow its poller's snapshot, written after every round.
+            args.snapshot, args.snapshot_interval, args.workers = (
+                (str(tmp / "steering.snapshot"), 1, 1) if r == 0 else (str(tmp / "steering-1.snapshot"), 0.1, 2))
             steering_toml(fleet, cfg, port, [(0, N, sim_port)], args)
             configs.append(cfg)
             procs.append(subprocess.Popen([sys.executable, "-m", "steering.cli", "--config", str(cfg)], cwd=ROOT,
@@ -173,3 +177,20 @@ def test_restart_answers_from_the_snapshot_at_once(fleet_run):
     finally:
         os.kill(run.sim.pid, signal.SIGCONT)
     wait_for("the first round after the restart", lambda: client.json("/health")["snapshot"]["stale"] is False, 30)
+
+
+def test_workers_share_the_port_and_do_not_poll(fleet_run):
+    """Replica 1's answers come from two worker processes; only its poller process polls."""
+    port = fleet_run.replicas[1].port
+    pids = set()
+    for _ in range(40):
+        c = Client(port)  # a new connection each time: SO_REUSEPORT spreads connections, not requests
+        try:
+            pids.add(c.json("/health")["pid"])
+        finally:
+            c.close()
+    assert len(pids) == 2
+    poller = fleet_run.procs[2].pid
+    assert poller not in pids
+    log = (fleet_run.tmp / "steering-1.log").read_text()
+    assert log.count("worker serving on") == 2 and "polling 40 appliances for 2 workers" in log
