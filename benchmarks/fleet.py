@@ -460,6 +460,32 @@ def simulate(args) -> None:
     uvloop.run(main())
 
 
+def serve_baseline(listen: str) -> None:
+    """`--baseline-server HOST:PORT`: benchmarks/steer.py's minimal handler, on a shared port (SO_REUSEPORT)."""
+    import uvloop
+    from aiohttp import web
+
+    async def steer(request: web.Request) -> web.Response:
+        q = request.query
+        return web.json_response({"content": q.get("content"), "client": q.get("client"), "urls": []})
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/steer", steer)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = listen.rsplit(":", 1)
+        await web.TCPSite(runner, host, int(port), backlog=1024, reuse_address=True, reuse_port=True).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    uvloop.run(main())
+
+
 # ---------------------------------------------------------------- the driver
 
 
@@ -692,6 +718,7 @@ def run_one(args) -> dict:
         sport = free_port()
         config = tmp / "steering.toml"
         args.snapshot = str(tmp / "steering.snapshot")
+        args.snapshot_interval = min(args.snapshot_interval, args.interval) if args.workers > 1 else args.snapshot_interval
         steering_toml(fleet, config, sport, [(lo, hi, p) for lo, hi, p, _ in sim_ports], args)
         started = time.monotonic()
         steering = subprocess.Popen([PY, "-m", "steering.cli", "--config", str(config)], cwd=ROOT,
@@ -705,6 +732,7 @@ def run_one(args) -> dict:
             return doc["serving"] == fleet.n and doc["rounds"] >= 1 and doc
         wait_for("every appliance up", all_up, args.start_timeout, 0.5)
         start_s = time.monotonic() - started
+        time.sleep(1.0)
         pids = [steering.pid] + child_pids(steering.pid)
         rss = rss_mib(pids)
         print(f"fleet: N={fleet.n} started in {start_s:.1f} s, RSS {rss:.0f} MiB", file=sys.stderr)
@@ -766,9 +794,13 @@ def run_one(args) -> dict:
 
         # Decisions under load, against the baseline, alternating.
         bport = free_port()
-        baseline = subprocess.Popen([PY, str(ROOT / "benchmarks" / "steer.py"), "--baseline-server", f"127.0.0.1:{bport}"], cwd=ROOT)
-        cleanup.add("baseline", lambda: stop_process(baseline))
+        baselines = []
+        for _ in range(args.workers):
+            b = subprocess.Popen([PY, __file__, "--baseline-server", f"127.0.0.1:{bport}"], cwd=ROOT)
+            cleanup.add("baseline", lambda b=b: stop_process(b))
+            baselines.append(b)
         wait_port("127.0.0.1", bport, 30)
+        time.sleep(1.0)  # every baseline process listening
         lrng = random.Random(args.seed + 13)
         load_clients = sample_clients(fleet, 2000, lrng)
         load_ids = [popular(fleet, lrng) for _ in range(2000)]
@@ -780,7 +812,7 @@ def run_one(args) -> dict:
         wargs = argparse.Namespace(connections=64, duration=args.duration)
         runs = {"steering": [], "baseline": []}
         for r in range(args.rounds):
-            order = [("steering", sport, pids), ("baseline", bport, [baseline.pid])]
+            order = [("steering", sport, pids), ("baseline", bport, [b.pid for b in baselines])]
             if r % 2:
                 order.reverse()
             for name, port, ps in order:
@@ -847,6 +879,8 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=4.0, help="[health] timeout_s")
     p.add_argument("--fail-after", type=int, default=2, help="[health] fail_after")
     p.add_argument("--sim-procs", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="[server] workers (and as many baseline processes)")
+    p.add_argument("--baseline-server", default="", help=argparse.SUPPRESS)
     p.add_argument("--snapshot-interval", type=float, default=10.0, help="[health] snapshot_interval_s")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=2, help="wrk runs per server, alternating")
@@ -859,6 +893,9 @@ def main() -> int:
     args = p.parse_args()
     if args.simulate:
         simulate(args)
+        return 0
+    if args.baseline_server:
+        serve_baseline(args.baseline_server)
         return 0
     if args.generate_only:
         full_bodies(args, load_fleet(args))

@@ -482,6 +482,16 @@ async def serve(config_path: str, role: str = "all") -> int:
     if role == "worker":
         assert cfg.health.snapshot_file
         s.supervisor.start(FOLLOWER_TASK, lambda: s.poller.follow(cfg.health.snapshot_file))
+        parent = os.getppid()
+
+        async def orphaned() -> None:
+            # A worker whose poller is gone (even by kill -9) ends: the next poller starts its own.
+            while os.getppid() == parent:
+                await asyncio.sleep(0.5)
+            _log("worker: the poller process is gone; stopping")
+            stop.set()
+
+        orphan_watch = asyncio.ensure_future(orphaned())
     else:
         s.supervisor.start(POLLER_TASK, s.poller.run)
     s.supervisor.start(TABLE_TASK, s.table_keeper)
@@ -494,6 +504,8 @@ async def serve(config_path: str, role: str = "all") -> int:
     print(f"oca-steering {__version__}: {what}", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
+    if role == "worker":
+        orphan_watch.cancel()
     await s.supervisor.stop()
     for p in procs:
         if p.poll() is None:
