@@ -32,7 +32,8 @@ Rules kept here:
   0.1 % of them gain or lose one route; the driver kills one appliance and
   drains another, and adds a file to a third, and times how long until
   `/steer` reflects each.
-- Figures: RSS is the sum over steering's processes (/proc VmRSS); start is
+- Figures: RSS is the sum over steering's processes (/proc smaps_rollup;
+  PSS too, which counts the shared snapshot pages once); start is
   from launching steering to every appliance being up with its inventory
   and routes; poll CPU is steering's CPU seconds per second while idle
   between rounds and polls (no client load); decisions/s, p99 from wrk
@@ -327,6 +328,7 @@ def simulate(args) -> None:
     rng = random.Random(args.seed * 1000 + lo)
     frozen = [False]
     site_routes = {}
+    routes_bodies: dict[int, tuple[int, bytes]] = {}
 
     def routes_of(s: SimAppliance) -> list[str]:
         site = fleet.site_of[s.index]
@@ -360,8 +362,15 @@ def simulate(args) -> None:
                                 content_type="application/json")
         if what == "routes":
             since = request.query.get("since")
-            body = routes_answer(aid, fleet.sites[fleet.site_of[s.index]], s.routes_generation,
-                                 int(since) if since is not None else None, routes_of(s))
+            since = int(since) if since is not None else None
+            if since == s.routes_generation:
+                body = routes_answer(aid, fleet.sites[fleet.site_of[s.index]], s.routes_generation, since, ())
+            else:
+                cached = routes_bodies.get(s.index)
+                if cached is None or cached[0] != s.routes_generation:
+                    cached = routes_bodies[s.index] = (s.routes_generation, routes_answer(
+                        aid, fleet.sites[fleet.site_of[s.index]], s.routes_generation, None, routes_of(s)))
+                body = cached[1]
             return web.Response(body=body, content_type="application/json")
         if what == "inventory":
             form = request.query.get("form", "json")
@@ -382,7 +391,9 @@ def simulate(args) -> None:
                             added.discard(c)
                             removed.add(c)
                 body = inventory_delta(aid, s.generation, since, sorted(added), sorted(removed), form=form)
-            elif s.generation == 1 and form == "packed":
+            elif form == "packed":
+                # The full inventory as of generation 1, cached; the next poll's delta
+                # (since=1) brings every change after it, as for a steering that polled then.
                 body = bodies[int(offsets[s.index]) : int(offsets[s.index + 1])]
             else:
                 body = await asyncio.get_running_loop().run_in_executor(None, inventory_full, aid, s.generation, ids_of(s), form)
@@ -507,12 +518,13 @@ def steering_toml(fleet: Fleet, path: Path, port: int, sim_ports: list[tuple[int
     path.write_text("\n".join(lines) + "\n")
 
 
-def rss_mib(pids: list[int]) -> float:
+def rss_mib(pids: list[int], field: str = "Rss:") -> float:
+    """Sum over `pids` of /proc/PID/smaps_rollup's `field` ("Rss:", or "Pss:", which shares a page among its mappers)."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith(field):
                     total += int(line.split()[1])
         except OSError:
             pass
@@ -735,7 +747,9 @@ def run_one(args) -> dict:
         time.sleep(1.0)
         pids = [steering.pid] + child_pids(steering.pid)
         rss = rss_mib(pids)
-        print(f"fleet: N={fleet.n} started in {start_s:.1f} s, RSS {rss:.0f} MiB", file=sys.stderr)
+        pss = rss_mib(pids, "Pss:")
+        print(f"fleet: N={fleet.n} started in {start_s:.1f} s, RSS {rss:.0f} MiB (PSS {pss:.0f} MiB) over {len(pids)} processes",
+              file=sys.stderr)
 
         # Poll CPU while idle: over two intervals.
         cpu0, t0 = cpu_seconds(pids), time.monotonic()
@@ -839,6 +853,7 @@ def run_one(args) -> dict:
             bad = next((s, g, w) for s, g, w in zip(samples, got, want) if g != w)
             print(f"fleet: oracle disagrees, e.g. {bad}", file=sys.stderr)
         rss = max(rss, rss_mib([steering.pid] + child_pids(steering.pid)))
+        pss = max(pss, rss_mib([steering.pid] + child_pids(steering.pid), "Pss:"))
 
         # Restart: kill -9, start again; time to answering from the snapshot.
         wait_for("a snapshot written", lambda: client.json("/health")["snapshot"]["written"], 2 * args.snapshot_interval + 120, 0.5)
@@ -854,7 +869,7 @@ def run_one(args) -> dict:
         restart_s = time.monotonic() - started
         stale = client.json("/health")["snapshot"]["stale"]
         print(f"fleet: restarted and answering in {restart_s:.1f} s (stale: {stale})", file=sys.stderr)
-        return {"restart_s": restart_s, "appliances": fleet.n, "rss_mib": rss, "start_s": start_s, "interval_s": args.interval, "detect_s": detect_s,
+        return {"restart_s": restart_s, "pss_mib": pss, "appliances": fleet.n, "rss_mib": rss, "start_s": start_s, "interval_s": args.interval, "detect_s": detect_s,
                 "drain_s": drain_s, "add_s": add_s, "poll_cpu": poll_cpu, "decisions_per_s": rate, "baseline_per_s": base_rate,
                 "p99_ms": p99, "oracle": f"{agree}/{len(samples)}", "errors": errors}
     finally:
@@ -907,15 +922,15 @@ def main() -> int:
             r = run_one(args)
             print(fleet_line(r), flush=True)
             results.append(r)
-        print("| N | RSS MiB | start s | restart s | poll CPU (cores) | detect s | drain s | added file s | decisions/s | baseline/s | ratio | p99 ms | oracle |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| N | RSS MiB | PSS MiB | start s | restart s | poll CPU (cores) | detect s | drain s | added file s | decisions/s | baseline/s | ratio | p99 ms | oracle |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results:
-            print(f"| {r['appliances']:,} | {r['rss_mib']:.0f} | {r['start_s']:.1f} | {r['restart_s']:.1f} | {r['poll_cpu']:.2f} | {r['detect_s']:.2f} | "
+            print(f"| {r['appliances']:,} | {r['rss_mib']:.0f} | {r['pss_mib']:.0f} | {r['start_s']:.1f} | {r['restart_s']:.1f} | {r['poll_cpu']:.2f} | {r['detect_s']:.2f} | "
                   f"{r['drain_s']:.2f} | {r['add_s']:.2f} | {r['decisions_per_s']:.0f} | {r['baseline_per_s']:.0f} | "
                   f"{r['decisions_per_s'] / r['baseline_per_s']:.2f} | {r['p99_ms']:.2f} | {r['oracle']} |")
         return 0
     r = run_one(args)
-    print(f"fleet: restart_s={r['restart_s']:.1f} poll_cpu={r['poll_cpu']:.2f} drain_s={r['drain_s']:.2f} add_s={r['add_s']:.2f} errors={r['errors']}", file=sys.stderr)
+    print(f"fleet: pss_mib={r['pss_mib']:.0f} restart_s={r['restart_s']:.1f} poll_cpu={r['poll_cpu']:.2f} drain_s={r['drain_s']:.2f} add_s={r['add_s']:.2f} errors={r['errors']}", file=sys.stderr)
     print(fleet_line(r), flush=True)
     return 0
 

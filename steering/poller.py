@@ -2,7 +2,8 @@
 
 Rules kept here:
 - Every appliance is polled in its own task with its own deadline
-  (`[health] timeout_s`, for the whole poll); a dead, hanging or trickling
+  (`[health] timeout_s`, for its three answers; checking them in a thread
+  is steering's own time and not counted); a dead, hanging or trickling
   appliance never delays the others or the round. At most `[health]
   max_concurrent_polls` polls run at once; a poll's deadline starts when it
   does.
@@ -312,7 +313,7 @@ class Poller:
         k.polls += 1
         timeout_s = self._s.timeout_s
         try:
-            result = await asyncio.wait_for(self._poll(a, k), timeout=timeout_s)
+            result = await self._poll(a, k, timeout_s)
         except asyncio.TimeoutError:
             result = PollResult(False, f"no answer within {timeout_s:g} s")
         except MessageError as exc:
@@ -391,17 +392,21 @@ class Poller:
                 return base.changed(inv.added, inv.removed)
         return None
 
-    async def _poll(self, a: Appliance, k: Knowledge) -> PollResult:
+    async def _poll(self, a: Appliance, k: Knowledge, timeout_s: float) -> PollResult:
         if k.checking is not None and not k.checking.done():
             raise PollFailure("its previous answer is still being checked (too big or too slow to parse)")
         base = a.url
         limits = self.body_limits()
         most = f"[health] max_response_mb = {self._s.limits.max_response_bytes / 1e6:g}"
-        health = await self._fetch(base, "/health", limits.health, f"{most}, and a /health answer is never that big", (200, 503))
         since = k.inventory_generation
-        inventory, inventory_type = await self._fetch_typed(base, f"/inventory?since={since}&form=packed", limits.inventory, most)
-        routes = await self._fetch(base, f"/routes?since={k.routes_generation}", limits.routes,
-                                   f"{most}; [health] max_prefixes_per_appliance = {self._s.limits.max_prefixes} prefixes take less")
+        # The deadline is the appliance's: its three answers. Checking them is
+        # steering's own work (bounded by the one-check-per-appliance rule), and
+        # a busy steering must not fail healthy appliances.
+        async with asyncio.timeout(timeout_s):
+            health = await self._fetch(base, "/health", limits.health, f"{most}, and a /health answer is never that big", (200, 503))
+            inventory, inventory_type = await self._fetch_typed(base, f"/inventory?since={since}&form=packed", limits.inventory, most)
+            routes = await self._fetch(base, f"/routes?since={k.routes_generation}", limits.routes,
+                                       f"{most}; [health] max_prefixes_per_appliance = {self._s.limits.max_prefixes} prefixes take less")
         assert self._checker is not None
         k.checking = self._checker.submit(self._check, health, inventory, inventory_type, since, routes,
                                           self._s.allowed.get(a.appliance_id), k.inventory)

@@ -15,8 +15,9 @@ Rules kept here:
   one that raises is logged, counted (`steering_task_failures_total`) and
   restarted; while one is down, `/health` says `degraded` and names it.
 - The prefix table is rebuilt, in a thread, when an event says the routes
-  or coverage changed; changes that arrive during a build coalesce into one
-  more build. A keeper that restarts rebuilds.
+  or coverage changed; changes that arrive during a build, or during the
+  pause after a build of 1 s or more (as long as it took, at most 30 s), coalesce into
+  one more build. A keeper that restarts rebuilds.
 - With `[health] snapshot_file`, what the poller knows is written after a
   round (at most every `snapshot_interval_s`, in a thread, then renamed);
   at start it is read and the prefix table built before listening, so the
@@ -73,6 +74,8 @@ POLLER_TASK = "poller"
 # a list of the content's holders, about 8 bytes each.
 HOLDERS_CACHE = 20_000
 TABLE_TASK = "table-keeper"
+TABLE_GAP_MAX_S = 30.0  # the longest wait after a build before the next
+TABLE_GAP_MIN_S = 1.0  # builds quicker than this are followed by no wait
 
 
 def _log(line: str) -> None:
@@ -234,8 +237,14 @@ class Steering:
             self.table = table
             self.table_error = ""
             self.table_built_s = time.time()
-            self.m_build.set(time.monotonic() - started)
+            took = time.monotonic() - started
+            self.m_build.set(took)
             self.m_prefixes.set(len(table))
+            # Changes that come meanwhile wait: builds take at most about half of
+            # the process's time (a fleet's routes arriving one appliance at a
+            # time would otherwise rebuild back to back and starve the polls).
+            if took >= TABLE_GAP_MIN_S:
+                await asyncio.sleep(min(TABLE_GAP_MAX_S, took))
 
     def decide(self, client: str, content_id: str) -> dict:
         started = time.perf_counter()

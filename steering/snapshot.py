@@ -3,8 +3,9 @@
 Nothing here performs I/O: the poller writes the bytes (to a temporary
 file, then renames it) and reads them at start. Rules kept here:
 - Layout: 8 bytes "OCASNAP1", an 8-byte big-endian length, a JSON head of
-  that length (time, catalogue ids, and per appliance its state, inventory
-  generation and count, routes and routes generation), then every
+  that length (time, catalogue ids, the distinct route lists, and per
+  appliance its state, inventory generation and count, the index of its
+  route list and its routes generation), then every
   appliance's holdings bitmap, one after another, at the offsets the head
   gives. Bitmaps stay binary: 20,000 of them are 500 MB, and base64 in JSON
   would be a third more and a copy.
@@ -64,16 +65,18 @@ def encode(taken_s: float, catalogue_ids: list[str], appliances: Mapping[str, tu
     blobs = []
     offset = 0
     entries = {}
+    route_sets: dict[tuple, int] = {}  # the appliances of a site announce the same list: it is written once
     for aid, (st, inv, gen, routes, rgen) in appliances.items():
         bits = inv.bits if isinstance(inv, Holdings) else b""
         blobs.append(bits)
         entries[aid] = {
             "up": st.up, "draining": st.draining, "overloaded": st.overloaded, "status": st.status, "reason": st.reason,
             "last_ok_s": st.last_ok_s, "generation": gen if isinstance(inv, Holdings) else 0, "count": len(inv),
-            "bits": [offset, len(bits)], "routes": list(routes), "routes_generation": rgen,
+            "bits": [offset, len(bits)], "routes": route_sets.setdefault(tuple(routes), len(route_sets)), "routes_generation": rgen,
         }
         offset += len(bits)
-    head = json.dumps({"taken_s": taken_s, "rounds": rounds, "catalogue": catalogue_ids, "appliances": entries},
+    head = json.dumps({"taken_s": taken_s, "rounds": rounds, "catalogue": catalogue_ids, "routes": [list(r) for r in route_sets],
+                       "appliances": entries},
                       separators=(",", ":")).encode()
     return b"".join([MAGIC, len(head).to_bytes(8, "big"), head, *blobs])
 
@@ -107,6 +110,10 @@ def decode(data: bytes | memoryview, registry_ids: set[str]) -> Snapshot:
     entries = doc.get("appliances")
     if not isinstance(entries, dict):
         raise SnapshotError("appliances: must be an object")
+    sets = doc.get("routes")
+    if not isinstance(sets, list) or not all(isinstance(r, list) for r in sets):
+        raise SnapshotError("routes: must be a list of prefix lists")
+    checked: dict[int, tuple[str, ...]] = {}  # checked once each, when an appliance still registered uses it
     width = (len(ids) + 7) >> 3
     out = {}
     for aid, e in entries.items():
@@ -123,13 +130,15 @@ def decode(data: bytes | memoryview, registry_ids: set[str]) -> Snapshot:
         bits = blobs[span[0] : span[0] + span[1]]
         count = _int(e, "count", where, 8 * len(bits))
         inv = Holdings(catalogue, bits, count)
-        routes = e.get("routes")
-        if not isinstance(routes, list):
-            raise SnapshotError(f"{where}.routes: must be a list")
-        try:
-            routes_t = tuple(normal_prefix(p, f"{where}.routes[{i}]") for i, p in enumerate(routes))
-        except MessageError as exc:
-            raise SnapshotError(str(exc)) from None
+        ref = e.get("routes")
+        if isinstance(ref, bool) or not isinstance(ref, int) or not 0 <= ref < len(sets):
+            raise SnapshotError(f"{where}.routes: must be an index into routes")
+        routes_t = checked.get(ref)
+        if routes_t is None:
+            try:
+                routes_t = checked[ref] = tuple(normal_prefix(p, f"routes[{ref}][{i}]") for i, p in enumerate(sets[ref]))
+            except MessageError as exc:
+                raise SnapshotError(str(exc)) from None
         for key in ("up", "draining", "overloaded"):
             if not isinstance(e.get(key), bool):
                 raise SnapshotError(f"{where}.{key}: must be true or false")
