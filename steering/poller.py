@@ -120,6 +120,7 @@ class Poller:
         self.on_holdings_changed = on_holdings_changed or (lambda ids: None)
         self._s = _Settings(thresholds, interval_s, timeout_s, limits, dict(allowed or {}), max_concurrent)
         self._slots: asyncio.Semaphore | None = None
+        self._route_lists: dict[tuple, tuple] = {}
         self.snapshot_path: str | None = None
         self.snapshot_interval_s = 60.0
         self.restored_from_s: float | None = None  # when the snapshot read at start was taken
@@ -213,7 +214,7 @@ class Poller:
             k.inventory, k.inventory_generation = r.inventory, r.inventory_generation
             if k.routes != r.routes:
                 routes_changed = True
-            k.routes, k.routes_generation = r.routes, r.routes_generation
+            k.routes, k.routes_generation = self._shared_routes(r.routes), r.routes_generation
         self.states = states  # a new dict: the service's view of the fleet is made again
         self.restored_from_s = snap.taken_s
         if follower:
@@ -376,6 +377,16 @@ class Poller:
                 raise PollFailure(f"{what}: answer is over {limit / 1e6:g} MB ({why})")
         return b"".join(chunks)
 
+    def _shared_routes(self, prefixes: tuple[str, ...]) -> tuple[str, ...]:
+        """One tuple for equal route lists: a site's appliances announce the same prefixes (a fleet: millions)."""
+        shared = self._route_lists.get(prefixes)
+        if shared is None:
+            if len(self._route_lists) > 2 * len(self.known) + 16:
+                in_use = {id(k.routes) for k in self.known.values()}
+                self._route_lists = {r: r for r in self._route_lists.values() if id(r) in in_use}
+            shared = self._route_lists[prefixes] = prefixes
+        return shared
+
     def _check(self, health: bytes, inventory: bytes, inventory_type: str, since: int, routes: bytes,
                allowed: tuple[str, ...] | None, held: Holdings | frozenset) -> tuple[PollAnswers, Holdings | None]:
         """In a checker thread: validate the answers and build the new holdings (None: unchanged)."""
@@ -419,7 +430,7 @@ class Poller:
         k.inventory_generation = inv.generation
         if answers.routes is not None:
             changed = answers.routes.prefixes != k.routes
-            k.routes = answers.routes.prefixes
+            k.routes = self._shared_routes(answers.routes.prefixes)
             k.routes_dropped = answers.routes.dropped
             k.routes_generation = answers.routes_generation
             if changed:

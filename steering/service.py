@@ -86,8 +86,8 @@ def table_items(known: dict[str, Knowledge], coverage: dict[str, list[str]]) -> 
     """(cidr, tag) pairs for the prefix table: admitted appliance routes, then coverage zones."""
     items = []
     for aid, k in known.items():
-        for p in k.routes:
-            items.append((p, ("route", aid)))
+        tag = ("route", aid)  # one tuple per appliance, not per prefix: a fleet announces millions
+        items.extend((p, tag) for p in k.routes)
     for site, nets in coverage.items():
         for p in nets:
             items.append((p, ("cz", site)))
