@@ -761,11 +761,13 @@ def run_one(args) -> dict:
 
         def victim_probe() -> tuple[int, str, str]:
             """An appliance that answers first for some (client, file) in its own site, and that pair."""
+            # IPv6 clients: the random IPv4 prefixes overlap so densely that another
+            # site's longer prefix usually wins; the IPv6 ones (/32-/48 in 2^112) do not.
             for _ in range(1000):
                 site = probe_rng.randrange(1, len(fleet.sites))
-                if not fleet.v4[site]:
+                if not fleet.v6[site]:
                     continue
-                cl = address_in(*fleet.v4[site][0], 32, probe_rng)
+                cl = address_in(*fleet.v6[site][0], 128, probe_rng)
                 cid = fleet.ids[probe_rng.randrange(200)]
                 urls = client.steer(cl, cid)
                 if urls and fleet.site_of[int(urls[0][1:])] == site:
@@ -789,7 +791,7 @@ def run_one(args) -> dict:
         add_s = float("nan")
         for _ in range(200):
             site = probe_rng.randrange(1, len(fleet.sites))
-            if not fleet.v4[site]:
+            if not fleet.v6[site]:
                 continue
             mem = fleet.members[site]
             held = set()
@@ -799,7 +801,7 @@ def run_one(args) -> dict:
             k = mem[0]
             if f is None or k in (i, j):
                 continue
-            cl3 = address_in(*fleet.v4[site][0], 32, probe_rng)
+            cl3 = address_in(*fleet.v6[site][0], 128, probe_rng)
             ctl(k, "add", k, f)
             add_s = timed_change("an added file to be steered to its appliance", k, cl3, fleet.ids[f], False)
             break

@@ -421,7 +421,13 @@ class Poller:
         assert self._checker is not None
         k.checking = self._checker.submit(self._check, health, inventory, inventory_type, since, routes,
                                           self._s.allowed.get(a.appliance_id), k.inventory)
-        answers, holdings = await asyncio.wrap_future(k.checking)
+        checking = k.checking
+        try:
+            answers, holdings = await asyncio.wrap_future(checking)
+        finally:
+            if checking.done():
+                # Its result holds every parsed id (30,000 strings an appliance): kept, it was most of the poller's memory.
+                k.checking = None
         # Applied whole: nothing above changed `k`.
         inv = answers.inventory
         if holdings is not None:
