@@ -455,15 +455,15 @@ async def serve(config_path: str, role: str = "all") -> int:
     cfg = load_steering_config(config_path)
     s = Steering(config_path, cfg)
     workers = cfg.server.workers if role == "all" else 0
+    listens = workers <= 1  # with workers, the poller process does not answer clients
     if cfg.health.snapshot_file:
         # Before listening: the first answers already come from the snapshot's routes and holdings.
         _log(s.poller.restore(cfg.health.snapshot_file))
-        if s.poller.restored_from_s is not None:
+        if s.poller.restored_from_s is not None and listens:
             s.table = PrefixTable.build(table_items(s.poller.known, s.coverage))
             s.table_built_s = time.time()
     runner = web.AppRunner(s.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    listens = workers <= 1  # with workers, the poller process does not answer clients
     reuse_port = role == "worker"
     if listens:
         for item in cfg.server.listen:
@@ -503,7 +503,9 @@ async def serve(config_path: str, role: str = "all") -> int:
         orphan_watch = asyncio.ensure_future(orphaned())
     else:
         s.supervisor.start(POLLER_TASK, s.poller.run)
-    s.supervisor.start(TABLE_TASK, s.table_keeper)
+    if listens:
+        # With workers, the poller answers no client: only the workers need a prefix table (1M prefixes: seconds of CPU a build).
+        s.supervisor.start(TABLE_TASK, s.table_keeper)
     if workers > 1:
         s.supervisor.start(WORKERS_TASK, lambda: _keep_workers(config_path, workers, procs))
     https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
