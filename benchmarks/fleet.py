@@ -851,6 +851,7 @@ def run_one(args) -> dict:
         got = [client.steer(c, cid) for c, cid in samples]
         want = oracle(fleet, truth, samples, 5)
         agree = sum(g == w for g, w in zip(got, want))
+        print(f"fleet: oracle {agree}/{len(samples)}", file=sys.stderr)
         if agree != len(samples):
             bad = next((s, g, w) for s, g, w in zip(samples, got, want) if g != w)
             print(f"fleet: oracle disagrees, e.g. {bad}", file=sys.stderr)
@@ -858,7 +859,7 @@ def run_one(args) -> dict:
         pss = max(pss, rss_mib([steering.pid] + child_pids(steering.pid), "Pss:"))
 
         # Restart: kill -9, start again; time to answering from the snapshot.
-        wait_for("a snapshot written", lambda: client.json("/health")["snapshot"]["written"], 2 * args.snapshot_interval + 120, 0.5)
+        wait_for("a snapshot written", lambda: os.path.exists(args.snapshot), 2 * args.snapshot_interval + 120, 0.5)
         steering.kill()
         steering.wait()
         started = time.monotonic()
