@@ -860,8 +860,11 @@ def run_one(args) -> dict:
 
         # Restart: kill -9, start again; time to answering from the snapshot.
         wait_for("a snapshot written", lambda: os.path.exists(args.snapshot), 2 * args.snapshot_interval + 120, 0.5)
+        workers = child_pids(steering.pid)
         steering.kill()
         steering.wait()
+        # Its workers notice within half a second and end; until then they still answer, from the old snapshot.
+        wait_for("the old workers to end", lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 30, 0.05)
         started = time.monotonic()
         steering = subprocess.Popen([PY, "-m", "steering.cli", "--config", str(config)], cwd=ROOT,
                                     stderr=open(tmp / "steering-restarted.log", "w"))
