@@ -108,6 +108,11 @@ Rules kept here:
   ``--pass-sees held`` shows what the passes are worth without it. The
   night holds back up to ``--reserve`` of the budget for the passes, in
   proportion to the new bytes without a forecast (`fill.plan.night_budget`).
+  A ``history`` forecast is one number per kind of release, so it carries
+  its uncertainty as the manifest's ``"forecast": "class"`` does for the
+  agent: its releases count as without a forecast for that reserve, and the
+  passes value them by the requests seen alone; the night still orders them
+  by it (``--history-certain`` takes it as a forecast of the title instead).
   With passes, the planner's day is no longer one static placement, so the
   bound no longer bounds it in principle (as for the LRU).
 - Warm-up days (``--warmup``) run the same way but are not reported; the LRU
@@ -883,6 +888,7 @@ class Setup:
     reserve: float = 0.0  # at most this share of the day's budget is left to the later passes (fill.plan.night_budget)
     pass_policy: PassPolicy = PassPolicy()
     pass_sees: str = "site"  # "site": a pass sees every request of the site's clients; "held": only those for files the site holds
+    history_uncertain: bool = True  # the night's reserve counts history-forecast releases as without a forecast
 
 
 # Before tuning: the planner's earlier defaults (copies by rank, order by popularity, extra copies not
@@ -1046,7 +1052,10 @@ def run_planner(config: Config, setup: Setup, cat: Catalogue, demand: Sequence[S
         wanted: set[str] = set()
         filled = [0] * n
         new_files = [f for f in manifest.files if release[f.content_id] == day] if day > 0 else []
-        budget_tonight = None if day == 0 or setup.passes <= 1 else night_budget(site.budget, new_files, setup.reserve)
+        # A history forecast is one number per kind of release: it says nothing of the title, so the
+        # night leaves the passes the same share as without a forecast (it still orders the night by it).
+        uncertain = {f.content_id for f in new_files} if fc.kind == "history" and setup.history_uncertain else set()
+        budget_tonight = None if day == 0 or setup.passes <= 1 else night_budget(site.budget, new_files, setup.reserve, uncertain)
         if day > 0 and setup.passes <= 1:
             budget_tonight = site.budget
         pending: list[list] = [[] for _ in range(n)]  # the night plan's additions not made: the passes may still make them
@@ -1090,7 +1099,8 @@ def run_planner(config: Config, setup: Setup, cat: Catalogue, demand: Sequence[S
                 if left <= 0 or cum[h] <= 0:
                     continue
                 planned = [f for f in pending[a] if f.content_id not in held[a]]
-                pp = plan_pass(manifest, aid, SITE, held[a], holders.keys(), observed, cum[h], site.storage, left, setup.pass_policy, planned)
+                pp = plan_pass(manifest, aid, SITE, held[a], holders.keys(), observed, cum[h], site.storage, left, setup.pass_policy, planned,
+                               uncertain)
                 for cid in pp.deletes:
                     del held[a][cid]
                 for f in pp.adds:
@@ -1383,7 +1393,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def make_setups(
     planner: str, forecasts: Sequence[Forecast], passes: int, reserve: float, policy: PassPolicy, keep_bonus: float = DEFAULT_KEEP_BONUS,
-    pass_sees: str = "site",
+    pass_sees: str = "site", history_uncertain: bool = True,
 ) -> list[Setup]:
     """The planner setups to run: each planner x forecast, with `passes` passes a day; `today`, the setup
     before intra-day passes, first when oracle-noise:0.5 is asked for with any change, to check it is no worse."""
@@ -1395,10 +1405,12 @@ def make_setups(
             name = (
                 f"{prefix}{fc.name} p{passes}" + (f" r{reserve:g}" if passes > 1 else "") + (f" k{keep_bonus:g}" if b is AFTER and keep_bonus else "")
                 + (" held" if passes > 1 and pass_sees == "held" else "")
+                + (" certain" if fc.kind == "history" and passes > 1 and not history_uncertain else "")
             )
             cp = replace(b.policy, keep_bonus=keep_bonus) if b is AFTER else b.policy
             out.append(
-                replace(b, name=name, policy=cp, forecast=fc, passes=passes, reserve=reserve if passes > 1 else 0.0, pass_policy=policy, pass_sees=pass_sees)
+                replace(b, name=name, policy=cp, forecast=fc, passes=passes, reserve=reserve if passes > 1 else 0.0, pass_policy=policy, pass_sees=pass_sees,
+                        history_uncertain=history_uncertain)
             )
     if planner != "before" and any(s.forecast == TODAY.forecast and (s.policy, s.passes, s.reserve) != (TODAY.policy, 1, 0.0) for s in out):
         out.insert(0, TODAY)
@@ -1425,6 +1437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pass-sees", choices=("site", "held"), default="site",
         help="what the passes count: every request of the site's clients (default; needs steering's count of requests it could not "
         "send to the site), or only requests for files the site holds (the appliances' own counters)",
+    )
+    p.add_argument(
+        "--history-certain", action="store_true",
+        help="take a history forecast as if it were about the title: no reserve for the passes, and the passes weigh it "
+        "(the default counts it as no forecast for both, while the night still orders by it)",
     )
     p.add_argument("--pass-min-requests", type=int, default=PassPolicy().min_requests)
     p.add_argument("--pass-margin", type=float, default=PassPolicy().margin)
@@ -1453,7 +1470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         policy = PassPolicy(args.pass_min_requests, args.pass_margin)
     except ValueError as e:
         p.error(str(e))
-    setups = make_setups(args.planner, forecasts, args.passes, args.reserve, policy, args.keep_bonus, args.pass_sees)
+    setups = make_setups(args.planner, forecasts, args.passes, args.reserve, policy, args.keep_bonus, args.pass_sees,
+                         not args.history_certain)
     base = Config(args.capacity, args.zipf, args.appliances, args.files, args.days, args.warmup, args.requests, args.budget, args.serve_headroom)
     if args.all:
         configs = [

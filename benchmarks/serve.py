@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Serving benchmark: oca-server against nginx on the same files, same load.
 
-Run: ``.venv/bin/python benchmarks/serve.py [--quick] [--https] [--rounds N]
-[--duration S] [--connections C] [--idle N] [--hold S] [--dir DIR]``.
+Run: ``.venv/bin/python benchmarks/serve.py [--quick] [--https]
+[--profile default|production] [--baseline TREE] [--rounds N] [--duration S]
+[--connections C] [--idle N] [--hold S] [--dir DIR]``.
 
 Rules kept here:
 - Every figure printed is measured in this run; nothing is typed in or
@@ -49,7 +50,23 @@ Rules kept here:
   all stay idle for ``--hold`` seconds; the VmRSS of each worker (children of
   the server's parent, by ``pgrep -P``) is read at the end of the hold. The
   client binds several 127.0.0.x source addresses so ephemeral ports do not
-  run short. oca first (the target), then nginx for reference.
+  run short. oca first (the target), then oca-base if any, then nginx for
+  reference.
+- ``--profile production``: what a real appliance runs. oca with
+  `[signing] required`, the access log on (combined, to a file) and its
+  metrics (always on), 2 workers; each nginx with `secure_link` (an MD5
+  token with expiry, `secure_link_md5 "$secure_link_expires$uri secret"`)
+  and `access_log` combined to a file. Each file has one signed URL per
+  server (each in its own scheme), reused for all its ranges, as a player
+  does. Workloads: 64 KiB ranges, 2 MiB ranges and a player mix (2 MiB and
+  96 KiB ranges, one to one, in the same random order for every server).
+  Targets are checked against the better nginx of each round, figure by
+  figure (higher requests/s or bytes/s, lower p99). The access logs are
+  counted after the load: every server must have logged every request.
+- ``--baseline TREE``: a second oca ("oca-base") runs the code in TREE (for
+  example ``git archive main | tar -x -C TREE``) with its own copy of the
+  content, in the same rounds, so before/after figures are measured in the
+  same run, alternating.
 - Cleanup (wrk, the servers, idle sockets, the temp dir) runs on normal
   exit, on error, on Ctrl-C and on SIGTERM.
 """
@@ -58,6 +75,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import http.client
 import os
 import random
@@ -84,9 +103,20 @@ MB = 1_000_000
 TARGET_2M_BYTES_RATIO = 0.9  # oca bytes/s ÷ nginx bytes/s, 2 MiB ranges, at least
 TARGET_64K_REQS_RATIO = 0.7  # oca req/s ÷ nginx req/s, 64 KiB ranges, at least
 TARGET_P99_RATIO = 2.0  # oca p99 ÷ nginx p99, at most (each workload)
-TARGET_RSS_MIB = 150.0  # VmRSS of each oca worker holding the idle connections, below
+TARGET_RSS_MIB = 50.0  # VmRSS of each oca worker holding the idle connections, below
+# Production profile (issue 16), against the better nginx of each round.
+PROD_64K_REQS_RATIO = 0.9
+PROD_64K_P99_RATIO = 1.5
+PROD_2M_BYTES_RATIO = 1.0
+PROD_MIX_BYTES_RATIO = 1.0
 
-WORKLOADS = (("2 MiB", 2 * MIB), ("64 KiB", 64 * 1024))
+# (name, spans): each request asks for one of `spans`, chosen at random.
+DEFAULT_WORKLOADS = (("2 MiB", (2 * MIB,)), ("64 KiB", (64 * 1024,)))
+PRODUCTION_WORKLOADS = (("64 KiB", (64 * 1024,)), ("2 MiB", (2 * MIB,)), ("mix", (2 * MIB, 96 * 1024)))
+WORKLOADS = DEFAULT_WORKLOADS
+PRODUCTION = {"on": False}
+SIGN_SECRET = "bench-secret-0123456789"  # oca's HMAC key and nginx's secure_link secret
+SIGN_EXPIRY_S = 4102444800  # 2100-01-01: never expires during a run
 SOURCE_ADDRS = tuple(f"127.0.0.{i}" for i in range(2, 10))
 FILE_COUNT = 4
 
@@ -266,7 +296,7 @@ def make_certificate(base: Path) -> None:
 def write_oca_config(base: Path, port: int) -> Path:
     stores = [base / "store0", base / "store1"]
     for p in stores:
-        p.mkdir()
+        p.mkdir(exist_ok=True)
     lines = [
         "[appliance]",
         'id = "oca-bench-1"',
@@ -275,7 +305,7 @@ def write_oca_config(base: Path, port: int) -> Path:
         f'listen = ["127.0.0.1:{port}"]' if not TLS else "listen = []",
         "workers = 2",
         'event_loop = "uvloop"',
-        'access_log = ""',
+        f'access_log = "{base / "oca-access.log"}"' if PRODUCTION["on"] else 'access_log = ""',
         "max_connections = 16384",
         "shutdown_timeout_s = 5",
         "[index]",
@@ -284,6 +314,8 @@ def write_oca_config(base: Path, port: int) -> Path:
     ]
     for p in stores:
         lines += ["[[stores]]", f'path = "{p}"']
+    if PRODUCTION["on"]:
+        lines += ["[signing]", "required = true", 'key_id = "k1"', "[signing.keys]", f'k1 = "{SIGN_SECRET}"']
     if TLS:
         lines += ["[tls]", f'listen = ["127.0.0.1:{port}"]', f'cert_file = "{TLS["crt"]}"', f'key_file = "{TLS["key"]}"']
     cfg = base / "oca.toml"
@@ -291,11 +323,15 @@ def write_oca_config(base: Path, port: int) -> Path:
     return cfg
 
 
-def ingest(cfg: Path, content: Content) -> None:
+def tree_env(tree: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def ingest(cfg: Path, content: Content, tree: Path = ROOT) -> None:
     for content_id, path in zip(content.ids, content.sources):
         proc = subprocess.run(
             [PY, "-m", "oca.admin", "--config", str(cfg), "ingest", str(path), "--id", content_id],
-            capture_output=True, text=True, cwd=ROOT, timeout=600,
+            capture_output=True, text=True, cwd=tree, timeout=600, env=tree_env(tree),
         )
         if proc.returncode != 0:
             raise RuntimeError(f"oca-admin ingest {content_id} exited {proc.returncode}: {proc.stderr}")
@@ -306,6 +342,17 @@ def write_nginx_config(base: Path, name: str, port: int, nopush: bool) -> Path:
     tmp.mkdir()
     user = "user root;\n" if os.geteuid() == 0 else ""  # files live in a 0700 temp dir
     conf = base / f"{name}.conf"
+    if PRODUCTION["on"]:
+        logging = f"access_log {base / (name + '-access.log')} combined;"
+        location = f"""location /content/ {{
+            secure_link $arg_md5,$arg_expires;
+            secure_link_md5 "$secure_link_expires$uri {SIGN_SECRET}";
+            if ($secure_link = "") {{ return 403; }}
+            if ($secure_link = "0") {{ return 410; }}
+        }}"""
+    else:
+        logging = "access_log off;"
+        location = "location / { }"
     conf.write_text(
         f"""{user}worker_processes 2;
 pid {base / (name + ".pid")};
@@ -315,7 +362,7 @@ events {{
     worker_connections 16384;
 }}
 http {{
-    access_log off;
+    {logging}
     sendfile on;
     tcp_nopush {"on" if nopush else "off"};
     keepalive_requests 100000;
@@ -330,7 +377,7 @@ http {{
         listen 127.0.0.1:{port} backlog=4096{" ssl" if TLS else ""};
         {f"ssl_certificate {TLS['crt']}; ssl_certificate_key {TLS['key']}; ssl_protocols TLSv1.2 TLSv1.3; output_buffers 2 256k;" if TLS else ""}
         root {base / "www"};
-        location / {{ }}
+        {location}
     }}
 }}
 """
@@ -345,6 +392,8 @@ class Server:
     proc: subprocess.Popen
     log: Path
     parent_pid: int = 0  # the process whose children are the workers
+    paths: list[str] = field(default_factory=list)  # one URL (path and query) per file, signed in production
+    access_log: Path | None = None
 
     def workers(self) -> list[int]:
         return child_pids(self.parent_pid or self.proc.pid)
@@ -365,16 +414,16 @@ def start_nginx(base: Path, name: str, port: int, nopush: bool, cleanup: Cleanup
     return srv
 
 
-def start_oca(base: Path, cfg: Path, port: int, cleanup: Cleanup) -> Server:
-    log = base / "oca-server.log"
+def start_oca(base: Path, cfg: Path, port: int, cleanup: Cleanup, name: str = "oca", tree: Path = ROOT) -> Server:
+    log = base / f"{name}-server.log"
     out = open(log, "ab")
     proc = subprocess.Popen(
         [PY, "-m", "oca.server.main", "--config", str(cfg)],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tree, env=tree_env(tree),
     )
-    cleanup.add("oca-server", lambda: (stop_process(proc, signal.SIGTERM, timeout=20), out.close()))
+    cleanup.add(name, lambda: (stop_process(proc, signal.SIGTERM, timeout=20), out.close()))
     wait_port(port, proc, log)
-    srv = Server("oca", port, proc, log)
+    srv = Server(name, port, proc, log)
     _wait_workers(srv, 2)
     return srv
 
@@ -386,6 +435,37 @@ def _wait_workers(srv: Server, n: int, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"{srv.name}: expected {n} workers, found {srv.workers()}")
+
+
+def oca_paths(content: Content) -> list[str]:
+    if not PRODUCTION["on"]:
+        return [f"/content/{c}" for c in content.ids]
+    sys.path.insert(0, str(ROOT))
+    from oca.signing import signed_path
+
+    return [signed_path(c, SIGN_EXPIRY_S, "k1", SIGN_SECRET.encode()) for c in content.ids]
+
+
+def nginx_paths(content: Content) -> list[str]:
+    if not PRODUCTION["on"]:
+        return [f"/content/{c}" for c in content.ids]
+    out = []
+    for c in content.ids:
+        uri = f"/content/{c}"
+        digest = hashlib.md5(f"{SIGN_EXPIRY_S}{uri} {SIGN_SECRET}".encode()).digest()
+        token = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        out.append(f"{uri}?md5={token}&expires={SIGN_EXPIRY_S}")
+    return out
+
+
+def count_lines(path: Path | None) -> int:
+    if path is None:
+        return 0
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
 
 
 def warm(paths: list[Path]) -> int:
@@ -449,12 +529,19 @@ def verify(servers: list[Server], content: Content, rng: random.Random) -> int:
             want = fh.read(last - first + 1)
         want_range = f"bytes {first}-{last}/{content.sizes[i]}"
         for srv in servers:
-            status, crange, body = fetch(srv.port, f"/content/{content.ids[i]}", first, last)
+            status, crange, body = fetch(srv.port, srv.paths[i], first, last)
             if status != 206 or crange != want_range or body != want:
                 raise RuntimeError(
-                    f"{srv.name}: /content/{content.ids[i]} bytes={first}-{last}: status {status}, "
+                    f"{srv.name}: {srv.paths[i]} bytes={first}-{last}: status {status}, "
                     f"Content-Range {crange!r} (want {want_range!r}), body {'ok' if body == want else f'{len(body)} bytes, differs'}"
                 )
+    if PRODUCTION["on"]:
+        # The signature is really checked: a wrong token is refused by every server.
+        for srv in servers:
+            bad = srv.paths[0].replace("t=", "t=A", 1).replace("md5=", "md5=A", 1)
+            status, _crange, _body = fetch(srv.port, bad, 0, 99)
+            if status != 403:
+                raise RuntimeError(f"{srv.name}: a bad token got {status}, not 403")
     return len(cases)
 
 
@@ -464,12 +551,14 @@ def verify(servers: list[Server], content: Content, rng: random.Random) -> int:
 LUA = """-- generated by benchmarks/serve.py
 local paths = {%(paths)s}
 local sizes = {%(sizes)s}
-local span = %(span)d
+local spans = {%(spans)s}
 local n = #paths
+local m = #spans
 math.randomseed(%(seed)d)
 
 request = function()
     local i = math.random(n)
+    local span = spans[math.random(m)]
     local first = math.random(0, sizes[i] - span)
     return wrk.format("GET", paths[i], {["Range"] = "bytes=" .. first .. "-" .. (first + span - 1)})
 end
@@ -502,12 +591,13 @@ class Run:
     text: str = ""
 
 
-def write_lua(base: Path, content: Content, span: int, seed: int) -> Path:
-    script = base / f"ranges-{span}-{seed}.lua"
+def write_lua(base: Path, srv: Server, content: Content, spans: tuple[int, ...], seed: int) -> Path:
+    """One script per server (its own URLs), the same request sequence for all (same seed)."""
+    script = base / f"ranges-{srv.name}-{'-'.join(map(str, spans))}-{seed}.lua"
     script.write_text(LUA % {
-        "paths": ", ".join(f'"/content/{c}"' for c in content.ids),
+        "paths": ", ".join(f'"{p}"' for p in srv.paths),
         "sizes": ", ".join(str(s) for s in content.sizes),
-        "span": span,
+        "spans": ", ".join(str(s) for s in spans),
         "seed": seed,
     })
     return script
@@ -666,23 +756,29 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(runs: list[Run], idle: list[IdleResult], args: argparse.Namespace, meta: dict) -> None:
+def report(runs: list[Run], idle: list[IdleResult], args: argparse.Namespace, meta: dict, contenders: tuple[str, ...]) -> None:
     rounds = args.rounds
+    prod = PRODUCTION["on"]
     print()
     print("=" * 104)
     print(f"oca-server vs nginx, measured {time.strftime('%Y-%m-%d %H:%M:%S')}  ({meta['cmd']}, seed {meta['seed']})")
     print(f"  {meta['cpus']} CPUs, load average at start {meta['load0']}, at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{FILE_COUNT} files x {meta['file_mib']} MiB")
     print(f"  wrk 1 thread, {args.connections} connections, {args.duration}s per run, {rounds} round(s), order rotating each round")
-    print(f"  {NGINX}: sendfile on, tcp_nopush on (as specified); {NGINX_NOCORK}: the same with tcp_nopush off")
+    print(f"  {NGINX}: sendfile on, tcp_nopush on; {NGINX_NOCORK}: the same with tcp_nopush off")
+    if prod:
+        print("  profile production: oca signing required + access log (combined, file) + metrics; "
+              "nginx secure_link (MD5 + expiry) + access_log combined to a file; one signed URL per file")
     print(f"  correctness: {meta['verified']} ranges identical from all servers and the source files")
     head = "".join(f"{'r' + str(r + 1):>10}" for r in range(rounds))
-    ratios: dict[tuple[str, str], dict[str, list[float]]] = {}
-    for workload, _span in WORKLOADS:
+    # ratios[(workload, reference)][figure] -> per-round ratios; reference "best" is the better nginx per round and figure.
+    ratios: dict[tuple[str, str, str], dict[str, list[float]]] = {}
+    ocas = [c for c in contenders if c.startswith("oca")]
+    for workload, _spans in WORKLOADS:
         print()
         print(f"random {workload} ranges{'':<13}{head}{'median':>12}")
-        by = {s: sorted((r for r in runs if r.server == s and r.workload == workload), key=lambda r: r.round) for s in CONTENDERS}
-        for s in CONTENDERS:
+        by = {s: sorted((r for r in runs if r.server == s and r.workload == workload), key=lambda r: r.round) for s in contenders}
+        for s in contenders:
             rs = by[s]
             print(f" {s}")
             print(fmt_row("requests/s", [r.reqs_s for r in rs], "{:.0f}"))
@@ -695,52 +791,80 @@ def report(runs: list[Run], idle: list[IdleResult], args: argparse.Namespace, me
             errs = [(r.round + 1, r.errors) for r in rs if r.errors]
             if errs:
                 print(f"  errors (round, kind: count): {errs}")
-        for ref in (NGINX, NGINX_NOCORK):
-            print(f" oca / {ref} (per round)")
-            pairs = list(zip(by[ref], by["oca"]))
-            rr = {
-                "reqs": [o.reqs_s / n.reqs_s for n, o in pairs],
-                "bytes": [o.bytes_s / n.bytes_s for n, o in pairs],
-                "p50": [o.p50_ms / n.p50_ms for n, o in pairs],
-                "p99": [o.p99_ms / n.p99_ms for n, o in pairs],
-            }
-            ratios[(workload, ref)] = rr
-
-            def med(attr: str) -> float:
-                return statistics.median(getattr(r, attr) for r in by["oca"]) / statistics.median(getattr(r, attr) for r in by[ref])
-
-            print(fmt_row("requests/s ratio", rr["reqs"], "{:.3f}") + f"   (ratio of medians {med('reqs_s'):.3f})")
-            print(fmt_row("bytes/s ratio", rr["bytes"], "{:.3f}") + f"   (ratio of medians {med('bytes_s'):.3f})")
-            print(fmt_row("p50 latency ratio", rr["p50"], "{:.3f}"))
-            print(fmt_row("p99 latency ratio", rr["p99"], "{:.3f}") + f"   (ratio of medians {med('p99_ms'):.3f})")
-    print()
-    print(f"idle keep-alive connections (one 1 KiB range request each, then idle {args.hold:g}s)")
+        best = []  # per round: the better nginx for each figure
+        for a, b in zip(by[NGINX], by[NGINX_NOCORK]):
+            best.append({"reqs_s": max(a.reqs_s, b.reqs_s), "bytes_s": max(a.bytes_s, b.bytes_s),
+                         "p50_ms": min(a.p50_ms, b.p50_ms), "p99_ms": min(a.p99_ms, b.p99_ms),
+                         "cpu_us_per_req": min(a.cpu_us_per_req, b.cpu_us_per_req)})
+        refs = [(NGINX, [vars(r) for r in by[NGINX]]), (NGINX_NOCORK, [vars(r) for r in by[NGINX_NOCORK]]), ("better nginx", best)]
+        if "oca-base" in contenders:
+            refs.append(("oca-base", [vars(r) for r in by["oca-base"]]))
+        for o in ocas:
+            for ref, rows in refs:
+                if ref == o:
+                    continue
+                print(f" {o} / {ref} (per round)")
+                mine = [vars(r) for r in by[o]]
+                pairs = list(zip(rows, mine))
+                rr = {key: [m[attr] / n[attr] for n, m in pairs]
+                      for key, attr in (("reqs", "reqs_s"), ("bytes", "bytes_s"), ("p50", "p50_ms"), ("p99", "p99_ms"), ("cpu", "cpu_us_per_req"))}
+                ratios[(workload, o, ref)] = rr
+                print(fmt_row("requests/s ratio", rr["reqs"], "{:.3f}"))
+                print(fmt_row("bytes/s ratio", rr["bytes"], "{:.3f}"))
+                print(fmt_row("p50 latency ratio", rr["p50"], "{:.3f}"))
+                print(fmt_row("p99 latency ratio", rr["p99"], "{:.3f}"))
+                print(fmt_row("CPU us/request ratio", rr["cpu"], "{:.3f}"))
+    if meta.get("logged"):
+        print()
+        print("access log lines after the load (every request must have one)")
+        for name, (lines, requests) in meta["logged"].items():
+            print(f"  {name:<14} {lines:>10} lines for {requests:>10} requests  {verdict(lines >= requests)}")
+    if idle:
+        print()
+        print(f"idle keep-alive connections (one 1 KiB range request each, then idle {args.hold:g}s)")
     for res in idle:
         print(f" {res.server}: opened {res.opened}/{args.idle} in {res.open_s:.1f}s, {res.alive} still open after the hold, "
               f"{len(res.failures)} failures{(' e.g. ' + res.failures[0]) if res.failures else ''}")
         for i, (b, a, s) in enumerate(zip(res.rss_before_mib, res.rss_mib, res.sockets)):
             print(f"   worker {i + 1}: VmRSS {b:.1f} MiB before -> {a:.1f} MiB holding, {s} socket fds")
     print()
-    print(f"targets (median of per-round ratios){'':<15}{'vs ' + NGINX:>19}{'vs ' + NGINX_NOCORK:>20}")
-    oca_idle = next((r for r in idle if r.server == "oca"), None)
-    rss_max = max(oca_idle.rss_mib) if oca_idle and oca_idle.rss_mib else float("nan")
-    idle_ok = oca_idle is not None and oca_idle.opened == args.idle and not oca_idle.failures and oca_idle.alive == args.idle
-    checks = [
-        ("2 MiB ranges, bytes/s oca/nginx", f">= {TARGET_2M_BYTES_RATIO}", "2 MiB", "bytes", lambda v: v >= TARGET_2M_BYTES_RATIO),
-        ("64 KiB ranges, req/s oca/nginx", f">= {TARGET_64K_REQS_RATIO}", "64 KiB", "reqs", lambda v: v >= TARGET_64K_REQS_RATIO),
-        ("2 MiB ranges, p99 oca/nginx", f"<= {TARGET_P99_RATIO}", "2 MiB", "p99", lambda v: v <= TARGET_P99_RATIO),
-        ("64 KiB ranges, p99 oca/nginx", f"<= {TARGET_P99_RATIO}", "64 KiB", "p99", lambda v: v <= TARGET_P99_RATIO),
-    ]
+    if prod:
+        checks = [
+            ("64 KiB ranges, req/s", f">= {PROD_64K_REQS_RATIO}", "64 KiB", "reqs", lambda v: v >= PROD_64K_REQS_RATIO),
+            ("64 KiB ranges, p99", f"<= {PROD_64K_P99_RATIO}", "64 KiB", "p99", lambda v: v <= PROD_64K_P99_RATIO),
+            ("2 MiB ranges, bytes/s", f">= {PROD_2M_BYTES_RATIO}", "2 MiB", "bytes", lambda v: v >= PROD_2M_BYTES_RATIO),
+            ("mix, bytes/s", f">= {PROD_MIX_BYTES_RATIO}", "mix", "bytes", lambda v: v >= PROD_MIX_BYTES_RATIO),
+        ]
+        refs_shown: tuple[str, ...] = ("better nginx",)
+    else:
+        checks = [
+            ("2 MiB ranges, bytes/s", f">= {TARGET_2M_BYTES_RATIO}", "2 MiB", "bytes", lambda v: v >= TARGET_2M_BYTES_RATIO),
+            ("64 KiB ranges, req/s", f">= {TARGET_64K_REQS_RATIO}", "64 KiB", "reqs", lambda v: v >= TARGET_64K_REQS_RATIO),
+            ("2 MiB ranges, p99", f"<= {TARGET_P99_RATIO}", "2 MiB", "p99", lambda v: v <= TARGET_P99_RATIO),
+            ("64 KiB ranges, p99", f"<= {TARGET_P99_RATIO}", "64 KiB", "p99", lambda v: v <= TARGET_P99_RATIO),
+        ]
+        refs_shown = (NGINX, NGINX_NOCORK)
+    print(f"targets: oca / nginx, median of per-round ratios{'':<6}" + "".join(f"{'vs ' + r:>20}" for r in refs_shown))
     for label, target, workload, key, ok in checks:
         cells = ""
-        for ref in (NGINX, NGINX_NOCORK):
-            v = statistics.median(ratios[(workload, ref)][key])
+        for ref in refs_shown:
+            v = statistics.median(ratios[(workload, "oca", ref)][key])
             cells += f"{v:>14.3f} {verdict(ok(v))}"
         print(f"  {label:<34} target {target:<7}{cells}")
-    rss_ok = idle_ok and rss_max < TARGET_RSS_MIB
-    print(f"  {'RSS per oca worker, ' + str(args.idle) + ' idle':<34} target < {TARGET_RSS_MIB:.0f} {rss_max:>11.1f} MiB {verdict(rss_ok)}")
-    if oca_idle is not None and not idle_ok:
-        print(f"  (idle test incomplete: {oca_idle.opened} opened, {oca_idle.alive} alive, {len(oca_idle.failures)} failures)")
+    if "oca-base" in contenders:
+        print("before/after: oca / oca-base, median of per-round ratios")
+        for workload, _spans in WORKLOADS:
+            rr = ratios[(workload, "oca", "oca-base")]
+            print(f"  {workload:<8} req/s {statistics.median(rr['reqs']):.3f}  bytes/s {statistics.median(rr['bytes']):.3f}  "
+                  f"p99 {statistics.median(rr['p99']):.3f}  CPU us/request {statistics.median(rr['cpu']):.3f}")
+    oca_idle = next((r for r in idle if r.server == "oca"), None)
+    if oca_idle is not None:
+        rss_max = max(oca_idle.rss_mib) if oca_idle.rss_mib else float("nan")
+        idle_ok = oca_idle.opened == args.idle and not oca_idle.failures and oca_idle.alive == args.idle
+        rss_ok = idle_ok and rss_max < TARGET_RSS_MIB
+        print(f"  {'RSS per oca worker, ' + str(args.idle) + ' idle':<34} target < {TARGET_RSS_MIB:.0f} {rss_max:>11.1f} MiB {verdict(rss_ok)}")
+        if not idle_ok:
+            print(f"  (idle test incomplete: {oca_idle.opened} opened, {oca_idle.alive} alive, {len(oca_idle.failures)} failures)")
     print("=" * 104)
 
 
@@ -748,17 +872,20 @@ def report(runs: list[Run], idle: list[IdleResult], args: argparse.Namespace, me
 
 NGINX = "nginx"
 NGINX_NOCORK = "nginx-nocork"
-CONTENDERS = (NGINX, "oca", NGINX_NOCORK)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global WORKLOADS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 round of 3 s, 64 MiB files, 3 s hold")
     p.add_argument("--https", action="store_true", help="both servers on HTTPS with the same certificate; no idle test")
+    p.add_argument("--profile", choices=("default", "production"), default="default",
+                   help="production: signing, access logs and the player mix (see the module docstring)")
+    p.add_argument("--baseline", type=Path, help="a source tree of oca to measure alongside, as oca-base")
     p.add_argument("--rounds", type=int, help="rotating rounds (default 3, --quick 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10, --quick 3)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections to hold (default 10000)")
+    p.add_argument("--idle", type=int, default=10_000, help="idle keep-alive connections to hold (default 10000; 0: no idle test)")
     p.add_argument("--hold", type=float, help="seconds to hold them (default 10, --quick 3)")
     p.add_argument("--file-mib", type=int, help="size of each of the 4 files (default 256, --quick 64)")
     p.add_argument("--dir", default="/var/tmp", help="where the temporary directory goes (default /var/tmp)")
@@ -770,6 +897,12 @@ def main(argv: list[str] | None = None) -> int:
     file_mib = args.file_mib or (64 if args.quick else 256)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     rng = random.Random(seed)
+    PRODUCTION["on"] = args.profile == "production"
+    WORKLOADS = PRODUCTION_WORKLOADS if PRODUCTION["on"] else DEFAULT_WORKLOADS
+    contenders: tuple[str, ...] = (NGINX, "oca", NGINX_NOCORK) + (("oca-base",) if args.baseline else ())
+    if args.baseline and not (args.baseline / "oca" / "server" / "main.py").is_file():
+        print(f"serve.py: {args.baseline} is not an oca source tree", file=sys.stderr)
+        return 2
     for tool in ("wrk", "nginx", "pgrep"):
         if shutil.which(tool) is None:
             print(f"serve.py: {tool} is not installed", file=sys.stderr)
@@ -803,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = Path(tempfile.mkdtemp(prefix="oca-serve-bench-", dir=args.dir))
         cleanup.add("temp dir", lambda: shutil.rmtree(base, ignore_errors=True))
-        print(f"seed {seed}; temp dir {base}", flush=True)
+        print(f"seed {seed}; temp dir {base}; profile {args.profile}", flush=True)
 
         if args.https:
             make_certificate(base)
@@ -812,24 +945,35 @@ def main(argv: list[str] | None = None) -> int:
         content = make_content(base, file_mib * MIB)
         print(f"wrote {FILE_COUNT} x {file_mib} MiB of random bytes in {time.monotonic() - t0:.1f}s", flush=True)
         ports: list[int] = []
-        while len(ports) < 3:
+        while len(ports) < 4:
             port = free_port()
             if port not in ports:
                 ports.append(port)
         cfg = write_oca_config(base, ports[0])
         t0 = time.monotonic()
         ingest(cfg, content)
-        print(f"ingested into the oca appliance in {time.monotonic() - t0:.1f}s", flush=True)
+        base_cfg = None
+        if args.baseline:
+            (base / "baseline").mkdir()
+            base_cfg = write_oca_config(base / "baseline", ports[3])
+            ingest(base_cfg, content, args.baseline.resolve())
+        print(f"ingested into the oca appliance(s) in {time.monotonic() - t0:.1f}s", flush=True)
 
         servers = {
             NGINX: start_nginx(base, NGINX, ports[1], True, cleanup),
             NGINX_NOCORK: start_nginx(base, NGINX_NOCORK, ports[2], False, cleanup),
             "oca": start_oca(base, cfg, ports[0], cleanup),
         }
+        if base_cfg is not None:
+            servers["oca-base"] = start_oca(base / "baseline", base_cfg, ports[3], cleanup, "oca-base", args.baseline.resolve())
         for name, srv in servers.items():
+            srv.paths = oca_paths(content) if name.startswith("oca") else nginx_paths(content)
+            if PRODUCTION["on"]:
+                srv.access_log = (base / "baseline" / "oca-access.log" if name == "oca-base" else
+                                  base / "oca-access.log" if name == "oca" else base / f"{name}-access.log")
             print(f"{name} on :{srv.port}, workers {srv.workers()}", flush=True)
         t0 = time.monotonic()
-        warmed = warm(content.sources) + warm(store_files(base))
+        warmed = warm(content.sources) + warm(store_files(base)) + (warm(store_files(base / "baseline")) if base_cfg else 0)
         print(f"page cache warmed: read {warmed / MIB:.0f} MiB in {time.monotonic() - t0:.1f}s", flush=True)
 
         meta["verified"] = verify(list(servers.values()), content, rng)
@@ -838,31 +982,38 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[Run] = []
         # A short unmeasured warm-up of each server and workload (descriptor caches, code paths).
         warm_args = argparse.Namespace(**{**vars(args), "duration": 1})
-        for name in CONTENDERS:
-            for workload, span in WORKLOADS:
-                run_wrk(servers[name], write_lua(base, content, span, rng.randrange(1 << 30)), warm_args, workload, -1, wrk_box)
+        for name in contenders:
+            for workload, spans in WORKLOADS:
+                run_wrk(servers[name], write_lua(base, servers[name], content, spans, rng.randrange(1 << 30)), warm_args, workload, -1, wrk_box)
+        time.sleep(1.5)  # the access logs' last buffered second reaches the files
+        logged0 = {name: count_lines(srv.access_log) for name, srv in servers.items()}
         for rnd in range(args.rounds):
-            k = rnd % len(CONTENDERS)
-            order = CONTENDERS[k:] + CONTENDERS[:k]
-            for workload, span in WORKLOADS:
-                script = write_lua(base, content, span, rng.randrange(1 << 30))
+            k = rnd % len(contenders)
+            order = contenders[k:] + contenders[:k]
+            for workload, spans in WORKLOADS:
+                seed_w = rng.randrange(1 << 30)
                 for name in order:
-                    r = run_wrk(servers[name], script, args, workload, rnd, wrk_box)
+                    r = run_wrk(servers[name], write_lua(base, servers[name], content, spans, seed_w), args, workload, rnd, wrk_box)
                     runs.append(r)
                     print(f"round {rnd + 1} {workload:>6} {name:<12}: {r.reqs_s:9.0f} req/s {r.bytes_s / MB:8.0f} MB/s "
                           f"p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:5.0f} us/req"
                           f"{'  errors ' + str(r.errors) if r.errors else ''}", flush=True)
+        if PRODUCTION["on"]:
+            time.sleep(1.5)
+            # wrk counts only completed responses; a connection cut at the end of a run can add a line.
+            meta["logged"] = {name: (count_lines(srv.access_log) - logged0[name], sum(r.requests for r in runs if r.server == name))
+                              for name, srv in servers.items()}
 
         idle: list[IdleResult] = []
         asyncio.set_event_loop(loop)
-        for name in () if args.https else ("oca", NGINX):
-            res = loop.run_until_complete(idle_test(servers[name], args.idle, args.hold, f"/content/{content.ids[0]}", holder_box))
+        for name in () if args.https or not args.idle else tuple(c for c in ("oca", "oca-base", NGINX) if c in servers):
+            res = loop.run_until_complete(idle_test(servers[name], args.idle, args.hold, servers[name].paths[0], holder_box))
             idle.append(res)
             print(f"idle {name}: {res.opened} opened in {res.open_s:.1f}s, {res.alive} alive after {args.hold:g}s, "
                   f"VmRSS per worker {', '.join(f'{x:.1f}' for x in res.rss_mib)} MiB, {len(res.failures)} failures", flush=True)
             time.sleep(1.0)  # let the server close its side
 
-        report(runs, idle, args, meta)
+        report(runs, idle, args, meta, contenders)
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)

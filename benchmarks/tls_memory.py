@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Memory per connection of slow HTTPS readers, against plain HTTP, in one oca worker.
 
-Run: ``.venv/bin/python benchmarks/tls_memory.py [--connections N] [--file-mib M]``.
+Run: ``.venv/bin/python benchmarks/tls_memory.py [--connections N] [--file-mib M]``
+and ``.venv/bin/python benchmarks/tls_memory.py --idle 10000``.
 
 Rules kept here:
 - Every figure is measured in this run. One appliance (1 worker, uvloop)
@@ -10,6 +11,12 @@ Rules kept here:
   file and then read nothing: each response stays in flight, held back by
   the send path's back-pressure. The worker's VmRSS is read before and
   while they are held; the difference over N is the figure per connection.
+- ``--idle N``: oca (2 workers, uvloop, HTTPS only, ECDSA P-256) and then
+  nginx (2 workers, `ssl_protocols TLSv1.2 TLSv1.3`) each get N TLS
+  keep-alive connections (asyncio client, TLS 1.3, 200 handshakes at a
+  time), each sending one request for a 1 KiB file and reading the answer,
+  then all idle; the VmRSS of each worker is read while they are held.
+  The figure is the largest worker's RSS (target < 160 MiB for oca).
 - Bounded: loopback only, N defaults to 200, everything is closed and the
   server stopped at the end, whatever happens.
 """
@@ -55,11 +62,113 @@ def hold(port: int, n: int, ctx: ssl.SSLContext | None) -> list[socket.socket]:
     return socks
 
 
+async def _open_idle(port: int, n: int, ctx: ssl.SSLContext) -> list:
+    import asyncio
+
+    sem = asyncio.Semaphore(200)
+    writers = []
+
+    async def one() -> None:
+        async with sem:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost"), 60)
+            writer.write(b"GET /content/small.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+            length = int(next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")).split(b":")[1])
+            await reader.readexactly(length)
+            writers.append(writer)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return writers
+
+
+def idle(n: int) -> None:
+    """The largest worker's RSS with `n` idle TLS keep-alive connections over 2 workers, oca then nginx."""
+    import asyncio
+    import resource
+
+    import uvloop
+
+    from benchmarks.tls_handshake import start_nginx
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1000)), hard))
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+        tmp = Path(d)
+        ca = make_ca(tmp / "pki")
+        crt, key = make_leaf(ca, tmp / "pki", "leaf", "ecdsa")
+        ctx = ssl.create_default_context(cafile=str(ca.path))
+        tls_port = free_port()
+        tls = f'[tls]\nlisten = ["127.0.0.1:{tls_port}"]\ncert_file = "{crt}"\nkey_file = "{key}"\n'
+        cfg, host, port = appliance(tmp / "app", workers=2, extra=tls,
+                                    extra_server="keepalive_timeout_s = 600\nmax_connections = 16384\n")
+        small = tmp / "small.bin"
+        small.write_bytes(os.urandom(1024))
+        admin(cfg, "ingest", str(small), "--id", "small.bin", check=True)
+        rows = []
+        with ServerProcess(cfg, host, port) as srv:
+            time.sleep(2)
+            workers = srv.worker_pids()
+            before = [rss_mib(w) for w in workers]
+            loop = uvloop.new_event_loop()
+            try:
+                t0 = time.monotonic()
+                writers = loop.run_until_complete(_open_idle(tls_port, n, ctx))
+                opened_s = time.monotonic() - t0
+                time.sleep(3)
+                held = [rss_mib(w) for w in workers]
+                conns = [len(psutil_conns(w, tls_port)) for w in workers]
+                for w in writers:
+                    w.transport.abort()
+                loop.run_until_complete(asyncio.sleep(0.5))
+            finally:
+                loop.close()
+            rows.append(("oca", before, held, conns, opened_s))
+        nginx = start_nginx(tmp, "nginx-idle", crt, key, True, extra_http="keepalive_timeout 600s;")
+        (tmp / "nginx-idle" / "www" / "content" / "small.bin").write_bytes(small.read_bytes())
+        try:
+            workers = nginx.workers()
+            before = [rss_mib(w) for w in workers]
+            loop = uvloop.new_event_loop()
+            try:
+                t0 = time.monotonic()
+                writers = loop.run_until_complete(_open_idle(nginx.port, n, ctx))
+                opened_s = time.monotonic() - t0
+                time.sleep(3)
+                held = [rss_mib(w) for w in workers]
+                conns = [len(psutil_conns(w, nginx.port)) for w in workers]
+                for w in writers:
+                    w.transport.abort()
+            finally:
+                loop.close()
+            rows.append(("nginx", before, held, conns, opened_s))
+        finally:
+            nginx.stop()
+    print(f"\n{n} idle TLS 1.3 keep-alive connections (ECDSA P-256) over 2 workers, uvloop for oca:")
+    print("| server | connections per worker | worker VmRSS before (MiB) | held (MiB) | largest worker (MiB) | KiB per connection | opened in (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, before, held, conns, opened_s in rows:
+        per = (sum(held) - sum(before)) * 1024 / max(1, sum(conns))
+        target = " (target < 160)" if name == "oca" else ""
+        print(f"| {name} | {', '.join(map(str, conns))} | {', '.join(f'{x:.1f}' for x in before)} | "
+              f"{', '.join(f'{x:.1f}' for x in held)} | {max(held):.1f}{target} | {per:.1f} | {opened_s:.1f} |")
+
+
+def psutil_conns(pid: int, port: int) -> list:
+    import psutil
+
+    return [c for c in psutil.Process(pid).net_connections(kind="tcp") if c.laddr and c.laddr.port == port and c.raddr]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--connections", type=int, default=200)
     p.add_argument("--file-mib", type=int, default=64)
+    p.add_argument("--idle", type=int, default=0, help="instead: RSS with this many idle TLS keep-alive connections, oca and nginx")
     args = p.parse_args()
+    if args.idle:
+        idle(args.idle)
+        return
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         tmp = Path(d)
         ca = make_ca(tmp / "pki")

@@ -37,6 +37,19 @@ Rules kept here:
   reason.
 - A status record of the current and last run is kept through
   `ContentStore.set_fill_status`, where `/health` and `/metrics` read it.
+- The night's run (NIGHT) marks the appliance's request counters, so what
+  they count since is what the passes see. With `fill.passes` and a
+  budget it spends only `fill.plan.night_budget` of it: files listed for
+  the first time (against the ids the last manifest listed) without a
+  forecast leave up to `fill.pass_reserve` of the budget to the passes.
+- An intra-day pass (PASS) plans with `fill.plan.plan_pass` on the plays
+  observed since the mark (`observed_plays`, `observed_share`), the site's
+  inventories (what is missing from the whole site) and the night plan's
+  additions not yet made, within what the night and earlier passes of this
+  window left of the budget and what the rate cap can move before the
+  window ends. It deletes only to make room, when a download needs it,
+  within the same deletion budget rule. It is summarised under the night's
+  record (`passes`), which stays the last run.
 """
 
 from __future__ import annotations
@@ -54,20 +67,23 @@ import aiohttp
 
 from fill.config import FillConfig, client_ssl_context
 from fill.errors import ChecksumMismatch, DiskFullError, FillError, InventoryError, ManifestError, SourceError
-from fill.fetch import fetch_inventory, fetch_manifest
+from fill.fetch import fetch_inventory, fetch_manifest, no_downgrade
 from fill.download import Partial, download
 from fill.manifest import Manifest, ManifestFile, SiteAppliance, check_fresh
 from fill.progress import Progress
-from fill.plan import DeleteBudget, Held, Placement, Plan, holders_with, place, plan_fill, site_of
+from fill.plan import (
+    DeleteBudget, Held, PassPolicy, Placement, Plan, holders_with, night_budget, observed_plays, observed_share, place,
+    plan_fill, plan_pass, site_of,
+)
 from fill.ratelimit import TokenBucket
 from fill.runlock import run_lock
 from fill.localzone import zone
-from fill.window import parse_window, seconds_left
+from fill.window import current_or_next, parse_window, seconds_left
 from oca.config import Config
 from oca.signing import signed_path
 from oca.store.content import ContentStore
 from oca.store.disks import StoreError
-from oca.store.flags import FillStatus, Unchosen
+from oca.store.flags import FillStatus, Listed, Unchosen
 
 PEER_URL_TTL_S = 6 * 3600
 FAILURE_LINES_KEPT = 100  # per run in the status record; the log has every one
@@ -103,9 +119,15 @@ class Skip(FillError):
     """This file cannot be added this run (no room, the deletion budget); not the source's fault."""
 
 
+NIGHT = "night"
+PASS = "pass"
+PASSES_KEPT = 48  # pass summaries kept under the night's record
+
+
 @dataclass
 class RunStatus:
     started_s: float
+    kind: str = NIGHT  # NIGHT: the night's run (the full plan); PASS: an intra-day pass
     ended_s: float | None = None
     ended_because: str | None = None
     manifest_files: int = 0
@@ -119,12 +141,26 @@ class RunStatus:
     bytes_filled: int = 0
     bytes_planned: int = 0
     checksum_mismatches: int = 0
+    budget_bytes: int | None = None  # what this run may download (a pass: what the night and earlier passes left)
+    observed_share: float | None = None  # a pass: the share of a day its request counts cover
+    requested_missing: int = 0  # a pass: files requested since the night that no appliance of the site holds
+    passes: list[dict] = field(default_factory=list)  # the night's record: one summary per pass after it
     current: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def fail(self, line: str) -> None:
         self.failures = (self.failures + [line])[-FAILURE_LINES_KEPT:]
+
+    def pass_summary(self) -> dict:
+        """What `oca-fill status` shows of a pass under the night's record."""
+        return {
+            "started_s": self.started_s, "ended_s": self.ended_s, "ended_because": self.ended_because,
+            "planned": self.files_total, "planned_bytes": self.bytes_planned, "added": self.files_added,
+            "failed": self.files_failed, "skipped": self.files_skipped, "deleted": self.files_deleted,
+            "bytes": self.bytes_filled, "budget_bytes": self.budget_bytes, "observed_share": self.observed_share,
+            "requested_missing": self.requested_missing,
+        }
 
 
 def held_files(cs: ContentStore) -> dict[str, Held]:
@@ -177,10 +213,15 @@ def make_plan(cfg: Config, fc: FillConfig, cs: ContentStore, manifest: Manifest,
     )
 
 
+def uncertain_forecasts(manifest: Manifest) -> frozenset[str]:
+    """Files whose popularity is the mean of their class of release (`"forecast": "class"`): the passes judge them by requests."""
+    return frozenset(f.content_id for f in manifest.files if f.forecast == "class")
+
+
 def load_manifest_sync(cfg: Config, fc: FillConfig) -> Manifest:
     async def go() -> Manifest:
         connector = aiohttp.TCPConnector(ssl=client_ssl_context(fc.ca_file))
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with aiohttp.ClientSession(connector=connector, trace_configs=[no_downgrade()]) as session:
             return await fetch_manifest(session, fc, cfg.signing.secrets())
 
     return asyncio.run(go())
@@ -188,7 +229,8 @@ def load_manifest_sync(cfg: Config, fc: FillConfig) -> Manifest:
 
 class FillRun:
     def __init__(self, cfg: Config, fc: FillConfig, cs: ContentStore, *, ignore_window: bool = False, force: bool = False,
-                 now=time.time, monotonic=time.monotonic):
+                 now=time.time, monotonic=time.monotonic, kind: str = NIGHT):
+        self.kind = kind
         self.cfg = cfg
         self.fc = fc
         self.cs = cs
@@ -196,7 +238,7 @@ class FillRun:
         self.force = force
         self.now = now
         self.monotonic = monotonic
-        self.status = RunStatus(started_s=now(), newest_manifest_s=newest_accepted(cs))
+        self.status = RunStatus(started_s=now(), kind=kind, newest_manifest_s=newest_accepted(cs))
         self.progress = Progress(self.status)
         self.bucket = TokenBucket(None if fc.rate_limit_mbps is None else fc.rate_limit_mbps * 1e6, monotonic())
         self.budget = None if fc.nightly_budget_gb is None else int(fc.nightly_budget_gb * 1e9)
@@ -223,7 +265,13 @@ class FillRun:
     def save_status(self, final: bool = False) -> None:
         record = MappingProxyType(asdict(self.status))
         old = self.cs.fill_status()
-        if final:
+        if final and self.kind == PASS:
+            # A pass is shown under the record of the night's run it follows, which stays `last`.
+            night = dict(old.last) if old.last is not None else {**asdict(RunStatus(self.status.started_s)), "ended_because": "no night run recorded"}
+            kept = night.get("passes") if isinstance(night.get("passes"), list) else []
+            night["passes"] = (kept + [self.status.pass_summary()])[-PASSES_KEPT:]
+            self.cs.set_fill_status(FillStatus(last=MappingProxyType(night), current=None))
+        elif final:
             self.cs.set_fill_status(FillStatus(last=record, current=None))
         else:
             self.cs.set_fill_status(FillStatus(last=old.last, current=record))
@@ -276,7 +324,7 @@ class FillRun:
         # peers, origins, and the redirects between them): fill.ca_file or the system store.
         connector = aiohttp.TCPConnector(limit=self.fc.concurrency * 2, force_close=False,
                                          ssl=client_ssl_context(self.fc.ca_file), **bounded)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False, trace_configs=[no_downgrade()]) as session:
             try:
                 manifest = await fetch_manifest(session, self.fc, self.cfg.signing.secrets())
                 check_fresh(manifest.generated_s, st.newest_manifest_s, self.now(), self.fc.max_manifest_age_h * 3600)
@@ -284,6 +332,10 @@ class FillRun:
                 return self._finish(f"manifest refused: {exc}", 1)
             st.manifest_generated_s = manifest.generated_s
             st.newest_manifest_s = max(manifest.generated_s or 0, st.newest_manifest_s or 0)
+            if self.kind == PASS:
+                adds = await self._plan_pass(session, manifest)
+                return await self._carry_out(session, adds)
+            self._mark_demand()
             plan = make_plan(self.cfg, self.fc, self.cs, manifest, self.now())
             st.manifest_files = len(manifest.files)
             st.files_total = len(plan.adds)
@@ -304,31 +356,126 @@ class FillRun:
             for cid in plan.delete_now:
                 self._delete(cid, "no longer listed or unchosen past the grace period")
             self.cs.set_unchosen(Unchosen(MappingProxyType(dict(plan.unchosen_since))))
+            self._reserve_for_passes(manifest)
             self.site = site_of(manifest, self.cfg.appliance.id, self.cfg.appliance.site)
             self.inventories = await self._peer_inventories(session) if self.fc.peer_fill else {}
             self.if_needed = list(plan.delete_if_needed)
-            queue: asyncio.Queue[ManifestFile] = asyncio.Queue()
-            for f in plan.adds:
-                queue.put_nowait(f)
-            watcher = asyncio.create_task(self._watch_window())
-            workers = [asyncio.create_task(self._worker(session, queue)) for _ in range(self.fc.concurrency)]
-            stopper = asyncio.create_task(self.stop_event.wait())
-            try:
-                await asyncio.wait([asyncio.gather(*workers), stopper], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in workers:
-                    t.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-                watcher.cancel()
-                stopper.cancel()
+            return await self._carry_out(session, list(plan.adds))
+
+    async def _carry_out(self, session: aiohttp.ClientSession, adds: list[ManifestFile]) -> int:
+        """Download `adds` (most valuable first) with the run's workers; every one ends added, failed or skipped."""
+        st = self.status
+        queue: asyncio.Queue[ManifestFile] = asyncio.Queue()
+        for f in adds:
+            queue.put_nowait(f)
+        watcher = asyncio.create_task(self._watch_window())
+        workers = [asyncio.create_task(self._worker(session, queue)) for _ in range(self.fc.concurrency)]
+        stopper = asyncio.create_task(self.stop_event.wait())
+        try:
+            await asyncio.wait([asyncio.gather(*workers), stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in workers:
+                t.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            watcher.cancel()
+            stopper.cancel()
         # Files left out because the rest of the budget could not hold them
         # end the run "for the budget" too: "done" means the night's list is complete.
         reason = self.stop_reason or ("nightly budget reached" if self.budget_skipped else "done")
-        for f in plan.adds:
+        for f in adds:
             if f.content_id not in self.outcomes:
                 kept = " (its partial download is kept for the next run)" if self._partial_for(f) is not None else ""
                 self.record(f, Outcome(SKIPPED, f"run stopped ({reason}) before this file was finished{kept}"))
         return self._finish(reason, 1 if st.files_failed else 0)
+
+    def _mark_demand(self) -> None:
+        """The night's run starts a new period of the appliance's request counts: the passes read what follows."""
+        try:
+            self.cs.mark_demand(self.now())
+        except StoreError as exc:
+            self.status.warnings.append(f"request counters not marked: {exc}")
+            self.progress.log(f"warning: request counters not marked, the passes will see older requests too: {exc}")
+
+    def _reserve_for_passes(self, manifest: Manifest) -> None:
+        """With passes, the night spends only `night_budget` of the budget; files listed for the first time decide how much."""
+        listed = self.cs.listed().ids
+        self.cs.set_listed(Listed(frozenset(f.content_id for f in manifest.files)))
+        self.status.budget_bytes = self.budget
+        if not self.fc.passes or self.budget is None:
+            return
+        new_files = [f for f in manifest.files if f.content_id not in listed] if listed else []
+        tonight = night_budget(self.budget, new_files, self.fc.pass_reserve, uncertain_forecasts(manifest))
+        if tonight < self.budget:
+            self.progress.log(f"the night spends {tonight / 1e9:.3f} GB of the {self.budget / 1e9:.3f} GB budget; "
+                              f"the rest waits for the passes at {', '.join(self.fc.passes)}")
+        self.budget = tonight
+        self.status.budget_bytes = tonight
+
+    def _spent_this_window(self) -> int:
+        """Bytes the night's run and the passes since it downloaded in the current window (or the last 24 h without one)."""
+        last = self.cs.fill_status().last
+        if last is None or last.get("kind", NIGHT) != NIGHT:
+            return 0
+        started = last.get("started_s")
+        now = self.now()
+        if self.window is not None:
+            begin, _end = current_or_next(self.window, now, self.tz)
+        else:
+            begin = now - 86400
+        if not isinstance(started, (int, float)) or started < begin:
+            return 0
+        spent = last.get("bytes_filled", 0)
+        passes = last.get("passes", [])
+        spent += sum(p.get("bytes", 0) for p in passes if isinstance(p, dict)) if isinstance(passes, list) else 0
+        return int(spent) if isinstance(spent, (int, float)) else 0
+
+    def _pass_budget(self, capacity: int) -> int:
+        """What a pass may download: what is left of the budget, and what the rate cap can move before the window ends."""
+        left = capacity
+        if self.budget is not None:
+            left = min(left, self.budget - self._spent_this_window())
+        if self.fc.rate_limit_mbps is not None and self.window is not None:
+            left = min(left, int(self.fc.rate_limit_mbps * 1e6 / 8 * seconds_left(self.window, self.now(), self.tz)))
+        return max(0, left)
+
+    async def _plan_pass(self, session: aiohttp.ClientSession, manifest: Manifest) -> list[ManifestFile]:
+        """An intra-day pass's plan (`fill.plan.plan_pass`) from this appliance's request counts since the night."""
+        st = self.status
+        me, my_site = self.cfg.appliance.id, self.cfg.appliance.site
+        self.site = site_of(manifest, me, my_site)
+        # The site's inventories tell what is missing from the whole site, whether or not peers are fill sources.
+        self.inventories = await self._peer_inventories(session) if len(self.site) > 1 else {}
+        held = held_files(self.cs)
+        site_held = set(held).union(*self.inventories.values())
+        demand = self.cs.demand()
+        now = self.now()
+        observed = observed_plays(demand, held)
+        share = observed_share(demand, now)
+        night = make_plan(self.cfg, self.fc, self.cs, manifest, now)  # what the night chose and has not yet added
+        capacity = capacity_bytes(self.cs, held)
+        left = self._pass_budget(capacity)
+        policy = PassPolicy(self.fc.pass_min_requests, self.fc.pass_margin)
+        pp = plan_pass(manifest, me, my_site, held, site_held, observed, share, capacity, left, policy, night.adds,
+                       uncertain_forecasts(manifest))
+        listed = manifest.by_id()
+        st.manifest_files = len(manifest.files)
+        st.observed_share = round(share, 4)
+        st.requested_missing = sum(1 for cid, n in observed.items() if cid in listed and cid not in site_held and n >= policy.min_requests)
+        st.budget_bytes = left
+        st.files_total = len(pp.adds)
+        st.bytes_planned = pp.add_bytes
+        self.budget = left
+        self.places = held_places(self.cs)
+        self.delete_budget = DeleteBudget.of_share(
+            self.fc.max_delete_share, len(self.places), sum(size for _u, size in self.places.values()), unlimited=self.force,
+        )
+        self.if_needed = list(pp.deletes)  # deleted only when an addition needs their room
+        self.progress.log(
+            f"pass: {len(observed)} files requested since the night ({share:.0%} of a day), {st.requested_missing} of them missing "
+            f"from the site; {len(pp.adds)} to add ({pp.add_bytes / 1e9:.3f} GB of {left / 1e9:.3f} GB left), "
+            f"{len(pp.deletes)} to delete for room"
+        )
+        return list(pp.adds)
 
     def _finish(self, reason: str, code: int) -> int:
         st = self.status
@@ -555,7 +702,7 @@ def _bounded_rcvbuf(rcvbuf: int):
 
 
 async def run_fill(cfg: Config, fc: FillConfig, *, ignore_window: bool = False, force: bool = False,
-                   on_signal=None) -> int:
+                   on_signal=None, kind: str = NIGHT) -> int:
     """One run under the appliance's run lock (RunLocked when another holds it).
 
     SIGTERM and SIGINT stop the run cleanly; `on_signal()` is called too (the daemon stops after the run).
@@ -563,7 +710,7 @@ async def run_fill(cfg: Config, fc: FillConfig, *, ignore_window: bool = False, 
     with run_lock(cfg.index.path):
         cs = ContentStore.open(cfg, writable=True)
         try:
-            run = FillRun(cfg, fc, cs, ignore_window=ignore_window, force=force)
+            run = FillRun(cfg, fc, cs, ignore_window=ignore_window, force=force, kind=kind)
             loop = asyncio.get_running_loop()
             def stop(name: str) -> None:
                 run.request_stop(f"stopped by {name}")

@@ -2,9 +2,10 @@
 
     oca-fill --config FILE plan                 print the plan; change nothing
     oca-fill --config FILE run [--ignore-window] [--force] [--daemon]
+    oca-fill --config FILE pass [--ignore-window]  one intra-day pass now
     oca-fill --config FILE status               the last and current run
     oca-fill --config FILE --check-config       validate the config ([fill] included) and exit
-    oca-fill manifest build DIR --base-url URL [--popularity FILE] [--config FILE --sign]
+    oca-fill manifest build DIR --base-url URL [--popularity FILE] [--titles FILE] [--config FILE --sign]
 
 Exit codes: 0 success; 1 the run failed or refused the manifest, or some
 files failed; 2 usage error; 75 (EX_TEMPFAIL) another run holds this
@@ -12,7 +13,9 @@ appliance's lock. Errors are one line on stderr.
 
 Rules kept here: the daemon's loop runs under `oca.supervise.Supervisor`:
 a failure is logged with its traceback, counted, restarted with back-off,
-and written to `<index>/oca-fill-daemon.json`, which `status` shows.
+and written to `<index>/oca-fill-daemon.json`, which `status` shows. In
+each window the daemon runs the night's run at the window's start, then
+one pass at each `fill.passes` time still ahead in that window.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--ignore-window", action="store_true", help="run now even outside the fill window (hand runs)")
     r.add_argument("--force", action="store_true", help="accept a manifest that deletes more than fill.max_delete_share")
     r.add_argument("--daemon", action="store_true", help="keep running: wait for each window and fill in it")
-    sub.add_parser("status", help="print the status record of the last and current run")
+    ps = sub.add_parser("pass", help="one intra-day pass now: add what was requested since the night's run and is missing from the site")
+    ps.add_argument("--ignore-window", action="store_true", help="run now even outside the fill window (hand runs)")
+    sub.add_parser("status", help="print the status record of the last and current run, with the passes after the night's")
     m = sub.add_parser("manifest", help="manifest tools")
     msub = m.add_subparsers(dest="manifest_command", metavar="SUBCOMMAND")
     msub.required = True
@@ -54,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("dir")
     b.add_argument("--base-url", required=True, help="URL the files are published under")
     b.add_argument("--popularity", help="JSON {id: popularity} or lines 'id popularity'")
+    b.add_argument("--titles", help="JSON {id: title}; default: the file name up to its first dot, for files that parse as fMP4 encodes")
     b.add_argument("--sign", action="store_true", help="sign with [signing] key_id of --config")
     return p
 
@@ -71,10 +77,14 @@ def run(argv: list[str] | None = None) -> int:
         parser.error("a command is required")
     if args.command == "manifest":
         from fill.manifest import sign
-        from fill.manifest_build import build_manifest, read_popularity
+        from fill.manifest_build import build_manifest, read_popularity, read_titles
+
+        def skipped(name: str, reason: str) -> None:
+            print(f"oca-fill manifest build: {name}: no media fields: {reason}", file=sys.stderr)
 
         pop = read_popularity(args.popularity) if args.popularity else None
-        doc = build_manifest(args.dir, args.base_url, pop, now_s=int(time.time()))
+        titles = read_titles(args.titles) if args.titles else None
+        doc = build_manifest(args.dir, args.base_url, pop, now_s=int(time.time()), titles=titles, on_skip=skipped)
         if args.sign:
             cfg = load_config(args.config)
             kid = cfg.signing.key_id
@@ -93,11 +103,12 @@ def run(argv: list[str] | None = None) -> int:
     cfg, fc = load_fill_config(args.config)
     if args.command == "plan":
         return _plan(cfg, fc)
-    if args.command == "run":
-        from fill.agent import run_fill
+    if args.command in ("run", "pass"):
+        from fill.agent import NIGHT, PASS, run_fill
 
+        kind = NIGHT if args.command == "run" else PASS
         try:
-            return asyncio.run(run_fill(cfg, fc, ignore_window=args.ignore_window, force=args.force))
+            return asyncio.run(run_fill(cfg, fc, ignore_window=args.ignore_window, force=getattr(args, "force", False), kind=kind))
         except RunLocked as exc:
             print(f"oca-fill: {exc}", file=sys.stderr)
             return EX_TEMPFAIL
@@ -259,6 +270,8 @@ async def _daemon_loop(config_path: str, force: bool, stop: asyncio.Event, publi
                 loop.add_signal_handler(sig, stop.set)
         if stop.is_set():
             return
+        if await _passes(config_path, fc, window, stop):
+            return
         if window is None:
             if await _wait(stop, 3600):
                 return
@@ -266,6 +279,33 @@ async def _daemon_loop(config_path: str, force: bool, stop: asyncio.Event, publi
             # One run per window: the nightly budget is per night. Wait for this window to end.
             if await _wait(stop, seconds_left(window, time.time(), zone(fc.timezone)) + 1):
                 return
+
+
+async def _passes(config_path: str, fc, window, stop: asyncio.Event) -> bool:
+    """The window's intra-day passes still ahead, each at its time; True when `stop` was set."""
+    from fill.agent import PASS, run_fill
+    from fill.localzone import zone
+    from fill.window import parse_time, pass_instants
+
+    loop = asyncio.get_running_loop()
+    tz = zone(fc.timezone)
+    for at in pass_instants(window, [parse_time(t) for t in fc.passes], time.time(), tz):
+        if at <= time.time():
+            continue
+        _log(f"next pass in {(at - time.time()) / 3600:.2f} h")
+        if await _wait(stop, at - time.time()):
+            return True
+        cfg, fc_now = load_fill_config(config_path)
+        try:
+            await run_fill(cfg, fc_now, on_signal=stop.set, kind=PASS)
+        except RunLocked as exc:
+            _log(f"pass skipped: {exc}")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        if stop.is_set():
+            return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,15 @@ def check_window(value: str) -> str:
     return value
 
 
+def check_pass_times(value: tuple[str, ...]) -> tuple[str, ...]:
+    from fill.window import parse_time
+
+    minutes = [parse_time(v) for v in value]  # raises ValueError with a precise message
+    if len(set(minutes)) != len(minutes):
+        raise ValueError("a pass time is given twice")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class FillConfig:
     manifest_url: str = setting(doc="Where the manifest is published (http or https).", check=check_http_url)
@@ -90,6 +99,27 @@ class FillConfig:
     connect_timeout_s: float = setting(10, doc="TCP connect timeout per request.", check=check_positive)
     read_timeout_s: float = setting(30, doc="A source that sends nothing for this long has failed (stall guard).", check=check_positive)
     peer_fill: bool = setting(True, doc="Fetch from appliances of the same site that hold the file before the origin.")
+    passes: tuple[str, ...] = setting(
+        (),
+        doc="Local times 'HH:MM' inside the window of the intra-day passes after the night's run: each re-plans on the "
+            "requests this appliance counted since the night's run and adds what is requested but missing from the site, "
+            "within what is left of the budget and the window. Empty: the night's run only.",
+        check=check_pass_times,
+    )
+    pass_reserve: float = setting(
+        0.7,
+        doc="With passes, the night's run leaves up to this share of nightly_budget_gb to them, times the share (by bytes) "
+            "of the newly listed files that come without a forecast (popularity 0).",
+        check=check_fraction,
+    )
+    pass_min_requests: int = setting(
+        2, doc="A missing file needs at least this many requests since the night before a pass adds it.",
+        check=lambda v: in_range(v, 1, 1_000_000),
+    )
+    pass_margin: float = setting(
+        0.5, doc="A pass deletes a held file for room only when the addition is worth (1 + margin) times more plays a day.",
+        check=check_non_negative,
+    )
     ca_file: str | None = setting(
         None,
         doc="PEM bundle of the CAs trusted for every HTTPS fetch (manifest, origins, peers). Unset: the system store. "
@@ -126,6 +156,13 @@ def parse_fill(data: object, cfg: Config) -> FillConfig:
         except (OSError, ssl.SSLError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError(f"fill.ca_file: cannot load {fill.ca_file!r}: {reason}") from None
+    if fill.window is not None:
+        from fill.window import minute_in_window, parse_time, parse_window
+
+        window = parse_window(fill.window)
+        for i, text in enumerate(fill.passes):
+            if not minute_in_window(window, parse_time(text)):
+                raise ConfigError(f"fill.passes[{i}]: {text} is not inside the window {fill.window} (after its start, before its end)")
     kid = fill.signing_key_id
     if kid is not None and kid not in cfg.signing.keys:
         raise ConfigError(f"fill.signing_key_id: {kid!r} is not one of signing.keys")

@@ -9,6 +9,10 @@ Rules kept here:
   `ManifestError` (the run changes nothing), a failed peer is an
   `InventoryError` (that peer is not a source this run).
 - Redirects are followed at most `MAX_REDIRECTS` times, and only to http(s).
+  A redirect from https to http is refused (`no_downgrade`, a trace hook on
+  every session of the agent): it is a `DowngradeRedirect`, a bad redirect
+  of that source, never followed, so bytes asked for over verified TLS are
+  never fetched in clear text.
 - HTTPS is verified by the session's one context (`fill.ca_file`); a
   certificate or handshake failure is described by `tls_reason`, one line
   naming why, so the log says "certificate verify failed: ..." rather than a
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from yarl import URL
 
 from fill.config import FillConfig
 from fill.errors import FillError, InventoryError, ManifestError
@@ -32,6 +37,32 @@ READ_CHUNK = 256 << 10
 
 class BodyTooLarge(FillError):
     pass
+
+
+class DowngradeRedirect(aiohttp.InvalidUrlRedirectClientError):
+    """An https URL answered with a redirect to http (refused, never followed)."""
+
+
+async def _refuse_downgrade(session, ctx, params: aiohttp.TraceRequestRedirectParams) -> None:
+    if params.url.scheme != "https":
+        return
+    location = params.response.headers.get("Location") or params.response.headers.get("URI")
+    if not location:
+        return
+    try:
+        target = params.url.join(URL(location, encoded=True))
+    except ValueError:
+        return  # aiohttp refuses the malformed URL itself
+    if target.scheme == "http":
+        params.response.close()
+        raise DowngradeRedirect(target, f"refused a redirect from https to http ({params.url} -> {target})")
+
+
+def no_downgrade() -> aiohttp.TraceConfig:
+    """A trace hook for a ClientSession: a redirect from https to http raises `DowngradeRedirect`."""
+    tc = aiohttp.TraceConfig()
+    tc.on_request_redirect.append(_refuse_downgrade)
+    return tc
 
 
 def tls_reason(exc: BaseException) -> str | None:

@@ -31,6 +31,11 @@ Rules kept here:
 - Placement of one addition is one decision (`place`): the target store
   together with the deletions it needs, within the run's one deletion
   budget (`DeleteBudget`), which every deletion of a run is counted against.
+- A pass reads the appliance's request counters since the night's mark
+  (`observed_plays`: body bytes / size for a file held here, requests for
+  one it lacks, where each request is a client sent away) and turns them
+  into a share of a day (`observed_share`): the mark's requests against the
+  counters' daily mean once they cover a day, else elapsed time over 24 h.
 - An intra-day pass (`plan_pass`) only adds what was requested since the
   night and is missing from the whole site, on the file's first rendezvous
   holder, and what the night's plan chose but left to the passes, within
@@ -47,6 +52,7 @@ from typing import Collection, Iterable, Mapping, Sequence
 
 from fill.manifest import Manifest, ManifestFile, SiteAppliance
 from oca.rendezvous import hrw_score
+from oca.store.demand import DemandSnapshot
 from oca.store.layout import StoreRoom, choose_store
 
 
@@ -427,7 +433,7 @@ class PassPolicy:
             raise ValueError(f"margin must be >= 0, not {self.margin}")
 
 
-def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reserve: float) -> int:
+def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reserve: float, uncertain: Collection[str] = ()) -> int:
     """The part of the day's fill budget the night's pass may spend; the rest waits for the intra-day passes.
 
     Held back: `max_reserve` of the budget times the share, by bytes, of the
@@ -435,14 +441,17 @@ def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reser
     (popularity 0): the passes will learn from requests which of them
     matter. New files that come with a forecast are planned at night like
     any other, so a good forecast loses nothing to the passes; no new files,
-    nothing held back.
+    nothing held back. `uncertain`: ids of new files whose forecast says
+    little about the title itself (the mean of earlier releases of its
+    kind): they count as without a forecast here, while the night still
+    orders them by it.
     """
     if not 0 <= max_reserve <= 1:
         raise ValueError(f"max_reserve must be in [0, 1], not {max_reserve}")
     total = unforecast = 0
     for f in new_files:
         total += f.size
-        if f.popularity <= 0:
+        if f.popularity <= 0 or f.content_id in uncertain:
             unforecast += f.size
     if total <= 0:
         return budget_bytes
@@ -471,6 +480,7 @@ def plan_pass(
     budget_bytes: int,
     policy: PassPolicy = PassPolicy(),
     planned: Sequence[ManifestFile] = (),
+    uncertain: Collection[str] = (),
 ) -> PassPlan:
     """What a pass inside the fill window adds: files requested since the night that no appliance of the site holds.
 
@@ -490,7 +500,9 @@ def plan_pass(
     budget held back for them); they compete with the requested files on
     the same value, so budget the day does not need still fills them (they
     make room without the margin: the night's plan already chose them over
-    what they displace).
+    what they displace). `uncertain`: ids whose forecast says little about
+    the title (see `night_budget`): a pass values them by the requests it
+    saw alone.
     """
     if not 0 < observed_share <= 1:
         raise ValueError(f"observed_share must be in (0, 1], not {observed_share}")
@@ -499,7 +511,7 @@ def plan_pass(
 
     def value(cid: str, size: int) -> float:
         f = listed.get(cid)
-        predicted = f.popularity / size if f is not None and size > 0 else 0.0
+        predicted = f.popularity / size if f is not None and size > 0 and cid not in uncertain else 0.0
         return max(predicted, observed.get(cid, 0.0) / observed_share)
 
     candidates = []
@@ -539,3 +551,40 @@ def plan_pass(
         adds.append(f)
         add_bytes += f.size
     return PassPlan(tuple(adds), tuple(deletes), add_bytes, delete_bytes)
+
+
+MIN_OBSERVED_SHARE = 0.01  # an observation this short says too little to scale up further
+DAY_S = 86400.0
+
+
+def observed_plays(snapshot: DemandSnapshot, held: Mapping[str, Held]) -> dict[str, float]:
+    """Plays per content id since the mark: bytes sent / size for held files, requests (404s) for the others."""
+    out: dict[str, float] = {}
+    for cid, d in snapshot.records.items():
+        h = held.get(cid)
+        if h is not None and h.size > 0:
+            plays = d.bytes_since_mark / h.size
+        else:
+            plays = float(d.requests_since_mark)
+        if plays > 0:
+            out[cid] = plays
+    return out
+
+
+def observed_share(snapshot: DemandSnapshot, now_s: float) -> float:
+    """The share of a day's requests the observation since the mark holds, for `plan_pass`.
+
+    Once the counters cover a day or more: the requests since the mark over
+    the mean requests per day (so the day's shape, quiet nights and busy
+    evenings, is the appliance's own). Before that: the time since the mark
+    over 24 h. Kept within [MIN_OBSERVED_SHARE, 1].
+    """
+    since_s = snapshot.mark.since_s or snapshot.created_s
+    elapsed = max(0.0, now_s - since_s)
+    counted = max(0.0, now_s - snapshot.created_s)
+    share = elapsed / DAY_S
+    total = snapshot.total_requests()
+    recent = snapshot.total_requests(since_mark=True)
+    if counted >= DAY_S and total > 0 and recent > 0:
+        share = recent / (total * DAY_S / counted)
+    return min(1.0, max(MIN_OBSERVED_SHARE, share))

@@ -83,3 +83,44 @@ def seconds_until_open(window: Window | None, now_s: float, tz: dt.tzinfo) -> fl
         return 0.0
     start, _end = current_or_next(window, now_s, tz)
     return max(0.0, start - now_s)
+
+
+_TIME = re.compile(r"([0-9]{2}):([0-9]{2})")
+
+
+def parse_time(text: str) -> int:
+    """'HH:MM' as minutes after local midnight."""
+    m = _TIME.fullmatch(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{text!r} must look like 'HH:MM'")
+    h, mi = int(m[1]), int(m[2])
+    if h > 23 or mi > 59:
+        raise ValueError(f"{text!r} is not a time of day")
+    return h * 60 + mi
+
+
+def minute_in_window(window: Window, minute: int) -> bool:
+    """Whether local time `minute` falls strictly after the window's start and before its end."""
+    if window.all_day:
+        return minute != window.start_min
+    if window.start_min < window.end_min:
+        return window.start_min < minute < window.end_min
+    return minute > window.start_min or minute < window.end_min
+
+
+def pass_instants(window: Window | None, minutes: list[int] | tuple[int, ...], now_s: float, tz: dt.tzinfo) -> list[float]:
+    """The instants of the intra-day passes (local minutes) in the window that contains `now_s`, or the next one.
+
+    Without a window (or an all-day one), the passes of the local day of `now_s`.
+    Sorted; a local time that does not exist that night maps as `_local_instant` does.
+    """
+    if window is None or window.all_day:
+        day = dt.datetime.fromtimestamp(now_s, tz).date()
+        return sorted(_local_instant(day, m, tz) for m in minutes)
+    start, _end = current_or_next(window, now_s, tz)
+    first_day = dt.datetime.fromtimestamp(start, tz).date()
+    out = []
+    for m in minutes:
+        day = first_day if m > window.start_min else first_day + dt.timedelta(days=1)
+        out.append(_local_instant(day, m, tz))
+    return sorted(out)

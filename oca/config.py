@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from oca.errors import ConfigError
 from oca.settings import (
     REQUIRED,
+    check_abs_path,
     check_cidrs,
     check_keys,
     check_listen,
@@ -195,6 +196,18 @@ class CheckConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PopularityConfig:
+    max_ids: int = setting(
+        100_000, doc="Content ids whose requests are counted at most; past it the least requested are forgotten.",
+        check=lambda v: in_range(v, 100, 10_000_000),
+    )
+    flush_s: float = setting(
+        5, doc="Seconds between a worker's writes of its request counts (a worker killed with -9 loses at most these).",
+        check=lambda v: in_range(v, 0.05, 3600),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SigningConfig:
     required: bool = setting(False, doc="Refuse content requests without a valid signed URL.")
     keys: Mapping[str, str] = mapping_setting(
@@ -212,6 +225,11 @@ class TlsConfig(TlsServingConfig):
     redirect_http: bool = setting(
         False, doc="Answer content requests on the plain [server] listen addresses with 308 to HTTPS; control endpoints stay plain."
     )
+    ticket_key_file: str = setting(
+        "", doc="80-byte session-ticket key (nginx's ssl_session_ticket_key layout) shared by boxes behind one name; "
+        "'' : a random key made at start, shared by the workers, kept across SIGHUP. Re-read on SIGHUP.",
+        check=lambda v: v and check_abs_path(v),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +240,7 @@ class Config:
     stores: tuple[StoreConfig, ...] = setting(doc="One [[stores]] table per data disk.")
     check: CheckConfig = setting(CheckConfig(), doc="Start-up reconciliation.")
     signing: SigningConfig = setting(SigningConfig(), doc="Signed URLs.")
+    popularity: PopularityConfig = setting(PopularityConfig(), doc="Per-file request counters (the fill agent's intra-day passes read them).")
     routes: RoutesConfig = setting(RoutesConfig(), doc="Client prefixes reported on /routes.")
     tls: TlsConfig | None = setting(None, doc="HTTPS serving; unset: plain HTTP only.")
 

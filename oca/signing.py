@@ -23,6 +23,15 @@ Rules this module keeps:
   covers clocks that disagree between the signer and the appliance.
 - ``verify`` never raises, whatever the query values hold; signing with
   bad arguments is the caller's bug and raises ``ValueError``.
+- ``VerifiedTokens`` remembers the MAC check of a signed query, keyed on
+  the exact content id and query text, so a player's URL reused for every
+  range costs one HMAC, not one per request. Its answer is the answer
+  ``verify`` would give at ``now_s``: only queries whose MAC verified are
+  kept, the expiry is compared with ``now_s`` on every hit, and an entry
+  counts only while its key id still maps to the same secret (a reload
+  that removes or changes a key forgets its tokens). It holds at most
+  ``max_entries`` (oldest first out), and only tokens this system signed
+  can enter it, so a client cannot fill it with junk.
 """
 
 from __future__ import annotations
@@ -33,9 +42,14 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
-__all__ = ["Verdict", "make_token", "sign_query", "signed_path", "verify"]
+__all__ = ["Verdict", "VerifiedTokens", "make_token", "sign_query", "signed_path", "verify"]
+
+# Distinct signed URLs a worker serves within their lifetime are a few per
+# playing session (one per encode); 4096 covers thousands of sessions and
+# costs well under 1 MiB.
+TOKEN_CACHE_ENTRIES = 4096
 
 # Key ids travel unescaped in the query string: URL-unreserved characters.
 _KEY_ID = re.compile(r"[A-Za-z0-9._~-]{1,64}", re.ASCII)
@@ -109,7 +123,47 @@ def verify(
     expiry_s = int(e)
     if now_s > expiry_s + clock_skew_s:
         return Verdict(False, 410, f"expired {now_s - expiry_s:.0f} s ago")
-    return Verdict(True, 200, "ok")
+    return OK
+
+
+OK = Verdict(True, 200, "ok")
+
+
+class VerifiedTokens:
+    """Signed queries whose MAC verified: (content id, query) → (expiry, key id, secret). See the module rules."""
+
+    __slots__ = ("max_entries", "_entries")
+
+    def __init__(self, max_entries: int = TOKEN_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[int, str, bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def verify_query(self, content_id: str, query: str, keys: Mapping[str, bytes], now_s: float, clock_skew_s: float) -> Verdict:
+        """`verify` of the `e`, `k`, `t` values in `query` (the last of each wins), remembering genuine tokens."""
+        key = (content_id, query)
+        hit = self._entries.get(key)
+        if hit is not None:
+            expiry_s, key_id, secret = hit
+            if keys.get(key_id) == secret:
+                if now_s > expiry_s + clock_skew_s:
+                    return Verdict(False, 410, f"expired {now_s - expiry_s:.0f} s ago")
+                return OK
+            del self._entries[key]  # the key was removed or changed: check again, from scratch
+        params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+        e, k = params.get("e"), params.get("k")
+        verdict = verify(content_id, e, k, params.get("t"), keys, now_s, clock_skew_s)
+        if verdict.status != 403 and e is not None and k is not None:  # ok or expired: the MAC verified
+            if len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = (int(e), k, keys[k])
+        return verdict
+
+    def keys_changed(self, keys: Mapping[str, bytes]) -> None:
+        """Forget the tokens of keys that `keys` no longer holds, or holds with another secret."""
+        self._entries = {key: v for key, v in self._entries.items() if keys.get(v[1]) == v[2]}
 
 
 def _token(content_id: str, expiry_text: str, secret: bytes) -> str:

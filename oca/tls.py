@@ -10,6 +10,10 @@ Rules kept here:
   are never offered), ALPN `http/1.1`, no compression, no renegotiation.
   It raises `TlsError` naming the file and the reason, and never half-
   builds: the caller keeps its old context when a reload fails.
+- `key_file_warning` judges who may read the private key (a pure function
+  of its mode and owner): readable by group or others, or owned by another
+  user than the server's, is warned about at start and on /health, never
+  refused (a root-owned 0600 key read by root is fine).
 - `ktls_status` only probes: this code never enables kernel TLS, because
   no kernel it runs on here has the `tls` module to test it with (the send
   path keeps a seam for it, `oca.http.tlsconn`).
@@ -46,6 +50,9 @@ class TlsServingConfig:
     ciphers: str = setting("", doc="OpenSSL cipher list for TLS 1.2 ('' : OpenSSL's defaults).")
     ciphersuites: str = setting(
         "", doc="TLS 1.3 suites; must stay '' with Python's ssl, which cannot set them (OpenSSL's defaults are used)."
+    )
+    session_tickets: bool = setting(
+        True, doc="Issue session tickets so clients can resume (false: every connection makes a full handshake, as nginx's ssl_session_tickets off)."
     )
     expiry_warn_days: float = setting(14, doc="/health is degraded when the certificate expires within this many days.", check=check_positive)
 
@@ -90,6 +97,27 @@ def expiry_condition(not_after_s: float, now_s: float, warn_days: float) -> str 
             return f"TLS certificate expired at {_iso(not_after_s)}"
         return f"TLS certificate expires at {_iso(not_after_s)}, in {left_s / 86400:.1f} days (tls.expiry_warn_days {warn_days:g})"
     return None
+
+
+def key_file_warning(path: str, mode: int, owner_uid: int, running_uid: int) -> str | None:
+    """Why the private key is exposed, or None when only the running user can read it."""
+    problems = []
+    if mode & 0o077:
+        problems.append(f"mode {mode & 0o777:04o} lets {'group and others' if mode & 0o007 and mode & 0o070 else 'others' if mode & 0o007 else 'the group'} read or change it")
+    if owner_uid != running_uid:
+        problems.append(f"it is owned by uid {owner_uid}, not by the server's uid {running_uid}")
+    if not problems:
+        return None
+    return f"{path}: {'; '.join(problems)} (chown the service user, chmod 0600)"
+
+
+def stat_key_file(path: str) -> str | None:
+    """`key_file_warning` for the file as it is now (I/O); None when it cannot be read (make_context says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return key_file_warning(path, st.st_mode, st.st_uid, os.geteuid())
 
 
 def _iso(t: float) -> str:
@@ -145,6 +173,9 @@ def make_context(tls, now_s: float) -> Served:
     ctx.minimum_version = VERSIONS[tls.min_version]
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_alpn_protocols(list(ALPN))
+    if not tls.session_tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0  # TLS 1.3 would otherwise send stateful tickets
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:

@@ -50,7 +50,10 @@ def check_token(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SteeringServerConfig:
-    listen: tuple[str, ...] = setting(doc="Addresses to serve on, 'host:port' or '[v6]:port'.", check=check_listen)
+    listen: tuple[str, ...] = setting(
+        doc="Plain-HTTP addresses to serve on, 'host:port' or '[v6]:port'; may be empty when [tls] listen is set.",
+        check=lambda v: check_listen(v) if v else v,
+    )
     workers: int = setting(
         1, doc="Processes answering clients on the same addresses (SO_REUSEPORT). Above 1, one more process polls and writes "
                "[health] snapshot_file, which the workers follow; it must be set.", check=lambda v: in_range(v, 1, 64))
@@ -123,6 +126,36 @@ class TrustConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ContentConfig:
+    manifest_url: str | None = setting(
+        None, doc="The origin's content manifest (the one the appliances fill from): titles and their media fields. Unset: no titles to play.",
+        check=check_http_url)
+    require_signed: bool | None = setting(
+        None, doc="Refuse a manifest without a valid HMAC signature made with a [signing] key. Unset: required unless manifest_url is https.")
+    refresh_s: float = setting(60.0, doc="Seconds between fetches of the manifest (SIGHUP fetches at once).", check=check_positive)
+    timeout_s: float = setting(15.0, doc="Seconds one fetch may take.", check=check_positive)
+    max_manifest_mb: float = setting(64.0, doc="Largest manifest read (MB).", check=lambda v: in_range(v, 0.001, 4096))
+    max_manifest_age_h: float = setting(
+        72.0, doc="Refuse a manifest whose generated_s is older than this many hours (replay guard, as the fill agent).", check=check_positive)
+    ca_file: str | None = setting(
+        None, doc="CA certificates (PEM) an https manifest_url is verified against. Unset: the system store.", check=check_abs_path)
+
+    def requires_signature(self) -> bool:
+        if self.require_signed is not None:
+            return self.require_signed
+        return not (self.manifest_url or "").startswith("https://")
+
+
+@dataclass(frozen=True, slots=True)
+class PlayConfig:
+    steering_ttl_s: float = setting(
+        10.0, doc="TTL of a Content Steering answer: how often players ask again, so how soon a drained or dead appliance is left.",
+        check=lambda v: in_range(v, 1, 3600))
+    url_margin_s: float = setting(
+        3600.0, doc="Signed URLs in a manifest live the title's duration plus this (pauses, seeks back).", check=check_positive)
+
+
+@dataclass(frozen=True, slots=True)
 class SteeringConfig:
     server: SteeringServerConfig = setting(doc="The HTTP service.")
     appliances: tuple[ApplianceConfig, ...] = setting(doc="One [[appliances]] table per appliance.")
@@ -133,6 +166,8 @@ class SteeringConfig:
     signing: SteeringSigningConfig = setting(SteeringSigningConfig(), doc="URL signing.")
     trust: TrustConfig = setting(TrustConfig(), doc="Whose word about the client address is believed.")
     tls: TlsServingConfig | None = setting(None, doc="HTTPS serving; unset: plain HTTP only.")
+    content: ContentConfig = setting(ContentConfig(), doc="The origin's manifest: titles for /play and /watch.")
+    play: PlayConfig = setting(PlayConfig(), doc="DASH/HLS manifests and Content Steering answers.")
 
 
 def parse_steering(data: dict, *, base_dir: str = "/") -> SteeringConfig:
@@ -152,6 +187,8 @@ def parse_steering(data: dict, *, base_dir: str = "/") -> SteeringConfig:
         raise ConfigError("server.workers: above 1 needs [health] snapshot_file, through which the poller shares what it knows")
     if cfg.signing.key_id is not None and cfg.signing.key_id not in cfg.signing.keys:
         raise ConfigError(f"signing.key_id: {cfg.signing.key_id!r} is not one of signing.keys")
+    if not cfg.server.listen and cfg.tls is None:
+        raise ConfigError("server.listen: must list at least one 'host:port' (or set [tls] listen for HTTPS only)")
     if cfg.tls is not None:
         for i, item in enumerate(cfg.tls.listen):
             if item in cfg.server.listen:

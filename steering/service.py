@@ -1,4 +1,4 @@
-"""The steering service's HTTP shell: /steer, /content/<id>, /health, /metrics, /.
+"""The steering service's HTTP shell: /steer, /content/<id>, /play/*, /watch/*, /health, /metrics, /.
 
 Rules kept here:
 - Who the client is, and who may use which path, is decided by the pure
@@ -28,6 +28,11 @@ Rules kept here:
   ends; each listens on the same addresses (SO_REUSEPORT) and follows the
   snapshot file (mapped, its bitmaps shared, not copied) instead of
   polling. The appliances see one poller whatever the number of workers.
+- The playback routes (DASH/HLS manifests, Content Steering answers, the
+  /watch player pages) live in `steering.playback`; the origin's manifest
+  they play from is kept by `steering.content.ContentKeeper`, a third
+  supervised task, refreshed on SIGHUP too; a failed fetch shows on
+  /health (`content.error`, status `degraded`).
 - SIGHUP reloads the registry, coverage zones and keys without dropping
   poll state; a config that does not load is reported and the old one stays.
 - `[tls]` serves the same app on HTTPS addresses with `oca.tls.make_context`
@@ -59,12 +64,14 @@ from oca.errors import ConfigError
 from oca.settings import parse_host_port
 from oca.signing import sign_query
 from oca.supervise import Supervisor
-from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair
+from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pair, stat_key_file
 from steering.access import client_address, control_refusal, is_public_path, networks
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
+from steering.content import ContentKeeper
 from steering.health import Thresholds
 from steering.lpm import PrefixTable
 from steering.messages import MessageError, parse_steer_query
+from steering.playback import Playback
 from steering.poller import Knowledge, PollLimits, Poller, client_context
 from steering.ranking import NO_CANDIDATES, Appliance, Live, RegistryIndex, decide, holder_order, index_registry
 from steering.status_page import render_status
@@ -76,6 +83,7 @@ HOLDERS_CACHE = 20_000
 TABLE_TASK = "table-keeper"
 TABLE_GAP_MAX_S = 30.0  # the longest wait after a build before the next
 TABLE_GAP_MIN_S = 1.0  # builds quicker than this are followed by no wait
+CONTENT_TASK = "manifest-keeper"
 
 
 def _log(line: str) -> None:
@@ -119,7 +127,10 @@ class Steering:
         self.tls_error = ""  # why the last reload of the pair was refused
         self._live: dict[str, Live] = {}
         self._live_key: tuple | None = None
+        self.content = ContentKeeper(cfg.content, lambda: self.secrets, _log)
+        self.key_file_warning: str | None = None  # who else can read the [tls] key, if anyone
         self._apply_config(cfg)
+        self.playback = Playback(self)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
                              self.limits, self.allowed, log=_log, max_concurrent=cfg.health.max_concurrent_polls,
                              on_holdings_changed=self.holders_changed)
@@ -137,8 +148,12 @@ class Steering:
         self.m_prefixes = Gauge("steering_prefixes", "Prefixes in the matching table", registry=r)
         self.m_build = Gauge("steering_table_build_seconds", "Time the last table build took", registry=r)
         self.m_task_failures = PCounter("steering_task_failures", "Failures of supervised tasks (each was restarted)", ["task"], registry=r)
+        self.m_tls_expiry = Gauge("steering_tls_certificate_expiry_timestamp_seconds",
+                                  "When the served TLS certificate expires (Unix time); absent without [tls]", registry=r)
+        self.m_tls_reload_failed = Gauge("steering_tls_reload_refused",
+                                         "1 when the last reload's key pair was refused (the old one is served)", registry=r)
         self.m_task_down = Gauge("steering_task_down", "1 while a supervised task waits to be restarted", ["task"], registry=r)
-        for name in (POLLER_TASK, TABLE_TASK):
+        for name in (POLLER_TASK, TABLE_TASK, CONTENT_TASK):
             self.m_task_failures.labels(name)
         self.supervisor = Supervisor(_log, on_failure=lambda name: self.m_task_failures.labels(name).inc())
         self.poller.snapshot_path = cfg.health.snapshot_file
@@ -191,6 +206,7 @@ class Steering:
                                 cfg.health.max_concurrent_polls)
         self.poller.snapshot_path = cfg.health.snapshot_file
         self.poller.snapshot_interval_s = cfg.health.snapshot_interval_s
+        self.content.reconfigure(cfg.content)  # fetches the manifest again at once
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
         self.reload_pair()
 
@@ -212,7 +228,12 @@ class Steering:
             return
         self.tls = Served(self.tls.context, facts.not_after_s)
         self.tls_error = ""
+        self.key_file_warning = stat_key_file(tls.key_file)
         _log(f"reloaded the TLS pair {tls.cert_file}")
+
+    @staticmethod
+    def log(line: str) -> None:
+        _log(line)
 
     def mark_dirty(self) -> None:
         """The routes or the coverage changed: the table keeper rebuilds."""
@@ -368,6 +389,8 @@ class Steering:
             expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days)
             if status == "ok" and (expiry or self.tls_error):
                 status = "degraded"  # still serving, but an operator must renew or fix the pair
+        if status == "ok" and self.content.error:
+            status = "degraded"  # titles are those of the last good manifest, or none
         return {
             "status": status, "version": __version__, "pid": os.getpid(),
             "appliances": len(states), "serving": serving, "tasks_down": tasks_down,
@@ -378,6 +401,7 @@ class Steering:
             "prefixes": len(self.table), "table_built": self.table_built_s, "table_error": self.table_error,
             "decisions": dict(self.results), "by_appliance": by_appliance,
             **({"tls": self.tls_doc()} if self.tls is not None else {}),
+            **({"content": self.content.doc()} if self.cfg.content.manifest_url else {}),
         }
 
     def tls_doc(self) -> dict:
@@ -385,7 +409,7 @@ class Steering:
         left_s = self.tls.not_after_s - time.time()
         expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days) if self.cfg.tls else None
         return {"not_after": self.tls.not_after_s, "days_left": round(left_s / 86400, 2), "expiry": expiry or "",
-                "reload_error": self.tls_error}
+                "reload_error": self.tls_error, "key_file_warning": self.key_file_warning}
 
     async def health(self, request: web.Request) -> web.Response:
         doc = self.health_doc()
@@ -400,9 +424,12 @@ class Steering:
             self.m_polls.labels(a.appliance_id).set(k.failures if k else 0)
             self.m_dropped.labels(a.appliance_id).set(len(k.routes_dropped) if k else 0)
         down = self.supervisor.down()
-        for name in (POLLER_TASK, TABLE_TASK):
+        for name in (POLLER_TASK, TABLE_TASK, CONTENT_TASK):
             self.m_task_down.labels(name).set(1 if name in down else 0)
         self.m_blip.set(1 if self.poller.blip else 0)
+        if self.tls is not None:
+            self.m_tls_expiry.set(self.tls.not_after_s)
+            self.m_tls_reload_failed.set(1 if self.tls_error else 0)
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
@@ -425,6 +452,7 @@ class Steering:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/", self.status_page)
+        self.playback.add_routes(app)
         return app
 
 
@@ -471,6 +499,9 @@ async def serve(config_path: str, role: str = "all") -> int:
             await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None).start()
         if cfg.tls is not None:
             s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
+            s.key_file_warning = stat_key_file(cfg.tls.key_file)
+            if s.key_file_warning is not None:
+                _log(f"warning: the TLS private key is exposed: {s.key_file_warning}")
             for item in cfg.tls.listen:
                 host, port = parse_host_port(item)
                 await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None,
@@ -506,12 +537,15 @@ async def serve(config_path: str, role: str = "all") -> int:
     if listens:
         # With workers, the poller answers no client: only the workers need a prefix table (1M prefixes: seconds of CPU a build).
         s.supervisor.start(TABLE_TASK, s.table_keeper)
+    if listens:
+        s.supervisor.start(CONTENT_TASK, s.content.run)  # the playback routes' manifest: wherever clients are answered
     if workers > 1:
         s.supervisor.start(WORKERS_TASK, lambda: _keep_workers(config_path, workers, procs))
     https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
-    what = (f"serving on {', '.join(cfg.server.listen)}{https}, polling {len(s.registry)} appliances" if workers <= 1 and role == "all"
-            else f"worker serving on {', '.join(cfg.server.listen)}{https} from {cfg.health.snapshot_file}" if role == "worker"
-            else f"polling {len(s.registry)} appliances for {workers} workers on {', '.join(cfg.server.listen)}{https}")
+    plain = ', '.join(cfg.server.listen) or 'no plain address'
+    what = (f"serving on {plain}{https}, polling {len(s.registry)} appliances" if workers <= 1 and role == "all"
+            else f"worker serving on {plain}{https} from {cfg.health.snapshot_file}" if role == "worker"
+            else f"polling {len(s.registry)} appliances for {workers} workers on {plain}{https}")
     print(f"oca-steering {__version__}: {what}", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()

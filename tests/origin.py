@@ -24,6 +24,10 @@ below DIR), with keep-alive, and misbehaves as MODE says:
     redirect-ftp        302 to ftp://127.0.0.1/<path>
     redirect-javascript 302 to javascript:alert(1)
     redirect-malformed  302 to a Location that is not a URL (http://[::1/x)
+    redirect-http       302 to http://127.0.0.1:9/<path> (with --tls-cert: a
+                        downgrade from https to http)
+
+``--tls-cert``/``--tls-key`` serve HTTPS instead of HTTP (`OriginProcess(tls=...)`).
 
 Plain asyncio streams, no framework, so that every byte on the wire is
 chosen here. ``GET /_stats`` answers a JSON object with the requests seen,
@@ -53,6 +57,7 @@ REDIRECTS = {
     "redirect-ftp": "ftp://127.0.0.1{path}",
     "redirect-javascript": "javascript:alert(1)",
     "redirect-malformed": "http://[::1{path}",
+    "redirect-http": "http://127.0.0.1:9{path}",
 }
 MODES = ("ok", "corrupt", "truncate", "500", "stall", "wrong-length", "flaky", "oversize", *REDIRECTS)
 CHUNK = 256 << 10
@@ -265,7 +270,13 @@ def corrupt(data: bytes, offset: int) -> bytes:
 
 async def serve(args: argparse.Namespace) -> None:
     origin = Origin(Path(args.root), args.mode, args.flaky_n, args.log)
-    server = await asyncio.start_server(origin.handle, "127.0.0.1", args.port, limit=MAX_HEAD, reuse_address=True)
+    ctx = None
+    if args.tls_cert:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    server = await asyncio.start_server(origin.handle, "127.0.0.1", args.port, limit=MAX_HEAD, reuse_address=True, ssl=ctx)
     async with server:
         await server.serve_forever()
 
@@ -277,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mode", choices=MODES, default="ok")
     p.add_argument("--flaky-n", type=int, default=2, help="requests answered 500 in 'flaky' mode before it behaves")
     p.add_argument("--log", help="append one JSON line per finished content request")
+    p.add_argument("--tls-cert", help="serve HTTPS with this PEM chain (and --tls-key)")
+    p.add_argument("--tls-key")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
@@ -291,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
 class OriginProcess:
     """`with OriginProcess(root, port, "corrupt") as o:` — tests.origin as a subprocess."""
 
-    def __init__(self, root: str | os.PathLike, port: int, mode: str = "ok", *, flaky_n: int = 2, log: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike, port: int, mode: str = "ok", *, flaky_n: int = 2, log: str | os.PathLike | None = None,
+                 tls: tuple[os.PathLike, os.PathLike] | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.root = Path(root)
@@ -299,11 +313,12 @@ class OriginProcess:
         self.mode = mode
         self.flaky_n = flaky_n
         self.log = log
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
 
     def url(self, relpath: str) -> str:
         return f"{self.base}/{relpath.lstrip('/')}"
@@ -313,6 +328,8 @@ class OriginProcess:
                 "--mode", self.mode, "--flaky-n", str(self.flaky_n)]
         if self.log:
             argv += ["--log", str(self.log)]
+        if self.tls:
+            argv += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         self.proc = subprocess.Popen(argv, cwd=Path(__file__).resolve().parent.parent, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -15,6 +15,9 @@ Rules kept here:
   take `add_writer` under uvloop).
 - Exactly one response is in flight per connection. Pipelined requests
   queue in order; reading pauses when `max_pipelined` are waiting.
+- An idle keep-alive connection holds no parser and no per-request object:
+  the sweep drops the parser of a connection idle between requests, and
+  the next byte makes a new one (about 0.9 KiB less per idle connection).
 - Limits: request line (414), header bytes and count (431), a header read
   timeout from a request's first byte (slowloris), an idle keep-alive
   timeout, and a send timeout for clients that stop reading. Deadlines are
@@ -33,7 +36,6 @@ import asyncio
 import os
 import socket
 import struct
-from collections import deque
 from typing import Any, Callable, Protocol
 
 import httptools
@@ -43,6 +45,13 @@ from oca.http.messages import Request, Response
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
 LINGER_S = 2.0
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST (see _abort)
+
+# Field names as sent → lower-case str: one dict probe instead of a decode
+# and a lower() per field. Clients send a few dozen spellings; the table
+# stops growing at FIELD_NAMES_KEPT so hostile names cannot bloat it.
+FIELD_NAMES_KEPT = 512
+_FIELD_NAMES: dict[bytes, str] = {}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE")}
 
 # Connection phases
 IDLE = 0  # waiting for a request's first byte
@@ -101,6 +110,18 @@ class Limits:
 
 
 class HttpConnection(asyncio.Protocol):
+    # Slots, not a __dict__, and lists, not deques: an idle keep-alive
+    # connection is mostly these objects, and 10,000 of them per appliance
+    # are normal (a __dict__ of ~30 fields is ~1.5 KiB; an empty deque
+    # ~0.6 KiB; an empty list 56 bytes). Queues here hold a few items at
+    # most (max_pipelined requests, a head and a few segments).
+    __slots__ = (
+        "handler", "limits", "registry", "loop", "on_stat", "transport", "peer", "phase", "deadline", "deadline_kind",
+        "closing_after", "shutting_down", "_parser", "_req", "_url_parts", "_url_len", "_head_bytes", "_header_count",
+        "_header_bytes", "_body_bytes", "_in_head", "_queue", "_paused", "_fd", "_family", "_sock", "_writer_fd",
+        "_current", "_response", "_segments", "_sent", "_lost", "_in_next", "_began_in_chunk", "__weakref__",
+    )
+
     def __init__(self, handler: Handler, limits: Limits, registry: set, loop: asyncio.AbstractEventLoop, on_stat: Callable[[int, int], None]):
         self.handler = handler
         self.limits = limits
@@ -114,7 +135,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline_kind = "header"
         self.closing_after = False  # close once the current response is done
         self.shutting_down = False
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: Any = None  # made on the first byte; dropped by the sweep while idle (`expire`)
         self._req: Request | None = None
         self._url_parts: list[bytes] = []
         self._url_len = 0
@@ -123,7 +144,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body_bytes = 0
         self._in_head = False  # header callbacks now are head fields, not chunked trailers
-        self._queue: deque[Request] = deque()
+        self._queue: list[Request] = []
         self._paused = False
         self._fd = -1
         self._family = socket.AF_INET
@@ -131,7 +152,7 @@ class HttpConnection(asyncio.Protocol):
         self._writer_fd = -1
         self._current: Request | None = None
         self._response: Response | None = None
-        self._segments: deque = deque()
+        self._segments: Any = []  # a list here; a subclass may keep a deque
         self._sent = 0
         self._lost = False
         self._in_next = False  # inside _next's loop (see _next)
@@ -173,8 +194,11 @@ class HttpConnection(asyncio.Protocol):
             self.deadline = self.loop.time() + self.limits.header_timeout_s
             self.deadline_kind = "header"
         self._began_in_chunk = False
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrade is not supported")
             return
@@ -229,36 +253,44 @@ class HttpConnection(asyncio.Protocol):
         self._url_parts.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._req
-        assert req is not None
-        self._header_count += 1
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.limits.max_header_bytes:
+        req: Any = self._req
+        count = self._header_count + 1
+        size = self._header_bytes + len(name) + len(value) + 4
+        self._header_count = count
+        self._header_bytes = size
+        limits = self.limits
+        if size > limits.max_header_bytes:
             req.error = (431, "request header fields too large")
             raise httptools.HttpParserError("headers too large")
-        if self._header_count > self.limits.max_headers:
+        if count > limits.max_headers:
             req.error = (431, "too many header fields")
             raise httptools.HttpParserError("too many headers")
-        try:
-            key = name.decode("ascii").lower()
-        except UnicodeDecodeError:
-            req.error = (400, "header name is not ASCII")
-            raise httptools.HttpParserError("bad header name") from None
+        key = _FIELD_NAMES.get(name)
+        if key is None:
+            try:
+                key = name.decode("ascii").lower()
+            except UnicodeDecodeError:
+                req.error = (400, "header name is not ASCII")
+                raise httptools.HttpParserError("bad header name") from None
+            if len(_FIELD_NAMES) < FIELD_NAMES_KEPT:
+                _FIELD_NAMES[name] = key
         if not self._in_head:
             # A chunked trailer field (RFC 9112 §7.1.2): counted against the
             # limits above, never merged into the request's header fields,
             # which were decided on when the head ended (RFC 9110 §6.5.1).
             return
         text = value.decode("latin-1")
-        old = req.headers.get(key)
+        headers = req.headers
+        old = headers.get(key)
         # RFC 9110 §5.3: repeated fields combine as a comma-separated list.
-        req.headers[key] = text if old is None else f"{old}, {text}"
+        headers[key] = text if old is None else f"{old}, {text}"
 
     def on_headers_complete(self) -> None:
         req = self._req
         assert req is not None
         p = self._parser
-        req.method = p.get_method().decode("ascii", "replace")
+        method = p.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii", "replace")
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive()
         self._in_head = False
@@ -306,7 +338,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _next_loop(self) -> None:
         while self._queue and self._current is None and not self._lost:
-            req = self._queue.popleft()
+            req = self._queue.pop(0)
             if self._paused and len(self._queue) < self.limits.max_pipelined // 2 + 1 and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
@@ -348,8 +380,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, resp: Response) -> None:
         self._begin(resp)
-        self._segments = deque(resp.segments)
-        self._segments.appendleft(resp.head)
+        self._segments = [resp.head, *resp.segments]
         if self._sock is None:
             if self.transport is None or self.transport.is_closing():
                 return
@@ -385,7 +416,7 @@ class HttpConnection(asyncio.Protocol):
                 if n < count:
                     segments[0] = (file_fd, offset + n, count - n)
                 else:
-                    segments.popleft()
+                    del segments[0]
             else:
                 try:
                     n = sock.send(seg, MSG_MORE if len(segments) > 1 else 0)
@@ -399,7 +430,7 @@ class HttpConnection(asyncio.Protocol):
                 if n < len(seg):
                     segments[0] = memoryview(seg)[n:]
                 else:
-                    segments.popleft()
+                    del segments[0]
         self._response_sent()
 
     def _wait_writable(self) -> None:
@@ -527,6 +558,11 @@ class HttpConnection(asyncio.Protocol):
     def expire(self, now: float) -> str | None:
         """Called by the sweep; acts on a passed deadline (see EXPIRY). Returns its kind if it acted."""
         if now < self.deadline:
+            if self.phase == IDLE and self.deadline_kind == "idle" and self._req is None:
+                # Between requests the parser holds no state (the last message
+                # completed, no byte of the next has come): an idle connection
+                # need not keep its ~0.9 KiB; the next byte makes a new one.
+                self._parser = None
             return None
         kind = self.deadline_kind
         action = expiry_action(self.phase, kind, self._current is not None)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 
 from oca.http.messages import Response
 from oca.http.protocol import BUSY, CLOSING, HttpConnection, LINGER_S
@@ -56,6 +57,7 @@ class TlsConnection(HttpConnection):
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
+        self._segments = deque()  # this pump takes from the front of long block lists
         self._ring: list[bytearray] = []
         self._ring_next = 0
         self._write_paused = False

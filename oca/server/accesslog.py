@@ -7,7 +7,12 @@ Rules kept here:
   log cut a small-response benchmark by a factor of three: STACK-NOTES).
 - Several workers append to the same file with O_APPEND; each write holds
   whole lines, so lines never interleave.
-- `reopen` (SIGUSR1) flushes and opens the path again, for log rotation.
+- `reopen` (SIGUSR1) flushes and opens the path again, for log rotation;
+  the worker flushes on SIGHUP too, and at exit (SIGTERM), so only kill -9
+  can lose lines: at most the last second's.
+- A quoted field (referer, user agent) never ends early: a quote inside it
+  is written as backslash-quote, a backslash doubled, a control character
+  as backslash-x and two hex digits.
 - A failing log (disk full) drops lines and counts them; it never stops serving.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 FLUSH_BYTES = 64 * 1024
@@ -108,7 +114,12 @@ class AccessLog:
         self._fd = -1
 
 
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]').search
+
+
 def _esc(text: str) -> str:
-    if '"' in text or "\\" in text or any(ord(c) < 32 for c in text):
-        return text.replace("\\", "\\\\").replace('"', '\\"').encode("unicode_escape").decode("ascii")
+    if _NEEDS_ESCAPE(text) is not None:
+        # unicode_escape doubles backslashes and writes control characters
+        # as \xNN; quotes are escaped after it, so they stay escaped.
+        return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
     return text

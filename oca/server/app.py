@@ -10,7 +10,8 @@ Rules kept here:
   less per request); any other input goes through `ranges.decide`.
 - URLs: GET/HEAD `/content/<id>` (with `Range`), `/content/<id>/range/<s>-<e>`
   (Open Connect's path form: 200 with the clamped bytes), OPTIONS for CORS
-  preflight, and the control endpoints `/health`, `/inventory`, `/metrics`.
+  preflight, and the control endpoints `/health`, `/inventory`, `/metrics`,
+  `/routes`, `/popularity`.
   A malformed id or path is 400, an unknown id 404; a client's path never
   becomes a file path (the index maps ids to files).
 - Signed URLs (`e`, `k`, `t`) are checked whenever `[signing] required` is
@@ -33,7 +34,11 @@ Rules kept here:
   cheap on the serving loop: `/health` and `/metrics` read counters from
   shared memory and store states from the index; `/inventory` reads the
   index (full listing or journal walk) only in a thread, one build per
-  distinct answer however many ask at once, cached by generation.
+  distinct answer however many ask at once, cached by generation;
+  `/popularity` reads the request counters only in a thread.
+- Each content request that passes the signing rules is counted for its id
+  (`oca.server.popularity`): one dict lookup on the loop, written to the
+  store's counters by the worker's flush loop.
 """
 
 from __future__ import annotations
@@ -44,8 +49,6 @@ import json
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import parse_qsl
-
 from oca import __version__
 from oca.config import Config
 from oca.http import ranges
@@ -56,6 +59,7 @@ from oca.server import control
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.fdcache import CachedFile, FdCache, SizeMismatch
+from oca.server.popularity import Tally
 from oca.server.responses import (
     _ERROR_FIELDS,
     _PREFLIGHT_FIELDS,
@@ -70,7 +74,7 @@ from oca.server.responses import (
     has_signature,
     parse_content_path,
 )
-from oca.signing import verify
+from oca.signing import VerifiedTokens
 from oca.store.content import ContentStore
 
 if TYPE_CHECKING:
@@ -83,17 +87,22 @@ class App:
         self.store = store
         self.stats = stats
         self.log = log
+        self.log_enabled = log.enabled  # an attribute, not the property: read once per request
         self.loop = loop
         self.fds = FdCache(cfg.server.fd_cache_size, cfg.server.fd_cache_inactive_s)
         self.dates = DateCache()
         self.server_line = f"Server: oca/{__version__}\r\n".encode()
         self.cache_control = f"Cache-Control: {cfg.server.cache_control}\r\n".encode()
         self.keys = cfg.signing.secrets()
+        # Keys change only by a reload, which replaces the workers, so this
+        # cache never outlives its key table (keys_changed is not needed here).
+        self.tokens = VerifiedTokens()
         self.signing_required = cfg.signing.required
         self.skew = cfg.signing.clock_skew_s
         self.max_ranges = cfg.server.max_ranges
         self.control_policy = control.ControlPolicy.from_config(cfg.server.control_allow, cfg.server.control_token)
         self.tasks_down = tasks_down  # this worker's supervised tasks that are down: name → reason
+        self.tally = Tally(cfg.popularity.max_ids)  # requests per content id since the last flush
         self.task_failures = task_failures
         self._inventory_cache: dict[tuple, bytes] = {}  # (kind, ..., generation) → body; only the current generation
         self._building: dict[tuple, asyncio.Future] = {}  # the same keys, while a thread builds them
@@ -118,14 +127,17 @@ class App:
         return Response(status, head, [] if req.method == "HEAD" else [body], len(body), close)
 
     def finished(self, req: Request, conn: Any, status: int, body_bytes: int, complete: bool) -> None:
-        now = self.loop.time()
-        duration = now - req.started if req.started else 0.0
-        self.stats.observe(status if complete else 499 if status < 500 else status, duration, body_bytes)
-        if self.log.enabled:
+        duration = self.loop.time() - req.started if req.started else 0.0
+        if complete:
+            self.stats.observe(status, duration, body_bytes)
+        else:
+            self.stats.observe(499 if status < 500 else status, duration, body_bytes)
+            status = 499
+        if self.log_enabled:
             h = req.headers
             self.log.log(
                 conn.peer, req.method or "-", req.target.decode("latin-1") if req.target else "-", req.version,
-                status if complete else 499, body_bytes, h.get("referer", ""), h.get("user-agent", ""), duration, time.time(),
+                status, body_bytes, h.get("referer", ""), h.get("user-agent", ""), duration, time.time(),
             )
 
     # ------------------------------------------------------------ routing
@@ -152,6 +164,8 @@ class App:
                     return self.metrics(req)
                 if path == "/routes":
                     return self.routes(req)
+                if path == "/popularity":
+                    return self.popularity(req)
                 return self.inventory(req)
             except control.QueryError as exc:
                 return self.error_response(400, str(exc), not req.keep_alive)
@@ -178,6 +192,11 @@ class App:
             verdict = self._check_signature(content_id, req.query)
             if verdict is not None:
                 return self.error_response(verdict[0], verdict[1], close)
+        # Request counters (oca.server.popularity): one dict lookup, flushed off the loop.
+        counted = self.tally.counts.get(content_id)
+        if counted is None:
+            counted = self.tally.slot(content_id) or [0, 0]
+        counted[0] += 1
         loc = self.store.lookup(content_id)
         if loc is None:
             return self.error_response(404, "no such content on this appliance", close)
@@ -197,6 +216,8 @@ class App:
                 return self.error_response(503, "content unavailable: store error", close)
         entry.used = self.loop.time()
         resp = self._content_response(req, entry, path_range, close)
+        if resp.status < 300:
+            counted[1] += resp.body_bytes  # the content's bytes, not an error's text
         if entry.retired and resp.on_done is None:
             self.fds.unused(entry)  # a body-less answer never holds the descriptor
         return resp
@@ -208,12 +229,12 @@ class App:
             decision = ranges.decide_path_range(path_range[0], path_range[1], size)
             if decision.status == 200:
                 start, end = decision.ranges[0]
-                return self._file_response(req, entry, 200, start, end - start + 1, None)
+                return self._file_response(req, entry, 200, start, end - start + 1, b"")
         else:
             if headers.keys().isdisjoint(CONDITIONAL_HEADERS):
                 range_value = headers.get("range")
                 if range_value is None:
-                    return self._file_response(req, entry, 200, 0, size, None)
+                    return self._file_response(req, entry, 200, 0, size, b"")
                 if req.method == "GET" and self.max_ranges > 0:
                     m = _SIMPLE_RANGE.fullmatch(range_value)
                     if m is not None:
@@ -221,7 +242,7 @@ class App:
                         last = int(m[2])
                         if start <= last and start < size:
                             end = last if last < size else size - 1
-                            return self._file_response(req, entry, 206, start, end - start + 1, f"bytes {start}-{end}/{size}")
+                            return self._file_response(req, entry, 206, start, end - start + 1, b"Content-Range: bytes %d-%d/%d\r\n" % (start, end, size))
             rep = ranges.Representation(size, entry.etag, entry.last_modified_s)
             decision = ranges.decide(
                 req.method, headers.get("range"), headers.get("if-range"), headers.get("if-none-match"),
@@ -230,11 +251,11 @@ class App:
             )
         status = decision.status
         if status == 200:
-            return self._file_response(req, entry, 200, 0, size, None)
+            return self._file_response(req, entry, 200, 0, size, b"")
         if status == 206:
             if len(decision.ranges) == 1:
                 start, end = decision.ranges[0]
-                return self._file_response(req, entry, 206, start, end - start + 1, ranges.content_range(start, end, size))
+                return self._file_response(req, entry, 206, start, end - start + 1, b"Content-Range: %s\r\n" % ranges.content_range(start, end, size).encode())
             return self._multipart(req, entry, decision.ranges)
         if status == 304:
             fields = self.server_line + f"ETag: {entry.etag}\r\nLast-Modified: {entry.last_modified}\r\n".encode() + self.cache_control + CORS
@@ -244,8 +265,7 @@ class App:
         return self.error_response(status, decision.reason or REASONS.get(status, "error"), close)
 
     def _check_signature(self, content_id: str, query: str) -> tuple[int, str] | None:
-        params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
-        v = verify(content_id, params.get("e"), params.get("k"), params.get("t"), self.keys, time.time(), self.skew)
+        v = self.tokens.verify_query(content_id, query, self.keys, time.time(), self.skew)
         return None if v.ok else (v.status, v.reason)
 
     def _make_entry(self, fd: int, size: int, content_id: str, checksum: str, mtime_s: int, store_uuid: str) -> CachedFile:
@@ -260,9 +280,9 @@ class App:
         )
         return CachedFile(fd, size, block, etag, last_modified, mtime_s, store_uuid, ctype)
 
-    def _file_response(self, req: Request, entry: CachedFile, status: int, offset: int, count: int, content_range: str | None) -> Response:
+    def _file_response(self, req: Request, entry: CachedFile, status: int, offset: int, count: int, more: bytes) -> Response:
+        """`more`: the Content-Range line, or b"" (formatted by the caller: one bytes % on the fast path)."""
         close = not req.keep_alive
-        more = b"" if content_range is None else b"Content-Range: %s\r\n" % content_range.encode()
         head = build_head(status, self.dates.get(), entry.block, count, close, more)
         if req.method == "HEAD" or count == 0:
             return Response(status, head, [], 0, close)
@@ -431,6 +451,8 @@ class App:
             "days_left": None if not_after is None else round((not_after - now) / 86400, 2),
             "reload_refused": refusal or None,
             "ktls": info.get("ktls"),
+            "session_tickets": info.get("session_tickets"),
+            "key_file_warning": info.get("key_file_warning"),  # a note: the key is readable by others (status unchanged)
         }
 
     def health(self, req: Request) -> Response:
@@ -460,7 +482,7 @@ class App:
             dict(last) if last is not None else {}, failures,
             None if self.tls_info is None else TlsFigures(
                 self.tls_info.get("not_after_s"), str(self.tls_info.get("ktls", "")),
-                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0,
+                self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0, str(self.tls_info.get("session_tickets") or ""),
             ),
         )
 
@@ -526,4 +548,38 @@ class App:
                 fut.set_result(self.error_response(503, f"inventory unavailable: {type(exc).__name__}", True))
 
         shared.add_done_callback(answer)
+        return fut
+
+    def popularity(self, req: Request) -> asyncio.Future:
+        """The request counters per content id: totals and since the fill agent's mark (flushed counts)."""
+        top = control.parse_popularity_query(req.query)
+        store = self.store
+        head = {"appliance": self.cfg.appliance.id, "site": self.cfg.appliance.site}
+
+        def build() -> bytes:
+            # A thread with its own read transaction: the serving loop never walks the counters.
+            snap = store.demand()
+            rows = sorted(snap.records.items(), key=lambda kv: (-kv[1].requests_since_mark, -kv[1].requests, kv[0]))
+            if top is not None:
+                rows = rows[:top]
+            doc = {
+                **head, "time": time.time(), "created_s": snap.created_s,
+                "mark": snap.mark.number, "mark_s": snap.mark.since_s,
+                "fields": ["id", "requests", "bytes", "requests_since_mark", "bytes_since_mark", "last_s"],
+                "count": len(snap.records),
+                "rows": [[cid, d.requests, d.bytes, d.requests_since_mark, d.bytes_since_mark, d.last_s] for cid, d in rows],
+            }
+            return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+        fut = self.loop.create_future()
+
+        def answer(task: asyncio.Future) -> None:
+            if fut.done():
+                return
+            try:
+                fut.set_result(self._simple(200, "application/json", task.result(), req))
+            except Exception as exc:  # counters trouble: answer, don't hang
+                fut.set_result(self.error_response(503, f"popularity unavailable: {type(exc).__name__}", True))
+
+        self.loop.run_in_executor(None, build).add_done_callback(answer)
         return fut

@@ -2,7 +2,8 @@
 
 Rules kept here:
 - Nothing here performs I/O: values in, values out.
-- Control endpoints are `/health`, `/inventory`, `/routes` and `/metrics`.
+- Control endpoints are `/health`, `/inventory`, `/routes`, `/metrics` and
+  `/popularity`.
   Loopback peers (127.0.0.0/8, ::1) may always use them; any other peer
   only when a `[server] control_allow` network contains it (`0.0.0.0/0`
   and `::/0` open them to everyone). An IPv4-mapped IPv6 peer is judged as
@@ -13,7 +14,7 @@ Rules kept here:
   "address" or "token".
 - `/inventory?form=` is `json` (the default) or `packed`; anything else is
   a `QueryError`.
-- Query numbers (`since`, `limit`) are plain ASCII decimal with at most 19
+- Query numbers (`since`, `limit`, `top`) are plain ASCII decimal with at most 19
   digits; anything else (``²``, signs, spaces, 5,000 digits, a repeated
   parameter) is a `QueryError` naming the parameter, answered with 400.
 """
@@ -27,7 +28,7 @@ from urllib.parse import parse_qsl
 
 from oca.inventory_wire import FORMS
 
-CONTROL_PATHS = frozenset(("/health", "/inventory", "/metrics", "/routes"))
+CONTROL_PATHS = frozenset(("/health", "/inventory", "/metrics", "/routes", "/popularity"))
 MAX_DIGITS = 19  # below 2**63: the index's generations are unsigned 64-bit, never that large
 # A delta page reads at most this many journal records unless `limit` says
 # otherwise (about 2 µs a record in a thread: 20 ms a page). The answer's
@@ -130,3 +131,8 @@ def parse_inventory_query(query: str) -> InventoryQuery:
 def parse_routes_query(query: str) -> int | None:
     """`/routes?since=G`: the generation the caller holds, or None."""
     return parse_count(parse_query(query), "since")
+
+
+def parse_popularity_query(query: str) -> int | None:
+    """`/popularity?top=N`: the N most requested ids since the mark only (None: every id)."""
+    return parse_count(parse_query(query), "top", 1)

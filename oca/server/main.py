@@ -36,6 +36,10 @@ Rules kept here:
   file and the reason, and is flagged in the shared block so `/health`
   says so until a reload succeeds. Each worker builds its own SSLContext
   from the files after exec.
+- Session tickets: the parent holds one ticket key (`[tls] ticket_key_file`,
+  or random bytes made at start and kept across reloads) in a sealed memfd
+  every worker inherits (`oca.tickets`), so a client resumes on any worker.
+  A key file that cannot be read refuses the start, or the reload.
 - SIGUSR1 is passed to the workers (they reopen the access log).
 - Once a second the parent samples load (bytes/s out, CPU, NIC use) into
   shared memory for `/health` and `/metrics`.
@@ -66,7 +70,8 @@ from oca.server import stats as S
 from oca.store.content import ContentStore
 from oca.store.index import Index
 from oca.supervise import restart_delay_s
-from oca.tls import make_context
+from oca import tickets
+from oca.tls import make_context, stat_key_file
 
 MAX_WORKERS = 256  # [server] workers' upper bound (oca.config)
 SLOTS = 2 * MAX_WORKERS + 2  # every worker of a reload, and every one it replaces
@@ -199,6 +204,8 @@ class Master:
     index: Index | None = None  # the parent's own index (routes, store attach on reload)
     missing: list[int] = field(default_factory=list)  # slots whose spawn failed, to spawn again
     tls_socks: dict[str, socket.socket] = field(default_factory=dict)  # [tls] listen
+    ticket_key: bytes = b""  # the session-ticket key the workers share (OpenSSL order)
+    ticket_fd: int = -1  # a sealed memfd holding ticket_key; -1: no [tls]
 
     def free_slot(self) -> int:
         used = {w.slot for w in self.workers}
@@ -222,8 +229,11 @@ class Master:
             "--ready-fd", str(w),
             "--parent", str(os.getpid()),
         ]
+        key_fds = [self.ticket_fd] if self.ticket_fd >= 0 else []
+        if key_fds:
+            args += ["--ticket-key-fd", str(self.ticket_fd)]
         try:
-            proc = subprocess.Popen(args, pass_fds=[*fds, *tls_fds, self.stats.fd, w], close_fds=True)
+            proc = subprocess.Popen(args, pass_fds=[*fds, *tls_fds, *key_fds, self.stats.fd, w], close_fds=True)
         except BaseException:
             os.close(r)
             os.close(w)
@@ -314,12 +324,21 @@ class Master:
         except OcaError as exc:
             log(f"reload refused, keeping the running config: {exc}")
             return
+        ticket_key = self.ticket_key
         if cfg.tls is not None:
             try:
                 make_context(cfg.tls, time.time())
             except OcaError as exc:
                 self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] = time.time()
                 log(f"reload refused, the workers keep the key pair they loaded: {exc}")
+                return
+            exposed = stat_key_file(cfg.tls.key_file)
+            if exposed is not None:
+                log(f"warning: the TLS private key is exposed: {exposed}")
+            try:
+                ticket_key = ticket_key_for(cfg, self.ticket_key)
+            except tickets.TicketKeyError as exc:
+                log(f"reload refused: tls.ticket_key_file: {exc}")
                 return
         self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] = 0.0
         needed = cfg.server.workers
@@ -355,6 +374,7 @@ class Master:
                 return
             self.tls_socks = {**keep, **fresh}
         self.cfg = cfg
+        self.set_ticket_key(ticket_key if cfg.tls is not None else b"")
         old = [w for w in self.workers if not w.retiring]
         log(f"reloading: replacing {len(old)} workers with {needed}")
         for i in range(max(needed, len(old))):
@@ -378,6 +398,15 @@ class Master:
         for key, sock in old_tls.items():
             if key not in self.tls_socks:
                 sock.close()
+
+    def set_ticket_key(self, key: bytes) -> None:
+        """Hold `key` in a fresh sealed memfd for the workers started from now on."""
+        if key == self.ticket_key and (self.ticket_fd >= 0) == bool(key):
+            return
+        fd = tickets.key_fd(key) if key else -1
+        if self.ticket_fd >= 0:
+            os.close(self.ticket_fd)
+        self.ticket_key, self.ticket_fd = key, fd
 
     def forward(self, signum: int) -> None:
         for wp in self.workers:
@@ -426,6 +455,14 @@ class LoadSampler:
         self.last_t, self.last_bytes, self.last_nic = now, total, nic
 
 
+def ticket_key_for(cfg: Config, current: bytes) -> bytes:
+    """The ticket key `cfg` asks for: its file's, else the running one, else a new one."""
+    assert cfg.tls is not None
+    if cfg.tls.ticket_key_file:
+        return tickets.read_key_file(cfg.tls.ticket_key_file)
+    return current or tickets.new_key()
+
+
 def init_stores(cfg: Config, index: Index | None = None) -> None:
     """Attach the configured stores, in the parent, initialising new empty ones.
 
@@ -443,8 +480,16 @@ def serve(config_path: str) -> int:
     cfg = load_config(config_path)
     nofile = raise_nofile_limit()
     init_stores(cfg)
+    ticket_key = b""
     if cfg.tls is not None:
         make_context(cfg.tls, time.time())  # refuse to start on a pair that cannot be served
+        exposed = stat_key_file(cfg.tls.key_file)
+        if exposed is not None:
+            log(f"warning: the TLS private key is exposed: {exposed}")
+        try:
+            ticket_key = ticket_key_for(cfg, b"")
+        except tickets.TicketKeyError as exc:
+            raise OcaError(f"tls.ticket_key_file: {exc}") from None
     socks = bind_sockets(cfg.server.listen, cfg.server.backlog)
     try:
         tls_socks = bind_sockets(cfg.tls.listen, cfg.server.backlog, "tls.listen") if cfg.tls is not None else {}
@@ -456,6 +501,7 @@ def serve(config_path: str) -> int:
     os.set_inheritable(stats.fd, True)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     master = Master(os.path.abspath(config_path), cfg, socks, stats, tls_socks=tls_socks)
+    master.set_ticket_key(ticket_key)
     if cfg.server.pid_file:
         with open(cfg.server.pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
@@ -539,6 +585,11 @@ def main(argv: list[str] | None = None) -> None:
             cfg = load_config(args.config)
             if cfg.tls is not None:
                 make_context(cfg.tls, time.time())
+                if cfg.tls.ticket_key_file:
+                    try:
+                        tickets.read_key_file(cfg.tls.ticket_key_file)
+                    except tickets.TicketKeyError as exc:
+                        raise OcaError(f"tls.ticket_key_file: {exc}") from None
             print(f"{args.config}: ok")
             sys.exit(0)
         sys.exit(serve(args.config))

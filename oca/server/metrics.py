@@ -40,6 +40,7 @@ class TlsFigures:
     not_after_s: float | None  # the served certificate's expiry; None when unknown
     ktls: str  # "available", or why not
     reload_refused: bool  # the last SIGHUP's key pair was refused; the previous one is served
+    session_tickets: str = ""  # "shared" (one ticket key for all workers), or "per-worker: <why>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,12 @@ def _families(snap: MetricsSnapshot) -> Iterable[Metric]:
         ktls = GaugeMetricFamily("oca_tls_ktls_available", "Whether kernel TLS can be used (1) or not (0), and why not.", labels=["status"])
         ktls.add_metric([tls.ktls], 1 if tls.ktls == "available" else 0)
         yield ktls
+        if tls.session_tickets:
+            shared = GaugeMetricFamily("oca_tls_shared_ticket_key",
+                                       "Whether all workers share one session-ticket key (1) or each has its own (0), and why not.",
+                                       labels=["status"])
+            shared.add_metric([tls.session_tickets], 1 if tls.session_tickets == "shared" else 0)
+            yield shared
         yield GaugeMetricFamily("oca_tls_reload_refused", "Whether the last SIGHUP's key pair was refused (the previous one is served).",
                                 value=1 if tls.reload_refused else 0)
 

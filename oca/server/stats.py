@@ -62,7 +62,7 @@ HEADER_DOUBLES = 9
 
 # Long-lived tasks, by name; their down bits are shared so that any worker's
 # /health can name a task that is down in another process.
-WORKER_TASKS = ("sweep",)
+WORKER_TASKS = ("sweep", "popularity")
 PARENT_TASKS = ("reap", "spawn", "sample", "reload", "routes")
 
 

@@ -20,10 +20,16 @@ Rules kept here:
   `header_timeout_s` (`ssl_handshake_timeout`). The connection then
   becomes a `TlsConnection` (the copying send path, `oca.http.tlsconn`).
   Content requests on plain sockets are answered with 308 by `Redirector`
-  when `[tls] redirect_http` is set.
+  when `[tls] redirect_http` is set. The session-ticket key the parent
+  shares (`--ticket-key-fd`) is installed in that context
+  (`oca.tickets.install`); if it cannot be, the context keeps its own key
+  and /health and /metrics say why (resumption then only on this worker).
+- A second supervised task flushes the request counters
+  (`oca.server.popularity`) every `[popularity] flush_s`, and once more
+  after serving ends.
 - SIGTERM (or SIGINT): stop accepting, close idle connections, let
   responses in flight finish until `shutdown_timeout_s`, then exit.
-  SIGUSR1 reopens the access log. The worker exits by itself if its parent
+  SIGUSR1 reopens the access log; SIGHUP flushes it. The worker exits by itself if its parent
   dies.
 """
 
@@ -42,12 +48,14 @@ from oca.config import load_config
 from oca.errors import OcaError
 from oca.http.protocol import HttpConnection, Limits
 from oca.http.tlsconn import TlsConnection
+from oca.server import popularity
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
 from oca.server.app import App
 from oca.store.content import ContentStore
 from oca.supervise import Supervisor
-from oca.tls import ktls_status, make_context
+from oca import tickets
+from oca.tls import ktls_status, make_context, stat_key_file
 
 PR_SET_PDEATHSIG = 1
 # Tests only: while the file named by OCA_TEST_FAULT_SWEEP exists, the sweep
@@ -85,12 +93,18 @@ class Worker:
         cfg = self.cfg
         self.stats = S.SharedStats(self.args.stats_fd, self.args.slots, self.args.slot)
         self.store = ContentStore.open(cfg, writable=False)
+        try:
+            self.store.open_counters()
+        except OcaError as exc:  # serving goes on; the flush loop tries again and /health shows it down
+            _log_line(self.args.slot)(f"request counters: {exc}")
         self.log = AccessLog(cfg.server.access_log, cfg.server.access_log_format)
         self.supervisor = Supervisor(_log_line(self.args.slot), on_failure=self._task_failed)
         self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)
         served = make_context(cfg.tls, time.time()) if cfg.tls is not None and self.args.tls_fds else None
         if cfg.tls is not None:
-            self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status()}
+            self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status(),
+                                 "session_tickets": self._share_tickets(served.context) if served else None,
+                                 "key_file_warning": stat_key_file(cfg.tls.key_file)}
         sc = cfg.server
         limits = Limits(
             header_timeout_s=sc.header_timeout_s,
@@ -145,8 +159,9 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGUSR1, self.log.reopen)
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        loop.add_signal_handler(signal.SIGHUP, self.log.flush)  # the parent reloads; nothing buffered is left behind
         self.supervisor.start("sweep", self.sweep)
+        self.supervisor.start("popularity", lambda: popularity.flush(self.app.tally, self.store, cfg.popularity.flush_s))
         if self.args.ready_fd >= 0:
             try:
                 os.write(self.args.ready_fd, b"R")
@@ -159,10 +174,31 @@ class Worker:
                 os.close(self.args.ready_fd)
         await self.done
         await self.supervisor.stop()
+        try:  # serving has ended: what the last interval counted is written before the worker exits
+            popularity.flush_now(self.app.tally, self.store)
+        except OcaError as exc:
+            _log_line(self.args.slot)(f"request counts of the last {cfg.popularity.flush_s:g} s lost: {exc}")
         self.log.close()
         self.app.fds.clear()
         stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = 0
         return 0
+
+    def _share_tickets(self, ctx) -> str:
+        """'shared', or 'per-worker: <why>' when the parent's key could not be installed."""
+        fd = self.args.ticket_key_fd
+        try:
+            if fd < 0:
+                raise tickets.TicketKeyUnavailable("the parent handed no ticket key")
+            try:
+                key = tickets.read_fd(fd)
+            finally:
+                os.close(fd)
+                self.args.ticket_key_fd = -1
+            tickets.install(ctx, key)
+        except (tickets.TicketKeyUnavailable, OSError) as exc:
+            _log_line(self.args.slot)(f"session tickets stay per worker (resumption only on this worker): {exc}")
+            return f"per-worker: {exc}"
+        return "shared"
 
     def stop(self) -> None:
         if self.stopping:
@@ -218,6 +254,8 @@ class Worker:
 
 class Guarded(HttpConnection):
     """A connection that counts itself and refuses to exceed max_connections."""
+
+    __slots__ = ("_max", "_stats")
 
     def __init__(self, app, limits, registry, loop, on_stat, max_conns: int, stats: S.SharedStats):
         super().__init__(app, limits, registry, loop, on_stat)
@@ -309,6 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--listen-fds", type=lambda s: [int(x) for x in s.split(",") if x], required=True)
     p.add_argument("--tls-fds", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
     p.add_argument("--ready-fd", type=int, default=-1)
+    p.add_argument("--ticket-key-fd", type=int, default=-1, help="a memfd holding the shared session-ticket key")
     p.add_argument("--parent", type=int, default=0, help="the parent's pid: exit if it is gone")
     args = p.parse_args(argv)
     _die_with_parent()

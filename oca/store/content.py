@@ -34,8 +34,9 @@ import errno
 import fcntl
 import os
 import secrets
+import threading
 import time
-from typing import Iterator, NamedTuple, NoReturn
+from typing import Iterator, Mapping, NamedTuple, NoReturn
 
 import xxhash
 
@@ -52,6 +53,8 @@ from oca.store.disks import (
     is_disk_failure,
 )
 from oca.store import flags
+from oca.store.counters import RequestCounters, counters_path
+from oca.store.demand import DemandSnapshot, Mark
 from oca.store.index import STATE_FAILED, STATE_OK, Changes, Entry, Index, IndexError_, StoreRecord
 from oca.store.layout import (
     MARKER_NAME,
@@ -84,10 +87,13 @@ class Located(NamedTuple):
 class ContentStore:
     """The stores and the index of one appliance, opened in this process."""
 
-    def __init__(self, index: Index, disks: list[Disk], *, partial_max_age_s: float = 7 * 86400):
+    def __init__(self, index: Index, disks: list[Disk], *, partial_max_age_s: float = 7 * 86400, counters_max_ids: int = 100_000):
         self.index = index
         self.disks = disks
         self.partial_max_age_s = partial_max_age_s
+        self.counters_max_ids = counters_max_ids
+        self._counters: RequestCounters | None = None  # opened on first use, once per process (LMDB's rule)
+        self._counters_lock = threading.Lock()
         self._lock_path = os.path.join(index.path, LOCK_NAME)
 
     @classmethod
@@ -106,10 +112,37 @@ class ContentStore:
             for rec in index.stores().values():
                 if rec.path not in configured and rec.state == STATE_OK:
                     index.put_store(StoreRecord(rec.uuid, rec.path, STATE_FAILED, "store removed from config", time.time()))
-        return cls(index, disks, partial_max_age_s=cfg.check.partial_max_age_h * 3600)
+        return cls(index, disks, partial_max_age_s=cfg.check.partial_max_age_h * 3600, counters_max_ids=cfg.popularity.max_ids)
 
     def close(self) -> None:
+        if self._counters is not None:
+            self._counters.close()
+            self._counters = None
         self.index.close()
+
+    # ------------------------------------------------------------ request counters (oca.store.counters)
+
+    def _request_counters(self) -> RequestCounters:
+        with self._counters_lock:  # a worker's flush and a /popularity answer may both be first, in two threads
+            if self._counters is None:
+                self._counters = RequestCounters(counters_path(self.index.path), max_ids=self.counters_max_ids, now_s=time.time())
+            return self._counters
+
+    def open_counters(self) -> None:
+        """Open the request counters now (a server before it serves: its descriptors stay the same afterwards)."""
+        self._request_counters()
+
+    def add_requests(self, deltas: Mapping[str, tuple[int, int]], now_s: float) -> int:
+        """Add the (requests, bytes) a worker counted per id; returns the ids evicted. An LMDB write: never on a serving loop."""
+        return self._request_counters().add(deltas, now_s)
+
+    def demand(self) -> DemandSnapshot:
+        """Every id's request counts (a walk: off any serving loop)."""
+        return self._request_counters().snapshot()
+
+    def mark_demand(self, now_s: float) -> Mark:
+        """Start a new period of since-mark counts (the night's fill run)."""
+        return self._request_counters().set_mark(now_s)
 
     # ------------------------------------------------------------ shared records (oca.store.flags)
 
@@ -133,6 +166,12 @@ class ContentStore:
 
     def set_unchosen(self, unchosen: flags.Unchosen) -> None:
         flags.write_unchosen(self.index, unchosen)
+
+    def listed(self) -> flags.Listed:
+        return flags.read_listed(self.index)
+
+    def set_listed(self, listed: flags.Listed) -> None:
+        flags.write_listed(self.index, listed)
 
     def generation(self) -> int:
         return self.index.generation()

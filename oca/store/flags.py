@@ -25,6 +25,7 @@ _DRAIN = "drain"
 _ROUTES = "routes"
 _FILL_STATUS = "fill_status"
 _UNCHOSEN = "fill_unchosen"
+_LISTED = "fill_listed"
 _MAX_REASON_CHARS = 1000  # a reason is one log line, not a document
 
 
@@ -163,3 +164,24 @@ def read_unchosen(index: FlagStore) -> Unchosen:
 
 def write_unchosen(index: FlagStore, unchosen: Unchosen) -> None:
     index.set_flag(_UNCHOSEN, _dump(dict(unchosen.since_s)))
+
+
+# ---------------------------------------------------------------- listed
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """The content ids the last accepted manifest listed (the night's run tells new files by them)."""
+
+    ids: frozenset[str] = frozenset()
+
+
+def read_listed(index: FlagStore) -> Listed:
+    doc = _load(index.get_flag(_LISTED))
+    if not isinstance(doc, list):
+        return Listed()
+    return Listed(frozenset(x for x in doc if isinstance(x, str)))
+
+
+def write_listed(index: FlagStore, listed: Listed) -> None:
+    index.set_flag(_LISTED, _dump(sorted(listed.ids)))

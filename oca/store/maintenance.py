@@ -22,8 +22,9 @@ Rules kept here:
   (entry dropped, file quarantined) and reported.
 - `rebuild_index` needs nothing but the stores: each file's name carries its
   id, checksum and origin mtime (see `oca.store.layout`). A corrupt index is
-  moved aside, not deleted. Popularity is not kept on disk and restarts at 0
-  until the next fill sets it. When two stores hold the same id, the newer
+  moved aside, not deleted. An entry's popularity (the manifest's forecast)
+  restarts at 0 until the next fill sets it; the requests counted on the
+  appliance (`oca.store.counters`, beside the index) are not touched. When two stores hold the same id, the newer
   file wins and the other is quarantined.
 """
 

@@ -151,8 +151,10 @@ class AConn:
         self.buf = bytearray()
 
     @classmethod
-    async def open(cls, port: int, local: str | None = None) -> "AConn":
-        reader, writer = await asyncio.open_connection(HOST, port, local_addr=(local, 0) if local else None, limit=1 << 22)
+    async def open(cls, port: int, local: str | None = None, ssl=None) -> "AConn":
+        # ssl: a client SSLContext, for the same exchanges over HTTPS (tests/integration/test_server_tls.py).
+        reader, writer = await asyncio.open_connection(HOST, port, local_addr=(local, 0) if local else None, limit=1 << 22,
+                                                       ssl=ssl, server_hostname="localhost" if ssl is not None else None)
         return cls(reader, writer)
 
     async def response(self, head_only: bool = False) -> Resp:
@@ -624,9 +626,9 @@ def _check_hostile(name: str, raw: bytes, allowed: set, data: bytes, outcome: st
     return ""
 
 
-async def _hostile_exchange(port: int, raw: bytes, timeout: float) -> tuple[bytes, str]:
-    """Send raw (without half-closing), read until EOF, reset or timeout."""
-    conn = await AConn.open(port)
+async def _hostile_exchange(port: int, raw: bytes, timeout: float, ssl=None) -> tuple[bytes, str]:
+    """Send raw (without half-closing), read until EOF, reset or timeout (over TLS with `ssl`)."""
+    conn = await AConn.open(port, ssl=ssl)
     data = bytearray()
     outcome = "eof"
     try:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,8 @@ pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr
                                 reason="nginx is not installed (bash .ci/setup installs it)")
 
 
-def inventory(node) -> set[str]:
-    with urllib.request.urlopen(node.url + "/inventory", timeout=5) as resp:
+def inventory(node, system) -> set[str]:
+    with system.urlopen(node.url + "/inventory", timeout=5) as resp:  # HTTPS, trusting the demo's CA
         return set(json.load(resp)["ids"])
 
 
@@ -58,13 +57,13 @@ def test_fill_put_every_title_in_each_site(system):
         assert r["code"] == 0, r["stderr"][-2000:]
         assert r["status"]["files_failed"] == 0
     names = {t[0] for t in TITLES}
-    site_a = inventory(by_id(system, "oca-1")) | inventory(by_id(system, "oca-2"))
+    site_a = inventory(by_id(system, "oca-1"), system) | inventory(by_id(system, "oca-2"), system)
     assert site_a == names
-    assert inventory(by_id(system, "oca-3")) == names  # a site of one holds everything that fits
+    assert inventory(by_id(system, "oca-3"), system) == names  # a site of one holds everything that fits
 
 
 def test_popular_titles_are_on_more_appliances_than_the_tail(system):
-    invs = [inventory(n) for n in system.nodes]
+    invs = [inventory(n, system) for n in system.nodes]
     copies = {name: sum(name in inv for inv in invs) for name, _s, _p in TITLES}
     head, tail = TITLES[0][0], TITLES[-1][0]
     assert copies[head] == 3, copies
@@ -74,7 +73,8 @@ def test_popular_titles_are_on_more_appliances_than_the_tail(system):
 def test_peer_fill_used_the_site_peer(system):
     # oca-2 filled after oca-1, so shared titles came from its peer, not the origin.
     log = (by_id(system, "oca-2").dir / "fill.log").read_text()
-    assert "from http://127.0.0.11:" in log, log
+    assert f"from {by_id(system, 'oca-1').url}/" in log, log
+    assert by_id(system, "oca-1").url.startswith("https://")  # the demo runs on HTTPS, peers verified with its CA
 
 
 def test_playback_survives_kill_of_its_appliance(system):
@@ -115,7 +115,7 @@ def test_drain_moves_new_clients_away(system):
         assert target.appliance_id not in [u["appliance"] for u in moved["urls"]]
         assert moved["urls"], "a drained appliance must not leave the client with nothing"
         # The drained appliance still serves what it is asked for.
-        with urllib.request.urlopen(first["urls"][0]["url"], timeout=5) as resp:
+        with system.urlopen(first["urls"][0]["url"], timeout=5) as resp:
             assert resp.status == 200
     finally:
         subprocess.run([str(system.bin / "oca-admin"), "--config", str(target.config), "undrain"], check=True, capture_output=True)
@@ -129,7 +129,7 @@ def test_second_fill_after_the_manifest_changed(system):
     results = [system.fill(node) for node in system.nodes]
     for r in results:
         assert r["code"] == 0, r["stderr"][-2000:]
-    invs = {n.appliance_id: inventory(n) for n in system.nodes}
+    invs = {n.appliance_id: inventory(n, system) for n in system.nodes}
     assert all(removed not in inv for inv in invs.values()), invs
     assert NEW_TITLE[0] in invs["oca-3"]
     assert NEW_TITLE[0] in invs["oca-1"] | invs["oca-2"]

@@ -17,6 +17,7 @@ budget; peer fill from a real oca-server appliance with signed URLs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -25,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -541,6 +543,59 @@ def test_peer_fill_from_an_appliance_of_the_same_site_with_signed_urls(tmp_path,
     assert any(x["uri"] == "/inventory" and x["status"] == 200 for x in lines)
     assert site.entries() == []  # the origin was never asked for a file
     assert "added p0.mp4" in run.stderr and f"from http://{host_b}:{port_b}/content/p0.mp4" in run.stderr
+
+
+# ---------------------------------------------------------------- intra-day passes
+
+
+def test_a_pass_adds_the_missing_file_that_clients_requested_within_what_the_night_left(tmp_path, site):
+    """Night 1 fills two forecast titles. Night 2's manifest lists three new ones: `n-fore` with a forecast,
+    `n-a` and `n-b` without, so the night keeps most of the budget for the passes and adds `n-fore` only.
+    Clients then ask the real server for `n-b` (404s, counted); the pass has room in the budget for one
+    file and adds `n-b`, not `n-a`: the requests decide."""
+    size = 1 * MiB
+    make_files(site.files_dir, {"old-1.mp4": size, "old-2.mp4": size}, seed=51)
+    publish(build_manifest(site.files_dir, site.files_url, {"old-1.mp4": 100.0, "old-2.mp4": 90.0}), site.manifest_path)
+    budget_gb = 2.5 * size / 1e9  # night 1: both old titles; night 2: 2.5 * (1 - 0.7 * 2/3) = 1.33 files
+    cfg, host, port = appliance(
+        tmp_path / "a", appliance_id="oca-a", workers=1,
+        extra=fill_table(site.manifest_url, nightly_budget_gb=budget_gb, concurrency=1, passes=["10:00"]) + "[popularity]\nflush_s = 0.1\n",
+    )
+    assert "2 added" in oca_fill(cfg, "run", check=True).stderr
+
+    make_files(site.files_dir, {"n-a.mp4": size, "n-b.mp4": size, "n-fore.mp4": size}, seed=52)
+    pop = {"old-1.mp4": 100.0, "old-2.mp4": 90.0, "n-fore.mp4": 80.0, "n-a.mp4": 0.0, "n-b.mp4": 0.0}
+    publish(build_manifest(site.files_dir, site.files_url, pop), site.manifest_path)
+    night = oca_fill(cfg, "run", check=True)
+    assert "the rest waits for the passes at 10:00" in night.stderr, night.stderr
+    assert "added n-fore.mp4" in night.stderr and "1 added" in night.stderr
+
+    with ServerProcess(cfg, host, port) as srv:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        for _ in range(3):
+            conn.request("GET", "/content/n-b.mp4")
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 404
+        conn.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the worker flushes its tally every 0.1 s
+            rows = json.loads(urllib.request.urlopen(srv.base + "/popularity", timeout=5).read())["rows"]
+            if [r[:4] for r in rows] == [["n-b.mp4", 3, 0, 3]]:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"counts not flushed: {rows}")
+        done = oca_fill(cfg, "pass", "--ignore-window", check=True)
+        # The file just added is served at once.
+        assert urllib.request.urlopen(srv.base + "/content/n-b.mp4", timeout=5).read() == (site.files_dir / "n-b.mp4").read_bytes()
+    assert "1 of them missing from the site; 1 to add" in done.stderr, done.stderr
+    assert set(held(cfg)) == {"old-1.mp4", "old-2.mp4", "n-fore.mp4", "n-b.mp4"}
+    last = status(cfg)["last"]
+    assert last["kind"] == "night" and last["bytes_filled"] == size
+    [p] = last["passes"]
+    assert (p["planned"], p["added"], p["failed"], p["skipped"], p["bytes"], p["requested_missing"]) == (1, 1, 0, 0, size, 1)
+    assert p["budget_bytes"] == int(budget_gb * 1e9) - size and p["ended_because"] == "done"
 
 
 # ---------------------------------------------------------------- daemon mode

@@ -171,3 +171,25 @@ def test_peer_fill_over_https(tmp_path, site, pki, trusted):
     else:
         assert "peer oca-b is no source this run: inventory refused: certificate verify failed" in run.stderr, run.stderr
         assert sorted(e.uri.rsplit("/", 1)[1] for e in site.entries()) == sorted(names)
+
+
+def test_redirect_from_https_to_http_is_refused_and_the_next_source_used(tmp_path, site, pki):
+    """An HTTPS source answering 302 to http:// is a bad redirect of that source (never followed, not
+    retried); the file comes from the next source."""
+    from tests.origin import OriginProcess
+
+    doc, _datas = origin_files(site, {"d0.mp4": MiB + 555}, seed=65)
+    with OriginProcess(site.files_dir, free_port(), "redirect-http", tls=pki["leaf"]) as bad:
+        for f in doc["files"]:
+            f["sources"] = [bad.url(f["id"])] + f["sources"]
+        publish(doc, site.manifest_path)
+        cfg = appliance_cfg(tmp_path, site, retries=3, ca_file=str(pki["ca"].path))
+        run = oca_fill(cfg, "run")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert held(cfg) == expected(doc)
+    for f in doc["files"]:
+        cid = f["id"]
+        failed = [line for line in run.stderr.splitlines() if f" {cid}: {bad.url(cid)}: " in line]
+        assert len(failed) == 1, run.stderr  # not retried: the source would redirect again
+        assert "refused a redirect from https to http" in failed[0] and "http://127.0.0.1:9/" in failed[0], failed[0]
+        assert f"added {cid}" in run.stderr and f"from {site.files_url}{cid}" in run.stderr

@@ -229,7 +229,7 @@ def test_hostile_appliances_are_failed_with_the_reason_and_the_healthy_ones_keep
             failures = {x.labels["appliance"]: x.value for x in families["steering_appliance_poll_failures"].samples}
             assert all(failures[aid] >= 2 for aid in expected_down) and failures["h1"] == 0
             tasks = {x.labels["task"]: x.value for x in families["steering_task_failures"].samples if x.name.endswith("_total")}
-            assert tasks == {"poller": 0, "table-keeper": 0}
+            assert tasks == {"poller": 0, "table-keeper": 0, "manifest-keeper": 0}
         # Control endpoints need the token, even from loopback; the player's paths do not.
         assert get(f"{s.base}/health").status == 403
         assert get(f"{s.base}/metrics").status == 403

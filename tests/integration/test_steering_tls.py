@@ -109,11 +109,11 @@ def https_appliance(tmp_path_factory, pki) -> Iterator[Appl]:
         yield Appl(f"https://127.0.0.1:{tls_port}", tls_port)
 
 
-def steering_toml(port: int, appliance_url: str, ca_file: Path | None, tls: tuple[int, Path, Path] | None = None) -> str:
+def steering_toml(port: int | None, appliance_url: str, ca_file: Path | None, tls: tuple[int, Path, Path] | None = None) -> str:
     lines = [
         f'fallback_sites = ["{SITE}"]',
         "[server]",
-        f'listen = ["127.0.0.1:{port}"]',
+        f'listen = ["127.0.0.1:{port}"]' if port is not None else "listen = []",
         "[health]",
         "interval_s = 0.3",
         "timeout_s = 2.0",
@@ -144,7 +144,7 @@ class SteeringProc:
         return self.health()["by_appliance"][AID]
 
 
-def start_steering(tmp: Path, text: str, port: int, tls_port: int | None) -> SteeringProc:
+def start_steering(tmp: Path, text: str, port: int | None, tls_port: int | None) -> SteeringProc:
     cfg = tmp / "steering.toml"
     cfg.write_text(text)
     log = tmp / "steering.log"
@@ -153,7 +153,8 @@ def start_steering(tmp: Path, text: str, port: int, tls_port: int | None) -> Ste
     fh.close()
     s = SteeringProc(cfg, port, tls_port, log, proc)
     try:
-        wait_port("127.0.0.1", port, timeout=15)
+        if port is not None:
+            wait_port("127.0.0.1", port, timeout=15)
         if tls_port is not None:
             wait_port("127.0.0.1", tls_port, timeout=15)
     except TimeoutError:
@@ -281,6 +282,26 @@ def test_sighup_reloads_the_pair_and_keeps_the_old_one_when_the_new_is_bad(trust
     assert _fingerprint(pki, trusting.tls_port) != first
     status, _ = https_get(pki, trusting.tls_port, f"/steer?content={CONTENT}")
     assert status == 200
+
+
+def test_https_only_steering_serves_health_and_metrics_with_the_expiry_gauge(tmp_path, pki, https_appliance):
+    """[server] listen = [] with [tls]: everything, control endpoints included, is on HTTPS."""
+    tls_port = free_port()
+    crt, key = pki["steering"]
+    s = start_steering(tmp_path, steering_toml(None, https_appliance.url, pki["ca"].path, (tls_port, crt, key)), None, tls_port)
+    try:
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(https_get(pki, tls_port, "/health")),
+                                WITHIN_S, "HTTPS-only steering to see its appliance up")
+        assert json.loads(body)["tls"]["days_left"] > 80
+        status, body = https_get(pki, tls_port, "/metrics")
+        assert status == 200
+        line = next(x for x in body.decode().splitlines() if x.startswith("steering_tls_certificate_expiry_timestamp_seconds "))
+        not_after = float(line.split()[1])
+        assert abs(not_after - json.loads(https_get(pki, tls_port, "/health")[1])["tls"]["not_after"]) < 1
+        assert "steering_tls_reload_refused 0.0" in body.decode()
+        assert "no plain address" in s.log.read_text()
+    finally:
+        stop(s)
 
 
 @pytest.mark.parametrize("which", ["expired", "mismatch", "missing"])

@@ -92,6 +92,11 @@ class MemoryStore:
     def generation(self) -> int:
         return self.gen
 
+    def demand(self):
+        from oca.store.demand import Demand, DemandSnapshot, Mark
+
+        return DemandSnapshot(Mark(2, 100.0), 50.0, {"v.mp4": Demand(3, 30, 1, 10, 60.0, 110.0, 2)})
+
 
 class Conn:
     def __init__(self, peer: str = "127.0.0.1") -> None:
@@ -237,8 +242,27 @@ def test_damaged_file_is_withdrawn_and_answered_503(rig, tmp_path, damage):
 
 @pytest.mark.parametrize("peer,status", [("127.0.0.1", 200), ("::1", 200), ("10.1.9.9", 200), ("10.2.0.1", 403), ("192.0.2.7", 403)])
 def test_control_endpoints_open_to_loopback_and_the_allow_list(rig, peer, status):
-    for path in ("/health", "/metrics", "/routes", "/inventory"):
+    for path in ("/health", "/metrics", "/routes", "/inventory", "/popularity"):
         assert answer(rig, path, peer=peer).status == status, path
+
+
+def test_content_requests_are_counted_per_id_with_their_body_bytes(rig):
+    rig.store.add("v.mp4", bytes(1000))
+    for path, headers, method, _status, _part in CONTENT_CASES:
+        finish(answer(rig, path, method, headers))
+    # Every request that named an id and passed the signing rules (none here are signed): the 404 too;
+    # a bad path (400) or a POST (405) names no servable request.
+    assert rig.app.tally.take() == {"v.mp4": (9, 1000 + 10 + 10 + 10 + 1000), "nope.mp4": (1, 0)}
+    assert rig.app.tally.take() == {}
+
+
+def test_popularity_answers_the_counters_in_a_thread(rig):
+    doc = json.loads(body_of(answer(rig, "/popularity")))
+    assert (doc["mark"], doc["mark_s"], doc["created_s"], doc["count"]) == (2, 100.0, 50.0, 1)
+    assert dict(zip(doc["fields"], doc["rows"][0])) == {
+        "id": "v.mp4", "requests": 3, "bytes": 30, "requests_since_mark": 1, "bytes_since_mark": 10, "last_s": 110.0,
+    }
+    assert answer(rig, "/popularity?top=-1").status == 400
 
 
 def test_health_is_degraded_naming_a_task_that_is_down(rig):

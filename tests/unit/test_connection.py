@@ -212,6 +212,36 @@ def test_idle_keepalive_connection_is_closed_at_keepalive_timeout(rig):
     assert rig.transport.closed
 
 
+def test_idle_connection_drops_its_parser_at_the_sweep_and_serves_the_next_request(rig):
+    rig.feed(req("/a"))
+    assert rig.responses(1) == [(200, b"/a")]
+    assert rig.conn._parser is not None
+    rig.loop.now += 1
+    assert rig.conn.expire(rig.loop.now) is None
+    assert rig.conn._parser is None  # idle between requests: nothing to keep
+    rig.feed(req("/b")[:7])  # a new parser; a head split over two chunks
+    rig.loop.now += 1
+    assert rig.conn.expire(rig.loop.now) is None
+    assert rig.conn._parser is not None  # a head in progress keeps its parser
+    rig.feed(req("/b")[7:])
+    assert rig.responses(1) == [(200, b"/b")]
+
+
+def test_a_partial_pipelined_head_keeps_the_parser_when_the_connection_goes_idle(rig):
+    rig.feed(req("/a") + b"GET /b HT")
+    assert rig.responses(1) == [(200, b"/a")]
+    rig.loop.now += 1
+    rig.conn.expire(rig.loop.now)
+    assert rig.conn._parser is not None
+    rig.feed(b"TP/1.1\r\nHost: t\r\n\r\n")
+    assert rig.responses(1) == [(200, b"/b")]
+
+
+def test_an_idle_connection_keeps_no_per_connection_dict():
+    # __slots__: a subclass may add a __dict__, the plain connection has none.
+    assert not hasattr(HttpConnection.__new__(HttpConnection), "__dict__")
+
+
 def test_client_that_stops_reading_is_reset_at_the_send_timeout():
     rig = Rig()
     try:

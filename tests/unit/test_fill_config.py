@@ -47,6 +47,17 @@ CASES = [
     ("require_signed_manifest a string", 'manifest_url = "https://c/m.json"\nrequire_signed_manifest = "yes"\n', "",
      "fill.require_signed_manifest: must be true or false", None, None),
     ("manifest_url missing", "concurrency = 2\n", "", "fill.manifest_url: required key is missing", None, None),
+    ("passes inside the window", 'manifest_url = "https://c/m.json"\nwindow = "22:00-06:00"\npasses = ["23:30", "03:00"]\n', "",
+     None, False, False),
+    ("pass outside the window", 'manifest_url = "https://c/m.json"\nwindow = "02:00-14:00"\npasses = ["03:00", "15:00"]\n', "",
+     "fill.passes[1]: 15:00 is not inside the window 02:00-14:00", None, None),
+    ("pass at the window's start", 'manifest_url = "https://c/m.json"\nwindow = "02:00-14:00"\npasses = ["02:00"]\n', "",
+     "fill.passes[0]:", None, None),
+    ("pass not a time", 'manifest_url = "https://c/m.json"\npasses = ["9am"]\n', "", "fill.passes:", None, None),
+    ("pass given twice", 'manifest_url = "https://c/m.json"\npasses = ["09:00", "09:00"]\n', "", "fill.passes: a pass time is given twice", None, None),
+    ("pass_reserve above 1", 'manifest_url = "https://c/m.json"\npass_reserve = 1.5\n', "", "fill.pass_reserve:", None, None),
+    ("pass_min_requests 0", 'manifest_url = "https://c/m.json"\npass_min_requests = 0\n', "", "fill.pass_min_requests:", None, None),
+    ("pass_margin negative", 'manifest_url = "https://c/m.json"\npass_margin = -0.1\n', "", "fill.pass_margin:", None, None),
 ]
 
 

@@ -36,6 +36,8 @@ def test_round_trips():
     assert st.last == {"files_added": 2} and st.current is None
     flags.write_unchosen(m, flags.Unchosen({"a": 1.0}))
     assert dict(flags.read_unchosen(m).since_s) == {"a": 1.0}
+    flags.write_listed(m, flags.Listed(frozenset({"b", "a"})))
+    assert flags.read_listed(m) == flags.Listed(frozenset({"a", "b"}))
 
 
 HOSTILE = ["", "not json", "[]", "1", "null", '"x"', '{"generation": "7", "prefixes": [1, "10.0.0.0/8"]}',
@@ -46,13 +48,14 @@ HOSTILE = ["", "not json", "[]", "1", "null", '"x"', '{"generation": "7", "prefi
 @pytest.mark.parametrize("raw", HOSTILE)
 def test_hostile_values_read_as_empty_records(raw):
     m = Mem()
-    for name in ("routes", "fill_status", "fill_unchosen"):
+    for name in ("routes", "fill_status", "fill_unchosen", "fill_listed"):
         m.d[name] = raw
     routes = flags.read_routes(m)
     assert routes.generation >= 0 and all(isinstance(p, str) for p in routes.prefixes)
     st = flags.read_fill_status(m)
     assert st.last is None or isinstance(st.last.get("files_added", 0), object)
     assert all(isinstance(v, float) for v in flags.read_unchosen(m).since_s.values())
+    assert all(isinstance(v, str) for v in flags.read_listed(m).ids)
 
 
 def test_drain_written_by_an_old_admin_still_reads_as_drained():

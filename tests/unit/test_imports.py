@@ -41,12 +41,14 @@ PURE_MODULES = frozenset({
     "oca.store.layout",
     "oca.store.flags",
     "oca.store.identity",
+    "oca.store.demand",
     "oca.signing",
     "oca.rendezvous",
     "oca.ids",
     "oca.settings",
     "fill.plan",
     "fill.manifest",
+    "fill.mp4",
     "fill.resume",
     "fill.inventory",
     "fill.window",
@@ -59,6 +61,11 @@ PURE_MODULES = frozenset({
     "steering.holdings",
     "steering.snapshot",
     "oca.inventory_wire",
+    "steering.catalog",
+    "steering.dash",
+    "steering.hls",
+    "steering.content_steering",
+    "steering.watch_page",
 })
 # Project modules a pure module may import besides the pure ones: no I/O, no state.
 PURE_HELPERS = frozenset({"oca", "oca.errors", "oca.http", "oca.store", "fill", "fill.errors", "steering"})

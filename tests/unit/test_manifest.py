@@ -19,9 +19,12 @@ from fill.manifest import (
     Manifest,
     ManifestError,
     ManifestFile,
+    MediaInfo,
+    Segment,
     SiteAppliance,
     canonical_bytes,
     check_fresh,
+    media_fields,
     parse_manifest,
     sign,
     signature_for,
@@ -176,6 +179,9 @@ ERROR_CASES = [
     ("file not an object", set_top("files", [["a.mp4"]]), "files[0]: must be an object"),
     ("unknown file field", set_file("colour", "red"), "files[0].colour: unknown field"),
     ("typo of a field", lambda d: d["files"][1].update(popularty=1), "files[1].popularty: unknown field"),
+    ("forecast unknown", set_file("forecast", "oracle"), f"{A}.forecast: must be one of 'title', 'class'"),
+    ("forecast not a string", set_file("forecast", 1), f"{A}.forecast:"),
+    ("forecast null", set_file("forecast", None), f"{A}.forecast:"),
     # ids
     ("invalid id", set_file("id", "../etc/passwd"), "files[0].id: '../etc/passwd' is not a valid content id"),
     ("id with slash", set_file("id", "a/b"), "files[0].id:"),
@@ -277,6 +283,389 @@ def test_errors_name_the_entry_and_field(mutate, message):
 def test_raw_text_errors(raw, message):
     with pytest.raises(ManifestError) as info:
         parse_manifest(raw)
+    assert message in str(info.value)
+
+
+# --- media fields (title, kind .. segments) ------------------------------------------
+
+
+def media_doc() -> dict:
+    """valid_doc with a video file (a.mp4), an audio file (b...) and a title on each."""
+    doc = valid_doc()
+    doc["files"][0].update(
+        title="a",
+        kind="video",
+        codecs="avc1.64001f",
+        bandwidth=2_400_000,
+        width=1280,
+        height=720,
+        duration_s=4.0,
+        init_range=[0, 999],
+        index_range=[1000, 1099],
+        segments=[[1100, 50_000, 2.0], [50_001, 123456788, 2]],
+    )
+    doc["files"][1].update(
+        size=10_000,
+        title="a",
+        kind="audio",
+        codecs="mp4a.40.2",
+        bandwidth=128_000,
+        duration_s=2.5,
+        init_range=[0, 499],
+        index_range=[600, 699],
+        segments=[[800, 9999, 2.5]],
+    )
+    return doc
+
+
+def test_media_fields_parse_into_frozen_values():
+    m = parse_manifest(dumps(media_doc()))
+    video, audio = m.files
+    assert video.title == "a" and audio.title == "a"
+    assert video.media == MediaInfo(
+        "video", "avc1.64001f", 2_400_000, 1280, 720, 4.0, (0, 999), (1000, 1099),
+        (Segment(1100, 50_000, 2.0), Segment(50_001, 123456788, 2.0)),
+    )
+    assert isinstance(video.media.segments[1].duration_s, float)
+    assert audio.media.kind == "audio" and audio.media.width is None and audio.media.height is None
+    assert audio.media.segments == (Segment(800, 9999, 2.5),)
+    # What media_fields writes is what parse_manifest reads.
+    doc = valid_doc()
+    doc["files"][0].update(media_fields(video.media))
+    assert parse_manifest(dumps(doc)).files[0].media == video.media
+    with pytest.raises(AttributeError):
+        video.media.kind = "audio"  # frozen
+
+
+def test_without_media_fields_title_and_media_are_none():
+    m = parse_manifest(dumps(valid_doc()))
+    assert all(f.title is None and f.media is None for f in m.files)
+    doc = valid_doc()
+    doc["files"][0]["title"] = "alone"  # a title needs no media fields
+    f = parse_manifest(dumps(doc)).files[0]
+    assert (f.title, f.media) == ("alone", None)
+
+
+def test_media_fields_are_covered_by_the_signature():
+    signed = sign(media_doc(), "k1", KEYS["k1"])
+    assert parse_manifest(dumps(signed), keys=KEYS, require_signature=True).files[0].media is not None
+    signed["files"][0]["segments"][0][2] = 2.5
+    with pytest.raises(ManifestError, match="signature.hmac"):
+        parse_manifest(dumps(signed), keys=KEYS, require_signature=True)
+
+
+def set_seg(k, value, i=0):
+    def f(d):
+        d["files"][i]["segments"][k] = value
+
+    return f
+
+
+def drop_key(key, i=0):
+    def f(d):
+        del d["files"][i][key]
+
+    return f
+
+
+def _only(key):
+    """Keep one media field of the video file and drop the others."""
+
+    def f(d):
+        for k in ("kind", "codecs", "bandwidth", "width", "height", "duration_s", "init_range", "index_range", "segments"):
+            if k != key:
+                del d["files"][0][k]
+
+    return f
+
+
+B = "files[1] (b_2.1080p-x.mkv)"
+MEDIA_ERROR_CASES = [
+    ("title invalid", set_file("title", "../x"), f"{A}.title: '../x' is not a valid title"),
+    ("title empty", set_file("title", ""), f"{A}.title:"),
+    ("title not a string", set_file("title", 5), f"{A}.title:"),
+    ("title with space", set_file("title", "a b"), f"{A}.title:"),
+    ("kind unknown", set_file("kind", "text"), f"{A}.kind: must be one of video, audio"),
+    ("kind missing with others", drop_key("kind"), f"{A}.kind: must be one of"),
+    ("kind alone is not enough", _only("kind"), f"{A}.codecs: required with the other media fields"),
+    ("codecs alone", _only("codecs"), f"{A}.kind: must be one of"),
+    ("segments alone", _only("segments"), f"{A}.kind: must be one of"),
+    *[(f"missing {k}", drop(k), f"files[0].{k}: required field is missing") for k in ("id", "size", "xxh128", "mtime", "popularity", "sources")],
+    ("file not an object", set_top("files", [["a.mp4"]]), "files[0]: must be an object"),
+    ("unknown file field", set_file("colour", "red"), "files[0].colour: unknown field"),
+    ("typo of a field", lambda d: d["files"][1].update(popularty=1), "files[1].popularty: unknown field"),
+    # ids
+    ("invalid id", set_file("id", "../etc/passwd"), "files[0].id: '../etc/passwd' is not a valid content id"),
+    ("id with slash", set_file("id", "a/b"), "files[0].id:"),
+    ("empty id", set_file("id", ""), "files[0].id:"),
+    ("id not a string", set_file("id", 7), "files[0].id: '7' is not a valid content id"),
+    ("duplicate id", _dup_file, "files[1].id: 'a.mp4' is listed twice"),
+    # sizes and numbers
+    ("negative size", set_file("size", -1), f"{A}.size: must be an integer from 0 to"),
+    ("huge size", set_file("size", 10**40), f"{A}.size: must be an integer from 0 to"),
+    ("non-ASCII id", set_file("id", "tïtle.mp4"), "files[0].id: 'tïtle.mp4' is not a valid content id"),
+    ("id too long", set_file("id", "a" * 5000), "files[0].id:"),
+    ("size as string", set_file("size", "10"), f"{A}.size:"),
+    ("size float", set_file("size", 10.0), f"{A}.size:"),
+    ("size bool", set_file("size", True), f"{A}.size:"),
+    ("size null", set_file("size", None), f"{A}.size:"),
+    ("checksum upper case", set_file("xxh128", SUM.upper()), f"{A}.xxh128: must be 32 lowercase hex digits"),
+    ("checksum short", set_file("xxh128", SUM[:-1]), f"{A}.xxh128:"),
+    ("checksum long", set_file("xxh128", SUM + "0"), f"{A}.xxh128:"),
+    ("checksum not hex", set_file("xxh128", "g" * 32), f"{A}.xxh128:"),
+    ("checksum int", set_file("xxh128", 12), f"{A}.xxh128:"),
+    ("negative mtime", set_file("mtime", -1), f"{A}.mtime: must be a non-negative integer"),
+    ("huge mtime", set_file("mtime", 10**30), f"{A}.mtime:"),
+    ("mtime float", set_file("mtime", 1.5), f"{A}.mtime:"),
+    ("mtime bool", set_file("mtime", False), f"{A}.mtime:"),
+    ("negative popularity", set_file("popularity", -0.1), f"{A}.popularity: must be a finite number >= 0"),
+    ("popularity string", set_file("popularity", "1"), f"{A}.popularity:"),
+    ("popularity bool", set_file("popularity", True), f"{A}.popularity:"),
+    ("popularity null", set_file("popularity", None), f"{A}.popularity:"),
+    ("popularity NaN", set_file("popularity", float("nan")), f"{A}.popularity:"),
+    ("popularity inf", set_file("popularity", float("inf")), f"{A}.popularity:"),
+    ("popularity -inf", set_file("popularity", float("-inf")), f"{A}.popularity:"),
+    # sources
+    ("no sources", set_file("sources", []), f"{A}.sources: must be a non-empty list of URLs"),
+    ("sources a string", set_file("sources", "https://origin.example/a.mp4"), f"{A}.sources: must be a non-empty list"),
+    ("ftp source", set_file("sources", ["ftp://origin.example/a.mp4"]), f"{A}.sources[0]: 'ftp://origin.example/a.mp4' is not an http(s) URL"),
+    ("file source", set_file("sources", ["file:///etc/passwd"]), f"{A}.sources[0]:"),
+    ("no host", set_file("sources", ["http:///a.mp4"]), f"{A}.sources[0]:"),
+    ("relative source", set_file("sources", ["/a.mp4"]), f"{A}.sources[0]:"),
+    ("second source bad", set_file("sources", ["http://o/a", "gopher://o/a"]), f"{A}.sources[1]:"),
+    ("source not a string", set_file("sources", [5]), f"{A}.sources[0]: must be a URL string"),
+    ("error in second file", set_file("size", -5, i=1), "files[1] (b_2.1080p-x.mkv).size:"),
+    # sites
+    ("sites a list", set_top("sites", []), "sites: must be an object"),
+    ("bad site name", lambda d: d["sites"].update({"bad site": [{"id": "x", "url": "http://x"}]}), "sites.bad site: 'bad site' is not a valid site name"),
+    ("empty site", lambda d: d["sites"].update({"site-c": []}), "sites.site-c: must be a non-empty list"),
+    ("site an object", lambda d: d["sites"].update({"site-c": {"id": "x"}}), "sites.site-c: must be a non-empty list"),
+    ("member not an object", lambda d: d["sites"].update({"site-c": ["oca-1"]}), "sites.site-c[0]: must be an object"),
+    ("unknown member field", set_member("port", 80), "sites.site-a[0].port: unknown field"),
+    ("member id missing", _drop_member_id, "sites.site-a[0].id: must be a valid appliance id"),
+    ("member id invalid", set_member("id", "oca 1"), "sites.site-a[0].id:"),
+    ("member id not a string", set_member("id", 1), "sites.site-a[0].id:"),
+    ("duplicate appliance id", _dup_appliance, "sites.site-a[2].id: 'oca-1' is listed twice in the site"),
+    ("member url missing", _drop_member_url, "sites.site-a[1].url: must be a URL string"),
+    ("member url scheme", set_member("url", "tcp://10.0.0.1"), "sites.site-a[0].url: 'tcp://10.0.0.1' is not an http(s) URL"),
+    ("weight zero", set_member("weight", 0), "sites.site-a[0].weight: must be a number greater than 0"),
+    ("weight negative", set_member("weight", -1.0), "sites.site-a[0].weight:"),
+    ("weight string", set_member("weight", "2"), "sites.site-a[0].weight:"),
+    ("weight bool", set_member("weight", True), "sites.site-a[0].weight:"),
+    ("weight null", set_member("weight", None), "sites.site-a[0].weight:"),
+    ("weight NaN", set_member("weight", float("nan")), "sites.site-a[0].weight:"),
+    # An infinite weight would take every file.
+    ("weight inf", set_member("weight", float("inf"), j=1), "sites.site-a[1].weight:"),
+    # signature shape
+    ("signature a string", set_top("signature", "abc"), "signature: must be"),
+    ("signature missing hmac", set_top("signature", {"key_id": "k1"}), "signature: must be"),
+    ("signature extra key", set_top("signature", {"key_id": "k1", "hmac": "x", "alg": "none"}), "signature: must be"),
+    ("signature hmac not a string", set_top("signature", {"key_id": "k1", "hmac": 5}), "signature: must be"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
+def test_errors_name_the_entry_and_field(mutate, message):
+    doc = valid_doc()
+    mutate(doc)
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(dumps(doc))
+    assert message in str(info.value)
+    assert isinstance(info.value, OcaError)
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ("{", "manifest is not valid JSON"),
+        (b"\xff\xfe\x00", "manifest is not valid JSON"),
+        ("", "manifest is not valid JSON"),
+        ("[]", "manifest: must be a JSON object"),
+        ('"oca-manifest"', "manifest: must be a JSON object"),
+        ('{"format": "oca-manifest", "version": 1, "files": [{"id": "a", "size": 1, "xxh128": "' + SUM
+         + '", "mtime": 1, "popularity": NaN, "sources": ["http://o/a"]}]}', "files[0] (a).popularity:"),
+        ('{"format": "oca-manifest", "version": 1, "files": [{"id": "a", "size": 1, "xxh128": "' + SUM
+         + '", "mtime": 1, "popularity": Infinity, "sources": ["http://o/a"]}]}', "files[0] (a).popularity:"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"format": "oca-manifest", "version": 1, "files": [], "sites": {"s": [{"id": "x", "url": "http://x", "weight": NaN}]}}',
+         "sites.s[0].weight:"),
+    ],
+    ids=["truncated", "not utf-8", "empty", "a list", "a string", "NaN literal", "Infinity literal", "deep nesting", "NaN weight"],
+)
+def test_raw_text_errors(raw, message):
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(raw)
+    assert message in str(info.value)
+
+
+# --- media fields (title, kind .. segments) ------------------------------------------
+
+
+def media_doc() -> dict:
+    """valid_doc with a video file (a.mp4), an audio file (b...) and a title on each."""
+    doc = valid_doc()
+    doc["files"][0].update(
+        title="a",
+        kind="video",
+        codecs="avc1.64001f",
+        bandwidth=2_400_000,
+        width=1280,
+        height=720,
+        duration_s=4.0,
+        init_range=[0, 999],
+        index_range=[1000, 1099],
+        segments=[[1100, 50_000, 2.0], [50_001, 123456788, 2]],
+    )
+    doc["files"][1].update(
+        size=10_000,
+        title="a",
+        kind="audio",
+        codecs="mp4a.40.2",
+        bandwidth=128_000,
+        duration_s=2.5,
+        init_range=[0, 499],
+        index_range=[600, 699],
+        segments=[[800, 9999, 2.5]],
+    )
+    return doc
+
+
+def test_media_fields_parse_into_frozen_values():
+    m = parse_manifest(dumps(media_doc()))
+    video, audio = m.files
+    assert video.title == "a" and audio.title == "a"
+    assert video.media == MediaInfo(
+        "video", "avc1.64001f", 2_400_000, 1280, 720, 4.0, (0, 999), (1000, 1099),
+        (Segment(1100, 50_000, 2.0), Segment(50_001, 123456788, 2.0)),
+    )
+    assert isinstance(video.media.segments[1].duration_s, float)
+    assert audio.media.kind == "audio" and audio.media.width is None and audio.media.height is None
+    assert audio.media.segments == (Segment(800, 9999, 2.5),)
+    # What media_fields writes is what parse_manifest reads.
+    doc = valid_doc()
+    doc["files"][0].update(media_fields(video.media))
+    assert parse_manifest(dumps(doc)).files[0].media == video.media
+    with pytest.raises(AttributeError):
+        video.media.kind = "audio"  # frozen
+
+
+def test_without_media_fields_title_and_media_are_none():
+    m = parse_manifest(dumps(valid_doc()))
+    assert all(f.title is None and f.media is None for f in m.files)
+    doc = valid_doc()
+    doc["files"][0]["title"] = "alone"  # a title needs no media fields
+    f = parse_manifest(dumps(doc)).files[0]
+    assert (f.title, f.media) == ("alone", None)
+
+
+def test_media_fields_are_covered_by_the_signature():
+    signed = sign(media_doc(), "k1", KEYS["k1"])
+    assert parse_manifest(dumps(signed), keys=KEYS, require_signature=True).files[0].media is not None
+    signed["files"][0]["segments"][0][2] = 2.5
+    with pytest.raises(ManifestError, match="signature.hmac"):
+        parse_manifest(dumps(signed), keys=KEYS, require_signature=True)
+
+
+def set_seg(k, value, i=0):
+    def f(d):
+        d["files"][i]["segments"][k] = value
+
+    return f
+
+
+def drop_key(key, i=0):
+    def f(d):
+        del d["files"][i][key]
+
+    return f
+
+
+def _only(key):
+    """Keep one media field of the video file and drop the others."""
+
+    def f(d):
+        for k in ("kind", "codecs", "bandwidth", "width", "height", "duration_s", "init_range", "index_range", "segments"):
+            if k != key:
+                del d["files"][0][k]
+
+    return f
+
+
+B = "files[1] (b_2.1080p-x.mkv)"
+MEDIA_ERROR_CASES = [
+    ("title invalid", set_file("title", "../x"), f"{A}.title: '../x' is not a valid title"),
+    ("title empty", set_file("title", ""), f"{A}.title:"),
+    ("title not a string", set_file("title", 5), f"{A}.title:"),
+    ("title with space", set_file("title", "a b"), f"{A}.title:"),
+    ("kind unknown", set_file("kind", "text"), f"{A}.kind: must be one of video, audio"),
+    ("kind missing with others", drop_key("kind"), f"{A}.kind: must be one of"),
+    ("kind alone is not enough", lambda d: d["files"][0].update(
+        {k: d["files"][0].pop(k) for k in ()} ) or [d["files"][0].pop(k) for k in
+        ("codecs", "bandwidth", "width", "height", "duration_s", "init_range", "index_range", "segments")],
+        f"{A}.codecs: required with the other media fields"),
+    ("codecs alone", lambda d: d["files"][1].update(codecs="x") if False else d["files"].__setitem__(1, {
+        k: v for k, v in valid_doc()["files"][1].items()} | {"codecs": "mp4a.40.2"}),
+        f"{B}.kind: must be one of"),
+    *[(f"missing {k}", drop_key(k), f"{A}.{k}: required with the other media fields")
+      for k in ("codecs", "bandwidth", "duration_s", "init_range", "index_range", "segments")],
+    ("video without width", drop_key("width"), f"{A}.width: required for video"),
+    ("video without height", drop_key("height"), f"{A}.height: required for video"),
+    ("audio with width", set_file("width", 10, i=1), f"{B}.width: only video has a width"),
+    ("audio with height", set_file("height", 10, i=1), f"{B}.height: only video has a height"),
+    ("width zero", set_file("width", 0), f"{A}.width: must be an integer of pixels"),
+    ("width huge", set_file("width", 70000), f"{A}.width:"),
+    ("width float", set_file("width", 1280.0), f"{A}.width:"),
+    ("height bool", set_file("height", True), f"{A}.height:"),
+    ("codecs empty", set_file("codecs", ""), f"{A}.codecs: must be an RFC 6381"),
+    ("codecs with quote", set_file("codecs", 'avc1"><x'), f"{A}.codecs:"),
+    ("codecs with newline", set_file("codecs", "avc1.64001f\n#EXT"), f"{A}.codecs:"),
+    ("codecs too long", set_file("codecs", "a" * 200), f"{A}.codecs:"),
+    ("codecs not a string", set_file("codecs", ["avc1"]), f"{A}.codecs:"),
+    ("bandwidth zero", set_file("bandwidth", 0), f"{A}.bandwidth: must be an integer of bits/s"),
+    ("bandwidth float", set_file("bandwidth", 1.5e6), f"{A}.bandwidth:"),
+    ("bandwidth huge", set_file("bandwidth", 10**20), f"{A}.bandwidth:"),
+    ("bandwidth string", set_file("bandwidth", "1000"), f"{A}.bandwidth:"),
+    ("duration zero", set_file("duration_s", 0), f"{A}.duration_s: must be a number of seconds > 0"),
+    ("duration negative", set_file("duration_s", -4.0), f"{A}.duration_s:"),
+    ("duration NaN", set_file("duration_s", float("nan")), f"{A}.duration_s:"),
+    ("duration inf", set_file("duration_s", float("inf")), f"{A}.duration_s:"),
+    ("duration string", set_file("duration_s", "4"), f"{A}.duration_s:"),
+    ("init range reversed", set_file("init_range", [999, 0]), f"{A}.init_range: [999, 0] is not a byte range inside"),
+    ("init range negative", set_file("init_range", [-1, 10]), f"{A}.init_range:"),
+    ("init range past the end", set_file("init_range", [0, 10_000], i=1), f"{B}.init_range: [0, 10000] is not a byte range inside the file's 10000 bytes"),
+    ("init range three items", set_file("init_range", [0, 1, 2]), f"{A}.init_range: must be [first, last]"),
+    ("init range floats", set_file("init_range", [0.0, 999.0]), f"{A}.init_range: must be [first, last]"),
+    ("init range a string", set_file("init_range", "0-999"), f"{A}.init_range: must be [first, last]"),
+    ("index range bools", set_file("index_range", [True, True]), f"{A}.index_range: must be [first, last]"),
+    ("index overlaps init", set_file("index_range", [999, 1099]), f"{A}.index_range: overlaps init_range"),
+    ("index inside init", set_file("index_range", [10, 20]), f"{A}.index_range: overlaps init_range"),
+    ("segments empty", set_file("segments", []), f"{A}.segments: must be a non-empty list"),
+    ("segments an object", set_file("segments", {"0": [1100, 2000, 2.0]}), f"{A}.segments: must be a non-empty list"),
+    ("too many segments", set_file("segments", [0] * ((1 << 20) + 1)), f"{A}.segments: 1048577 fragments; the limit is"),
+    ("segment not a list", set_seg(1, {"first": 50_001}), f"{A}.segments[1]: must be [first, last, duration_s]"),
+    ("segment two items", set_seg(1, [50_001, 60_000]), f"{A}.segments[1]: must be [first, last, duration_s]"),
+    ("segment past the end", set_seg(1, [50_001, 123456789, 2.0]), f"{A}.segments[1]: [50001, 123456789] is not a byte range"),
+    ("segment reversed", set_seg(1, [50_001, 50_000, 2.0]), f"{A}.segments[1]: [50001, 50000]"),
+    ("segment gap", set_seg(1, [50_002, 60_000, 2.0]), f"{A}.segments[1]: starts at byte 50002; fragments are contiguous, so it must start at 50001"),
+    ("segment overlap", set_seg(1, [50_000, 60_000, 2.0]), f"{A}.segments[1]: starts at byte 50000"),
+    ("first segment inside the index", set_seg(0, [1050, 50_000, 2.0]), f"{A}.segments[0]: starts at byte 1050, inside the init segment or the index"),
+    ("first segment inside init", set_seg(0, [0, 50_000, 2.0]), f"{A}.segments[0]: starts at byte 0"),
+    ("segment duration zero", set_seg(0, [1100, 50_000, 0]), f"{A}.segments[0][2] (duration_s): must be a number of seconds > 0"),
+    ("segment duration NaN", set_seg(1, [50_001, 123456788, float("nan")]), f"{A}.segments[1][2] (duration_s):"),
+    ("segment duration string", set_seg(0, [1100, 50_000, "2"]), f"{A}.segments[0][2] (duration_s):"),
+    ("segment offsets floats", set_seg(0, [1100.0, 50_000, 2.0]), f"{A}.segments[0]: must be [first, last]"),
+    ("segments on an empty file", lambda d: d["files"][1].update(size=0), f"{B}.init_range: [0, 499] is not a byte range inside the file's 0 bytes"),
+    ("unknown media-ish field", set_file("framerate", 25), "files[0].framerate: unknown field"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", [c[1:] for c in MEDIA_ERROR_CASES], ids=[c[0] for c in MEDIA_ERROR_CASES])
+def test_media_errors_name_the_entry_and_field(mutate, message):
+    doc = media_doc()
+    parse_manifest(dumps(doc))  # valid before the change
+    mutate(doc)
+    with pytest.raises(ManifestError) as info:
+        parse_manifest(dumps(doc))
     assert message in str(info.value)
 
 
@@ -608,3 +997,13 @@ def test_check_fresh(generated, newest, words):
 
 def test_manifest_errors_share_the_fill_root():
     assert issubclass(ManifestError, FillError) and issubclass(FillError, OcaError)
+
+
+def test_forecast_is_optional_and_title_by_default():
+    from fill.agent import uncertain_forecasts
+
+    doc = valid_doc()
+    doc["files"][0]["forecast"] = "class"
+    m = parse_manifest(dumps(doc))
+    assert [f.forecast for f in m.files][:2] == ["class", "title"]
+    assert uncertain_forecasts(m) == {doc["files"][0]["id"]}

@@ -126,3 +126,45 @@ def test_night_budget_holds_back_for_unforecast_new_files(new, max_reserve, budg
 def test_night_budget_refuses_a_bad_share():
     with pytest.raises(ValueError):
         night_budget(100, [], 1.5)
+
+
+
+# ---------------------------------------------------------------- observed plays and the share of a day
+
+from fill.plan import DAY_S, MIN_OBSERVED_SHARE, observed_plays, observed_share  # noqa: E402
+from oca.store.demand import Demand, DemandSnapshot, Mark  # noqa: E402
+
+
+def snap(mark_s: float, created_s: float, **records: tuple[int, int, int, int]) -> DemandSnapshot:
+    return DemandSnapshot(Mark(1, mark_s), created_s, {cid: Demand(r, b, rs, bs, 0.0, 0.0, 1) for cid, (r, b, rs, bs) in records.items()})
+
+
+def test_observed_plays_are_bytes_over_size_when_held_and_requests_when_not():
+    s = snap(0.0, 0.0, held=(90, 9000, 30, 25), missing=(5, 0, 3, 0), idle=(7, 70, 0, 0))
+    h = {"held": Held("held", 10, "0" * 32), "idle": Held("idle", 10, "0" * 32)}
+    # 30 range requests that moved 25 bytes of a 10-byte file: 2.5 plays, not 30.
+    assert observed_plays(s, h) == {"held": 2.5, "missing": 3.0}
+
+
+@pytest.mark.parametrize("case,mark_s,created_s,records,now,share", [
+    ("under a day of counting: elapsed time", 1000.0, 0.0, {"x": (10, 0, 5, 0)}, 1000.0 + DAY_S / 4, 0.25),
+    ("no mark yet: since counting began", 0.0, 500.0, {"x": (10, 0, 10, 0)}, 500.0 + DAY_S / 2, 0.5),
+    ("two days counted: the mark's requests over the daily mean", 2 * DAY_S, 0.0, {"x": (400, 0, 50, 0)}, 2 * DAY_S + 3600, 50 / (400 / (2 + 1 / 24))),
+    ("never below the floor", 1000.0, 0.0, {"x": (1, 0, 1, 0)}, 1001.0, MIN_OBSERVED_SHARE),
+    ("never above a day", 0.0, 0.0, {"x": (10, 0, 10, 0)}, 3 * DAY_S, 1.0),
+])
+def test_observed_share(case, mark_s, created_s, records, now, share):
+    assert observed_share(snap(mark_s, created_s, **records), now) == pytest.approx(share)
+
+
+
+def test_a_forecast_marked_uncertain_reserves_like_none_and_passes_weigh_only_requests():
+    new = [mf("u1", 60, pop=600.0), mf("u2", 40, pop=400.0)]
+    assert night_budget(1000, new, 0.5) == 1000  # forecast: nothing held back
+    assert night_budget(1000, new, 0.5, uncertain={"u1"}) == 1000 - 300  # 60% of the new bytes count as unforecast
+    m = Manifest(1, (mf("u1", 10, pop=100.0), mf("u2", 10, pop=50.0)), {})
+    planned = list(m.files)
+    # Both planned, budget for one: the forecast picks u1; marked uncertain, the requests pick u2.
+    assert [f.content_id for f in plan_pass(m, "oca-0", "s", {}, set(), {"u2": 2}, 0.5, 100, 10, PassPolicy(), planned).adds] == ["u1"]
+    got = plan_pass(m, "oca-0", "s", {}, set(), {"u2": 2}, 0.5, 100, 10, PassPolicy(), planned, uncertain={"u1", "u2"})
+    assert [f.content_id for f in got.adds] == ["u2"]

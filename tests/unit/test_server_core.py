@@ -243,3 +243,18 @@ def test_single_range_fast_path_agrees_with_decide_on_random_inputs():
         d = ranges.decide("GET", value, None, None, None, None, None, ranges.Representation(size, '"x"', 0), max_ranges)
         assert (d.status, d.ranges) == (fast[0], ((fast[1], fast[2]),)), (value, size, max_ranges)
     assert checked > 3_000  # the generator reaches the fast path often enough to mean something
+
+
+@pytest.mark.parametrize("query,want", [
+    ("", None), ("top=3", 3), ("top=0", "top"), ("top=-1", "top"), ("top=%C2%B2", "top"), ("top=" + "9" * 20, "top"),
+    ("top=1&top=2", "top"), ("top=", "top"), ("top= 1", "top"),
+])
+def test_popularity_query(query, want):
+    from oca.server.control import parse_popularity_query
+
+    if isinstance(want, str):
+        with pytest.raises(QueryError) as exc:
+            parse_popularity_query(query)
+        assert str(exc.value).startswith(want + ":")
+    else:
+        assert parse_popularity_query(query) == want

@@ -194,3 +194,77 @@ def test_make_token_rejects_bad_expiry(expiry):
 def test_verdict_is_frozen():
     with pytest.raises(AttributeError):
         Verdict(True, 200, "ok").ok = False  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- the verified-token cache
+
+from oca.signing import VerifiedTokens  # noqa: E402
+
+
+def _fresh(content_id: str, query: str, keys, now_s: float, skew: float) -> Verdict:
+    from urllib.parse import parse_qsl
+
+    p = dict(parse_qsl(query, keep_blank_values=True))
+    return verify(content_id, p.get("e"), p.get("k"), p.get("t"), keys, now_s, skew)
+
+
+def test_cache_answers_what_verify_answers_on_a_table_of_queries():
+    good = sign_query(CID, EXPIRY, "k1", SECRET)
+    token = make_token(CID, EXPIRY, SECRET)
+    queries = [
+        good, good + "&x=1", f"t={token}&k=k1&e={EXPIRY}", f"e={EXPIRY}&k=k1&t={token}&t=forged",
+        f"e={EXPIRY}&k=k2&t={token}", f"e=0{EXPIRY}&k=k1&t={token}", f"e={EXPIRY}&k=k1&t={token[:-1]}A",
+        f"e={EXPIRY}&k=nope&t={token}", f"e={EXPIRY}&k=k1", "", "t=", f"e={EXPIRY}&k=k1&t={token}%3D", "e=&k=&t=",
+        f"e={EXPIRY + 1}&k=k1&t={token}", f"e={EXPIRY}&k=k1&t={token}&e={EXPIRY}",
+    ]
+    cache = VerifiedTokens()
+    for now in (EXPIRY - 100, EXPIRY + SKEW, EXPIRY + SKEW + 1, EXPIRY - 100):
+        for q in queries:
+            for cid in (CID, CID + "x"):
+                want = _fresh(cid, q, KEYS, now, SKEW)
+                # twice: the first may fill the cache, the second may hit it
+                assert cache.verify_query(cid, q, KEYS, now, SKEW) == want, (cid, q, now)
+                assert cache.verify_query(cid, q, KEYS, now, SKEW) == want, (cid, q, now)
+
+
+def test_cache_honours_expiry_to_the_second():
+    query = sign_query(CID, EXPIRY, "k1", SECRET)
+    cache = VerifiedTokens()
+    assert cache.verify_query(CID, query, KEYS, EXPIRY - 1000, 0).ok
+    assert len(cache) == 1
+    assert cache.verify_query(CID, query, KEYS, EXPIRY, 0).ok
+    late = cache.verify_query(CID, query, KEYS, EXPIRY + 1, 0)
+    assert (late.ok, late.status) == (False, 410)
+    assert cache.verify_query(CID, query, KEYS, EXPIRY + 0.5, 0).status == 410  # now_s > e, to the fraction
+    assert cache.verify_query(CID, query, KEYS, EXPIRY + 30, 30).ok  # the skew, as verify applies it
+
+
+def test_cache_keeps_only_genuine_tokens_and_stays_bounded():
+    cache = VerifiedTokens(max_entries=3)
+    for i in range(50):
+        forged = f"e={EXPIRY}&k=k1&t={'A' * 43}"
+        assert cache.verify_query(f"id-{i}", forged, KEYS, 0, 0).status == 403
+    assert len(cache) == 0
+    for i in range(5):
+        cid = f"id-{i}"
+        assert cache.verify_query(cid, sign_query(cid, EXPIRY, "k1", SECRET), KEYS, 0, 0).ok
+    assert len(cache) == 3
+    # The oldest went first; the newest are still held (and still answer ok).
+    assert ("id-0", sign_query("id-0", EXPIRY, "k1", SECRET)) not in cache._entries
+    assert ("id-4", sign_query("id-4", EXPIRY, "k1", SECRET)) in cache._entries
+
+
+def test_cache_forgets_tokens_of_a_key_that_a_reload_removes_or_changes():
+    cache = VerifiedTokens()
+    q1 = sign_query(CID, EXPIRY, "k1", SECRET)
+    q2 = sign_query(CID, EXPIRY, "k2", OTHER_SECRET)
+    assert cache.verify_query(CID, q1, KEYS, 0, 0).ok and cache.verify_query(CID, q2, KEYS, 0, 0).ok
+    reloaded = {"k2": OTHER_SECRET}
+    cache.keys_changed(reloaded)
+    assert len(cache) == 1
+    assert cache.verify_query(CID, q1, reloaded, 0, 0).status == 403
+    assert cache.verify_query(CID, q2, reloaded, 0, 0).ok
+    # A key id kept with a new secret: its old tokens are refused even without keys_changed.
+    rotated = {"k2": b"k2-new-secret-0123456789"}
+    assert cache.verify_query(CID, q2, rotated, 0, 0).status == 403
+    assert len(cache) == 0

@@ -102,7 +102,7 @@ REFUSED = [
     ("appliances[0].weight", 0, "appliances[0].weight: must be greater than 0"),
     ("appliances[0].weight", True, "appliances[0].weight: must be a number, not true"),
     ("appliances[1].id", "oca-1", "appliances[1].id: 'oca-1' is already appliances[0]"),
-    ("server.listen", [], "server.listen: must list at least one"),
+    ("server.listen", [], "server.listen: must list at least one 'host:port' (or set [tls] listen"),
     ("server.listen", ["nohost"], "server.listen: 'nohost' must be 'host:port'"),
     ("server.decision_log_sample", 1.5, "server.decision_log_sample: must be a fraction from 0 to 1"),
     ("max_urls", 0, "max_urls: must be from 1 to 64"),
@@ -299,6 +299,11 @@ def test_tls_table_defaults_and_ca_file():
     assert (cfg.tls.min_version, cfg.tls.ciphers, cfg.tls.expiry_warn_days) == ("TLSv1.2", "", 14)
     assert cfg.health.ca_file == "/etc/oca/ca.pem"
     assert parse_steering(base()).tls is None and parse_steering(base()).health.ca_file is None
+
+
+def test_https_only_steering_has_an_empty_plain_listen():
+    cfg = parse_steering(apply(apply(base(), "tls", TLS), "server.listen", []))
+    assert cfg.server.listen == () and cfg.tls is not None and cfg.tls.listen == ("127.0.0.1:8443",)
 
 
 @pytest.mark.parametrize("dotted, value, message", [

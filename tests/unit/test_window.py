@@ -12,7 +12,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fill.localzone import zone
-from fill.window import Window, current_or_next, in_window, parse_window, seconds_left, seconds_until_open
+from fill.window import (
+    Window, current_or_next, in_window, minute_in_window, parse_time, parse_window, pass_instants, seconds_left,
+    seconds_until_open,
+)
 
 UTC = ZoneInfo("UTC")
 AMS = ZoneInfo("Europe/Amsterdam")
@@ -324,3 +327,46 @@ def test_sweep_across_dst_weeks(tz, first_day, text):
 def test_zone_by_name():
     assert zone("Europe/Amsterdam") == AMS
     assert zone("America/New_York") == NYC
+
+
+# ---------------------------------------------------------------- intra-day passes
+
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize("text,minute", [("00:00", 0), ("09:30", 570), ("23:59", 1439), ("25:00", None), ("9:30", None), ("09:60", None), (" ", None)])
+def test_parse_time(text, minute):
+    if minute is None:
+        with pytest.raises(ValueError):
+            parse_time(text)
+    else:
+        assert parse_time(text) == minute
+
+
+@pytest.mark.parametrize("window,minute,inside", [
+    ("02:00-14:00", 180, True), ("02:00-14:00", 120, False), ("02:00-14:00", 840, False), ("02:00-14:00", 60, False),
+    ("22:00-06:00", 1380, True), ("22:00-06:00", 180, True), ("22:00-06:00", 600, False), ("00:00-00:00", 5, True),
+])
+def test_minute_in_window(window, minute, inside):
+    assert minute_in_window(parse_window(window), minute) is inside
+
+
+def _utc(day: int, hour: int, minute: int = 0) -> float:
+    return dt.datetime(2026, 3, day, hour, minute, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("window,passes,now,want", [
+    # Inside the window: this window's passes, the past ones included (the caller skips them).
+    ("02:00-14:00", [180, 540, 360], _utc(10, 4), [_utc(10, 3), _utc(10, 6), _utc(10, 9)]),
+    # Before the window: the next window's.
+    ("02:00-14:00", [180], _utc(10, 1), [_utc(10, 3)]),
+    # After it: tomorrow's.
+    ("02:00-14:00", [180], _utc(10, 15), [_utc(11, 3)]),
+    # Across midnight: a pass after midnight is on the next day.
+    ("22:00-06:00", [1380, 120], _utc(10, 23), [_utc(10, 23), _utc(11, 2)]),
+    ("22:00-06:00", [1380, 120], _utc(11, 1), [_utc(10, 23), _utc(11, 2)]),
+    (None, [600], _utc(10, 4), [_utc(10, 10)]),
+])
+def test_pass_instants(window, passes, now, want):
+    w = parse_window(window) if window else None
+    assert pass_instants(w, passes, now, UTC) == want
