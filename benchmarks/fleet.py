@@ -739,9 +739,12 @@ def run_one(args) -> dict:
         wait_port("127.0.0.1", sport, 300)
         client = Client(sport)
 
+        # Every appliance up, and its routes in the prefix table (a worker's table is built after it learns the routes).
+        distinct = len({p for site in fleet.v4 for p in site}) + len({p for site in fleet.v6 for p in site})
+
         def all_up():
             doc = client.json("/health")
-            return doc["serving"] == fleet.n and doc["rounds"] >= 1 and doc
+            return doc["serving"] == fleet.n and doc["rounds"] >= 1 and doc["prefixes"] >= distinct and doc
         wait_for("every appliance up", all_up, args.start_timeout, 0.5)
         start_s = time.monotonic() - started
         time.sleep(1.0)
