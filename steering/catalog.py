@@ -16,7 +16,7 @@ Nothing here performs I/O. Rules kept here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Container, Iterable, Mapping
 
 from fill.manifest import Manifest, ManifestFile
 
@@ -65,5 +65,6 @@ def titles_of(manifest: Manifest) -> dict[str, Title]:
 
 def titles_held(titles: Mapping[str, Title], holdings: Iterable[str]) -> frozenset[str]:
     """The titles whose every file is in `holdings` (an appliance's inventory)."""
-    held = holdings if isinstance(holdings, (set, frozenset)) else frozenset(holdings)
+    # A set, or steering's bitmap holdings (`steering.holdings.Holdings`): anything that answers `in` is asked as it is.
+    held = holdings if isinstance(holdings, Container) else frozenset(holdings)
     return frozenset(name for name, t in titles.items() if all(f.content_id in held for f in t.files))

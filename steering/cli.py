@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default=DEFAULT_STEERING_CONFIG, help=f"steering config file (default {DEFAULT_STEERING_CONFIG})")
     p.add_argument("--check-config", action="store_true", help="validate the config (and coverage file) and exit")
     p.add_argument("--version", action="version", version=f"oca {__version__}")
+    p.add_argument("--role", choices=("all", "worker"), default="all", help=argparse.SUPPRESS)  # workers are started by the poller
     args = p.parse_args(argv)
     try:
         if args.check_config:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from steering.service import serve
 
-        sys.exit(uvloop.run(serve(args.config)))
+        sys.exit(uvloop.run(serve(args.config, args.role)))
     except OcaError as exc:
         print(f"oca-steering: error: {exc}", file=sys.stderr)
         sys.exit(1)

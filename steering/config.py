@@ -54,6 +54,9 @@ class SteeringServerConfig:
         doc="Plain-HTTP addresses to serve on, 'host:port' or '[v6]:port'; may be empty when [tls] listen is set.",
         check=lambda v: check_listen(v) if v else v,
     )
+    workers: int = setting(
+        1, doc="Processes answering clients on the same addresses (SO_REUSEPORT). Above 1, one more process polls and writes "
+               "[health] snapshot_file, which the workers follow; it must be set.", check=lambda v: in_range(v, 1, 64))
     decision_log: str = setting("", doc="Where each decision is logged as one JSON line: '' off, '-' stdout, or a file.")
     decision_log_sample: float = setting(1.0, doc="Share of decisions logged (0..1).", check=check_fraction)
     control_allow: tuple[str, ...] = setting(
@@ -87,6 +90,13 @@ class HealthConfig:
     fail_after: int = setting(3, doc="Failed polls in a row before an appliance is down.", check=lambda v: in_range(v, 1, 1000))
     recover_after: int = setting(2, doc="Good polls in a row before it is up again.", check=lambda v: in_range(v, 1, 1000))
     overload_percent: float = setting(85.0, doc="NIC use (percent) at which an appliance is overloaded.", check=lambda v: in_range(v, 1, 100))
+    max_concurrent_polls: int = setting(
+        256, doc="Appliances polled at once; the others wait their turn, and an appliance's timeout_s starts when its poll does.",
+        check=lambda v: in_range(v, 1, 100_000))
+    snapshot_file: str | None = setting(
+        None, doc="Where what steering knows is written after polling rounds, and read at start (answers at once, marked stale "
+                  "until the first full round). Unset: no snapshot, a cold start.", check=check_abs_path)
+    snapshot_interval_s: float = setting(60.0, doc="Seconds between snapshot writes, at least.", check=lambda v: in_range(v, 0.1, 86400))
     max_prefixes_per_appliance: int = setting(
         100_000, doc="Prefixes one appliance may claim on /routes; over it, its routes are refused whole.", check=lambda v: in_range(v, 1, 10_000_000))
     max_response_mb: float = setting(
@@ -173,6 +183,8 @@ def parse_steering(data: dict, *, base_dir: str = "/") -> SteeringConfig:
     for i, site in enumerate(cfg.fallback_sites):
         if site not in sites:
             raise ConfigError(f"fallback_sites[{i}]: {site!r} is not the site of any appliance")
+    if cfg.server.workers > 1 and not cfg.health.snapshot_file:
+        raise ConfigError("server.workers: above 1 needs [health] snapshot_file, through which the poller shares what it knows")
     if cfg.signing.key_id is not None and cfg.signing.key_id not in cfg.signing.keys:
         raise ConfigError(f"signing.key_id: {cfg.signing.key_id!r} is not one of signing.keys")
     if not cfg.server.listen and cfg.tls is None:

@@ -20,6 +20,11 @@ Nothing here performs I/O or reads the clock. Rules kept here:
   prefixes inside the appliance's `allowed_prefixes` (when it has a list)
   and counts the rest: a route is admitted when some allowed prefix
   contains it.
+- `/inventory` comes in two forms (`oca.inventory_wire`), told apart by
+  Content-Type: JSON, and the packed form (zlib of a JSON head line and one
+  id per line), whose inflated size is bounded by `[health]
+  max_response_mb` before it is inflated further, whose lines are checked
+  whole by one regular expression, and whose `count` must agree.
 - Reasons an appliance gives are display text: cut to `MAX_REASON_CHARS`,
   control characters replaced; they never decide anything.
 """
@@ -28,10 +33,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import zlib
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from oca.ids import is_valid_id
+from oca.inventory_wire import PACKED_TYPE
 from steering.lpm import format_prefix, parse_prefix
 
 MAX_GENERATION = 2**63 - 1
@@ -264,6 +272,82 @@ def parse_inventory(body: bytes, since: int, max_ids: int = MAX_IDS) -> Inventor
     return InventoryMessage(kind, generation, added=added, removed=removed)
 
 
+# Whole lists checked by one regular expression each (C speed); a list that
+# fails is walked line by line only to name the bad line.
+_ID = rb"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_FULL_LINES = re.compile(rb"(?:" + _ID + rb"\n)*")
+_DELTA_LINES = re.compile(rb"(?:\+" + _ID + rb"\n)*(?:-" + _ID + rb"\n)*")
+
+
+def _inflate(body: bytes, max_bytes: int) -> bytes:
+    """zlib body → text of at most `max_bytes`; a bomb is refused before it is inflated past that."""
+    d = zlib.decompressobj()
+    try:
+        text = d.decompress(bytes(body), max_bytes + 1)
+    except zlib.error as exc:
+        raise MessageError(f"body: not zlib data: {exc}") from None
+    if len(text) > max_bytes:
+        raise MessageError(f"body: inflates to more than {max_bytes} bytes")
+    if not d.eof or d.unused_data:
+        raise MessageError("body: zlib stream truncated or followed by other bytes")
+    return text
+
+
+def _bad_line(lines: list[bytes], first: int, prefixes: bytes) -> str:
+    for i, line in enumerate(lines):
+        if not line or (prefixes and line[:1] not in (b"+", b"-")) or not re.fullmatch(_ID, line[1:] if prefixes else line):
+            return f"line {first + i}: {line[:40]!r} is not {'+ or - and ' if prefixes else ''}a content id"
+    return f"line {first}: lines out of order"
+
+
+def parse_inventory_packed(body: bytes, since: int, max_bytes: int, max_ids: int = MAX_IDS) -> InventoryMessage:
+    """The packed form of `/inventory?since=<since>&form=packed` (`oca.inventory_wire`): full, delta or unchanged.
+
+    The head line obeys the rules of the JSON form; the id lines are checked
+    whole. The inflated text is bounded by `max_bytes`.
+    """
+    text = _inflate(body, max_bytes)
+    head_text, nl, rest = text.partition(b"\n")
+    if not nl:
+        raise MessageError("body: no head line")
+    doc = decode_object(head_text)
+    kind = _kind_field(doc, ("full", "delta", "unchanged"))
+    generation = _generation(doc)
+    if rest and not rest.endswith(b"\n"):
+        raise MessageError("body: the last line has no newline")
+    lines = rest.split(b"\n")[:-1] if rest else []
+    if len(lines) > max_ids:
+        raise MessageError(f"ids: {len(lines)} lines, more than the limit of {max_ids}")
+    if kind == "full":
+        if _FULL_LINES.fullmatch(rest) is None:
+            raise MessageError(f"ids: {_bad_line(lines, 2, b'')}")
+        count = doc.get("count")
+        if count is not None and count != len(lines):
+            raise MessageError(f"count: says {str(count)[:30]}, but {len(lines)} ids follow")
+        return InventoryMessage(kind, generation, ids=frozenset(line.decode("ascii") for line in lines))
+    asked = doc.get("since", since)
+    if isinstance(asked, bool) or asked != since:
+        raise MessageError(f"since: answers about generation {str(asked)[:30]}, not the {since} asked for")
+    if generation < since:
+        raise MessageError(f"generation: {generation} is older than the {since} asked for (send a full inventory)")
+    if kind == "unchanged":
+        if lines:
+            raise MessageError("ids: an unchanged answer lists no ids")
+        return InventoryMessage(kind, generation)
+    if _DELTA_LINES.fullmatch(rest) is None:
+        raise MessageError(f"ids: {_bad_line(lines, 2, b'+-')}")
+    added = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"+")
+    removed = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"-")
+    return InventoryMessage(kind, generation, added=added, removed=removed)
+
+
+def parse_inventory_answer(body: bytes, content_type: str, since: int, max_bytes: int) -> InventoryMessage:
+    """Either form, chosen by the answer's Content-Type (an older appliance answers JSON to `form=packed`)."""
+    if content_type.split(";", 1)[0].strip().lower() == PACKED_TYPE:
+        return parse_inventory_packed(body, since, max_bytes)
+    return parse_inventory(body, since)
+
+
 def parse_routes(body: bytes, max_prefixes: int) -> RoutesMessage:
     """An appliance's `/routes?since=` answer; over `max_prefixes` prefixes it is refused whole."""
     doc = decode_object(body)
@@ -329,14 +413,15 @@ class PollAnswers:
 
 
 def read_poll(health: bytes, inventory: bytes, since: int, routes: bytes, max_prefixes: int,
-              allowed: Iterable[str] | None) -> PollAnswers:
+              allowed: Iterable[str] | None, inventory_type: str = "application/json",
+              max_inflated_bytes: int = 64 * 1_000_000) -> PollAnswers:
     """One poll's three answers, validated together; the error names the endpoint and the field."""
     try:
         h = parse_health(health)
     except MessageError as exc:
         raise MessageError(f"/health: {exc}") from None
     try:
-        inv = parse_inventory(inventory, since)
+        inv = parse_inventory_answer(inventory, inventory_type, since, max_inflated_bytes)
     except MessageError as exc:
         raise MessageError(f"/inventory: {exc}") from None
     try:

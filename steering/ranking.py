@@ -19,6 +19,8 @@ Nothing here performs I/O. Rules kept here (one numbered step each):
    matched at all, the list is the fallback sites' appliances alone. When
    prefixes matched but neither the matched appliances nor the fallback
    sites can serve the file, the best available holder anywhere is listed.
+   With a `RegistryIndex` the same answer is found from the content's
+   holders instead of by walking the registry.
 4. The result type: `BGP` when the first appliance's match is an appliance
    route, `COVERAGE_ZONE` when it is a coverage-zone prefix, `FALLBACK` when
    the first appliance was not matched by any prefix, `NO_CANDIDATES` when
@@ -28,7 +30,7 @@ Nothing here performs I/O. Rules kept here (one numbered step each):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from oca.rendezvous import hrw_score
 
@@ -71,6 +73,48 @@ class Decision:
     picks: tuple[Pick, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryIndex:
+    """The registry made once for many decisions, so a decision costs what its answer needs, not the fleet's size.
+
+    `holders(content_id)` returns every appliance holding the content (usable
+    or not), in `holder_order`; the decision filters them. Without an index,
+    `decide` walks the whole registry, with the same result.
+    """
+
+    by_id: Mapping[str, Appliance]
+    by_site: Mapping[str, Sequence[Appliance]]
+    holders: Callable[[str], Sequence[Appliance]]
+
+
+def index_registry(registry: Sequence[Appliance], holders: Callable[[str], Sequence[Appliance]]) -> RegistryIndex:
+    by_site: dict[str, list[Appliance]] = {}
+    for a in registry:
+        by_site.setdefault(a.site, []).append(a)
+    return RegistryIndex({a.appliance_id: a for a in registry}, by_site, holders)
+
+
+def holder_order(content_id: str, holders: Sequence[Appliance]) -> list[Appliance]:
+    """Holders by tier, then rendezvous score, then id: `_order_key` for unmatched appliances, less the load."""
+    return sorted(holders, key=lambda a: (TIER_ORDER.get(a.tier, 2), -hrw_score(a.appliance_id, content_id, a.weight), a.appliance_id))
+
+
+def _best_unmatched(ordered: Sequence[Appliance], keep: Callable[[Appliance], bool], live: Mapping[str, "Live"]) -> Appliance | None:
+    """The first of `ordered` (in `holder_order`) that `keep` accepts, not overloaded before overloaded within its tier."""
+    first: Appliance | None = None
+    for a in ordered:
+        if first is not None and TIER_ORDER.get(a.tier, 2) != TIER_ORDER.get(first.tier, 2):
+            break
+        if not keep(a):
+            continue
+        lv = live.get(a.appliance_id)
+        if lv is not None and not lv.overloaded:
+            return a
+        if first is None:
+            first = a
+    return first
+
+
 def _order_key(a: Appliance, content_id: str, live: Mapping[str, Live], match_len: int) -> tuple:
     lv = live.get(a.appliance_id)
     return (-match_len, TIER_ORDER.get(a.tier, 2), 1 if lv is not None and lv.overloaded else 0, -hrw_score(a.appliance_id, content_id, a.weight), a.appliance_id)
@@ -84,11 +128,15 @@ def decide(
     *,
     max_urls: int,
     fallback_sites: Sequence[str],
+    index: RegistryIndex | None = None,
 ) -> Decision:
-    by_id = {a.appliance_id: a for a in registry}
-    by_site: dict[str, list[Appliance]] = {}
-    for a in registry:
-        by_site.setdefault(a.site, []).append(a)
+    if index is not None:
+        by_id, by_site = index.by_id, index.by_site
+    else:
+        by_id = {a.appliance_id: a for a in registry}
+        by_site = {}
+        for a in registry:
+            by_site.setdefault(a.site, []).append(a)
 
     def usable(a: Appliance) -> bool:
         lv = live.get(a.appliance_id)
@@ -132,9 +180,18 @@ def decide(
     if any_match:
         sites = {p.appliance.site for p in picks}
         if len(sites) == 1 and len(by_site) > 1:
-            others = [a for a in registry if a.site not in sites and usable(a) and a.appliance_id not in chosen]
-            if others:
+            if index is None:
+                others = [a for a in registry if a.site not in sites and usable(a) and a.appliance_id not in chosen]
                 others.sort(key=lambda a: _order_key(a, content_id, live, best.get(a.appliance_id, (0, 0, ""))[0]))
+            else:
+                # Matched appliances of other sites (few), and the best unmatched holder elsewhere.
+                others = [by_id[aid] for aid in best if by_id[aid].site not in sites and usable(by_id[aid]) and aid not in chosen]
+                far = _best_unmatched(index.holders(content_id),
+                                      lambda a: a.appliance_id not in best and a.site not in sites and usable(a) and a.appliance_id not in chosen, live)
+                if far is not None:
+                    others.append(far)
+                others.sort(key=lambda a: _order_key(a, content_id, live, best.get(a.appliance_id, (0, 0, ""))[0]))
+            if others:
                 a = others[0]
                 # A second site is listed even when one site's candidates fill
                 # max_urls: it takes the last place (a site usually has more
@@ -153,7 +210,7 @@ def decide(
     # still gets the best holder anywhere: NO_CANDIDATES means that nothing
     # available holds the content, not that nothing near holds it.
     if not picks and any_match:
-        holders = [a for a in registry if usable(a)]
+        holders = [a for a in (registry if index is None else index.holders(content_id)) if usable(a)]
         holders.sort(key=lambda a: _order_key(a, content_id, live, 0))
         for a in holders:
             add(a, "fallback", None)

@@ -15,8 +15,19 @@ Rules kept here:
   one that raises is logged, counted (`steering_task_failures_total`) and
   restarted; while one is down, `/health` says `degraded` and names it.
 - The prefix table is rebuilt, in a thread, when an event says the routes
-  or coverage changed; changes that arrive during a build coalesce into one
-  more build. A keeper that restarts rebuilds.
+  or coverage changed; changes that arrive during a build, or during the
+  pause after a build of 1 s or more (as long as it took, at most 30 s), coalesce into
+  one more build. A keeper that restarts rebuilds.
+- With `[health] snapshot_file`, what the poller knows is written after a
+  round (at most every `snapshot_interval_s`, in a thread, then renamed);
+  at start it is read and the prefix table built before listening, so the
+  first answers come from it. Answers say `"stale": true` and /health is
+  `degraded` until the first full round after the start.
+- `[server] workers` > 1: this process polls and writes the snapshot, and
+  starts that many worker processes (`--role worker`), restarted if one
+  ends; each listens on the same addresses (SO_REUSEPORT) and follows the
+  snapshot file (mapped, its bitmaps shared, not copied) instead of
+  polling. The appliances see one poller whatever the number of workers.
 - The playback routes (DASH/HLS manifests, Content Steering answers, the
   /watch player pages) live in `steering.playback`; the origin's manifest
   they play from is kept by `steering.content.ContentKeeper`, a third
@@ -62,11 +73,16 @@ from steering.lpm import PrefixTable
 from steering.messages import MessageError, parse_steer_query
 from steering.playback import Playback
 from steering.poller import Knowledge, PollLimits, Poller, client_context
-from steering.ranking import NO_CANDIDATES, Appliance, Live, decide
+from steering.ranking import NO_CANDIDATES, Appliance, Live, RegistryIndex, decide, holder_order, index_registry
 from steering.status_page import render_status
 
 POLLER_TASK = "poller"
+# Contents whose holders are kept in order (most recently made); one entry is
+# a list of the content's holders, about 8 bytes each.
+HOLDERS_CACHE = 20_000
 TABLE_TASK = "table-keeper"
+TABLE_GAP_MAX_S = 30.0  # the longest wait after a build before the next
+TABLE_GAP_MIN_S = 1.0  # builds quicker than this are followed by no wait
 CONTENT_TASK = "manifest-keeper"
 
 
@@ -78,8 +94,8 @@ def table_items(known: dict[str, Knowledge], coverage: dict[str, list[str]]) -> 
     """(cidr, tag) pairs for the prefix table: admitted appliance routes, then coverage zones."""
     items = []
     for aid, k in known.items():
-        for p in k.routes:
-            items.append((p, ("route", aid)))
+        tag = ("route", aid)  # one tuple per appliance, not per prefix: a fleet announces millions
+        items.extend((p, tag) for p in k.routes)
     for site, nets in coverage.items():
         for p in nets:
             items.append((p, ("cz", site)))
@@ -109,12 +125,15 @@ class Steering:
         self._log_fd = -1
         self.tls: Served | None = None  # set by serve() when [tls] is configured
         self.tls_error = ""  # why the last reload of the pair was refused
+        self._live: dict[str, Live] = {}
+        self._live_key: tuple | None = None
         self.content = ContentKeeper(cfg.content, lambda: self.secrets, _log)
         self.key_file_warning: str | None = None  # who else can read the [tls] key, if anyone
         self._apply_config(cfg)
         self.playback = Playback(self)
         self.poller = Poller(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.mark_dirty,
-                             self.limits, self.allowed, log=_log)
+                             self.limits, self.allowed, log=_log, max_concurrent=cfg.health.max_concurrent_polls,
+                             on_holdings_changed=self.holders_changed)
         self.registry_metrics = CollectorRegistry()
         r = self.registry_metrics
         self.m_decisions = PCounter("steering_decisions", "Decisions by result type", ["result"], registry=r)
@@ -137,6 +156,8 @@ class Steering:
         for name in (POLLER_TASK, TABLE_TASK, CONTENT_TASK):
             self.m_task_failures.labels(name)
         self.supervisor = Supervisor(_log, on_failure=lambda name: self.m_task_failures.labels(name).inc())
+        self.poller.snapshot_path = cfg.health.snapshot_file
+        self.poller.snapshot_interval_s = cfg.health.snapshot_interval_s
 
     # ------------------------------------------------------------ configuration
 
@@ -156,6 +177,8 @@ class Steering:
         self._log_fd = log_fd
         self.cfg = cfg
         self.registry = [Appliance(a.id, a.url.rstrip("/"), a.site, a.tier, a.weight) for a in cfg.appliances]
+        self._holders: dict[str, list[Appliance]] = {}
+        self.index: RegistryIndex = index_registry(self.registry, self.holders_of)
         self.allowed = {a.id: a.allowed_prefixes for a in cfg.appliances}
         self.limits = PollLimits(int(cfg.health.max_response_mb * 1_000_000), cfg.health.max_prefixes_per_appliance,
                                  cfg.health.appliance_token, poll_tls)
@@ -179,7 +202,10 @@ class Steering:
             _log(f"reload refused, keeping the running config: {exc}")
             self.reload_pair()  # renewal (e.g. a certbot deploy hook) does not wait for the config to be fixed
             return
-        self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed)
+        self.poller.reconfigure(self.registry, self.thresholds, cfg.health.interval_s, cfg.health.timeout_s, self.limits, self.allowed,
+                                cfg.health.max_concurrent_polls)
+        self.poller.snapshot_path = cfg.health.snapshot_file
+        self.poller.snapshot_interval_s = cfg.health.snapshot_interval_s
         self.content.reconfigure(cfg.content)  # fetches the manifest again at once
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
         self.reload_pair()
@@ -232,20 +258,22 @@ class Steering:
             self.table = table
             self.table_error = ""
             self.table_built_s = time.time()
-            self.m_build.set(time.monotonic() - started)
+            took = time.monotonic() - started
+            self.m_build.set(took)
             self.m_prefixes.set(len(table))
+            # Changes that come meanwhile wait: builds take at most about half of
+            # the process's time (a fleet's routes arriving one appliance at a
+            # time would otherwise rebuild back to back and starve the polls).
+            if took >= TABLE_GAP_MIN_S:
+                await asyncio.sleep(min(TABLE_GAP_MAX_S, took))
 
     def decide(self, client: str, content_id: str) -> dict:
         started = time.perf_counter()
         addr = ipaddress.ip_address(client)
         matches = self.table.matches_int(addr.version, int(addr))
-        live = {}
-        for a in self.registry:
-            st = self.poller.states.get(a.appliance_id)
-            k = self.poller.known.get(a.appliance_id)
-            if st is not None and k is not None:
-                live[a.appliance_id] = Live(st.serves_new_clients, st.overloaded, k.inventory)
-        d = decide(content_id, matches, self.registry, live, max_urls=self.cfg.max_urls, fallback_sites=self.cfg.fallback_sites)
+        live = self.live_view()
+        d = decide(content_id, matches, self.registry, live, max_urls=self.cfg.max_urls, fallback_sites=self.cfg.fallback_sites,
+                   index=self.index)
         now = int(time.time())
         key_id = self.cfg.signing.key_id
         query = ""
@@ -257,6 +285,8 @@ class Steering:
             for p in d.picks
         ]
         doc = {"client": client, "prefix": d.prefix, "result": d.result, "urls": urls, "content": content_id}
+        if self.poller.stale:
+            doc["stale"] = True  # from the snapshot read at start; no full round yet
         self.results[d.result] += 1
         self.m_decisions.labels(d.result).inc()
         self.m_latency.observe(time.perf_counter() - started)
@@ -269,6 +299,47 @@ class Steering:
             except OSError:
                 pass
         return doc
+
+    def holders_changed(self, ids: frozenset | None) -> None:
+        """The poller's word that these contents' holders changed (None: any content's)."""
+        if ids is None:
+            self._holders.clear()
+        else:
+            for cid in ids:
+                self._holders.pop(cid, None)
+
+    def holders_of(self, content_id: str) -> list[Appliance]:
+        """Every appliance holding `content_id`, in `ranking.holder_order`; kept until a poll changes them."""
+        h = self._holders.get(content_id)
+        if h is None:
+            known = self.poller.known
+            empty = frozenset()
+            h = holder_order(content_id, [a for a in self.registry if content_id in known.get(a.appliance_id, empty)])
+            if len(self._holders) >= HOLDERS_CACHE:
+                del self._holders[next(iter(self._holders))]  # the oldest made
+            self._holders[content_id] = h
+        return h
+
+    def live_view(self) -> dict[str, Live]:
+        """What the ranking needs per appliance; made again only when the states, the registry or the knowledge change.
+
+        `Live.holds` is the appliance's `Knowledge`, which answers from its
+        current holdings, so an inventory delta counts from the poll that
+        brought it, without remaking this view.
+        """
+        p = self.poller
+        key = (p.states, self.registry, p.known)
+        cached = self._live_key
+        if cached is None or any(a is not b for a, b in zip(key, cached)):
+            live = {}
+            for a in self.registry:
+                st = p.states.get(a.appliance_id)
+                k = p.known.get(a.appliance_id)
+                if st is not None and k is not None:
+                    live[a.appliance_id] = Live(st.serves_new_clients, st.overloaded, k)
+            self._live = live
+            self._live_key = key
+        return self._live
 
     # ------------------------------------------------------------ handlers
 
@@ -312,6 +383,8 @@ class Steering:
                 "routes_dropped": len(k.routes_dropped), "dropped_examples": list(k.routes_dropped[:5]),
             }
         status = overall_status(serving, len(states), tasks_down)
+        if status == "ok" and self.poller.stale:
+            status = "degraded"  # answering from the snapshot until the first round
         if self.tls is not None and self.cfg.tls is not None:
             expiry = expiry_condition(self.tls.not_after_s, time.time(), self.cfg.tls.expiry_warn_days)
             if status == "ok" and (expiry or self.tls_error):
@@ -319,10 +392,12 @@ class Steering:
         if status == "ok" and self.content.error:
             status = "degraded"  # titles are those of the last good manifest, or none
         return {
-            "status": status, "version": __version__,
+            "status": status, "version": __version__, "pid": os.getpid(),
             "appliances": len(states), "serving": serving, "tasks_down": tasks_down,
             "blip_guard": {"active": self.poller.blip, "reason": self.poller.blip_reason, "since": self.poller.blip_since},
             "rounds": self.poller.rounds, "last_round": self.poller.last_round_s,
+            "snapshot": {"restored_from": self.poller.restored_from_s, "stale": self.poller.stale,
+                         "written": self.poller.snapshot_written_s, "error": self.poller.snapshot_error},
             "prefixes": len(self.table), "table_built": self.table_built_s, "table_error": self.table_error,
             "decisions": dict(self.results), "by_appliance": by_appliance,
             **({"tls": self.tls_doc()} if self.tls is not None else {}),
@@ -381,34 +456,110 @@ class Steering:
         return app
 
 
-async def serve(config_path: str) -> int:
+WORKERS_TASK = "workers"
+FOLLOWER_TASK = "snapshot-follower"
+
+
+async def _keep_workers(config_path: str, count: int, procs: list) -> None:
+    """The poller process's workers: started, and started again when one ends."""
+    import subprocess
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "steering.cli", "--config", config_path, "--role", "worker"])
+
+    while len(procs) < count:
+        procs.append(spawn())
+    while True:
+        await asyncio.sleep(1.0)
+        for i, p in enumerate(procs):
+            if p.poll() is not None:
+                _log(f"worker {p.pid} ended ({p.returncode}); starting another")
+                procs[i] = spawn()
+
+
+async def serve(config_path: str, role: str = "all") -> int:
+    """Run steering. `role`: "all" (one process, or with `[server] workers` > 1 the poller that starts the
+    workers), or "worker" (answers clients from the snapshot file, never polls)."""
     cfg = load_steering_config(config_path)
     s = Steering(config_path, cfg)
+    workers = cfg.server.workers if role == "all" else 0
+    listens = workers <= 1  # with workers, the poller process does not answer clients
+    if cfg.health.snapshot_file:
+        # Before listening: the first answers already come from the snapshot's routes and holdings.
+        _log(s.poller.restore(cfg.health.snapshot_file))
+        if s.poller.restored_from_s is not None and listens:
+            s.table = PrefixTable.build(table_items(s.poller.known, s.coverage))
+            s.table_built_s = time.time()
     runner = web.AppRunner(s.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    for item in cfg.server.listen:
-        host, port = parse_host_port(item)
-        await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True).start()
-    if cfg.tls is not None:
-        s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
-        s.key_file_warning = stat_key_file(cfg.tls.key_file)
-        if s.key_file_warning is not None:
-            _log(f"warning: the TLS private key is exposed: {s.key_file_warning}")
-        for item in cfg.tls.listen:
+    reuse_port = role == "worker"
+    if listens:
+        for item in cfg.server.listen:
             host, port = parse_host_port(item)
-            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=s.tls.context).start()
+            await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None).start()
+        if cfg.tls is not None:
+            s.tls = make_context(cfg.tls, time.time())  # TlsError names the file and the reason
+            s.key_file_warning = stat_key_file(cfg.tls.key_file)
+            if s.key_file_warning is not None:
+                _log(f"warning: the TLS private key is exposed: {s.key_file_warning}")
+            for item in cfg.tls.listen:
+                host, port = parse_host_port(item)
+                await web.TCPSite(runner, host, port, backlog=1024, reuse_address=True, reuse_port=reuse_port or None,
+                                  ssl_context=s.tls.context).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, s.reload)
-    s.supervisor.start(POLLER_TASK, s.poller.run)
-    s.supervisor.start(TABLE_TASK, s.table_keeper)
-    s.supervisor.start(CONTENT_TASK, s.content.run)
+    procs: list = []
+
+    def hangup() -> None:
+        s.reload()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    if role == "worker":
+        assert cfg.health.snapshot_file
+        s.supervisor.start(FOLLOWER_TASK, lambda: s.poller.follow(cfg.health.snapshot_file))
+        parent = os.getppid()
+
+        async def orphaned() -> None:
+            # A worker whose poller is gone (even by kill -9) ends: the next poller starts its own.
+            while os.getppid() == parent:
+                await asyncio.sleep(0.5)
+            _log("worker: the poller process is gone; stopping")
+            stop.set()
+
+        orphan_watch = asyncio.ensure_future(orphaned())
+    else:
+        s.supervisor.start(POLLER_TASK, s.poller.run)
+    if listens:
+        # With workers, the poller answers no client: only the workers need a prefix table (1M prefixes: seconds of CPU a build).
+        s.supervisor.start(TABLE_TASK, s.table_keeper)
+    if listens:
+        s.supervisor.start(CONTENT_TASK, s.content.run)  # the playback routes' manifest: wherever clients are answered
+    if workers > 1:
+        s.supervisor.start(WORKERS_TASK, lambda: _keep_workers(config_path, workers, procs))
     https = f", https on {', '.join(cfg.tls.listen)}" if cfg.tls is not None else ""
-    print(f"oca-steering {__version__}: serving on {', '.join(cfg.server.listen) or 'no plain address'}{https}, polling {len(s.registry)} appliances", file=sys.stderr, flush=True)
+    plain = ', '.join(cfg.server.listen) or 'no plain address'
+    what = (f"serving on {plain}{https}, polling {len(s.registry)} appliances" if workers <= 1 and role == "all"
+            else f"worker serving on {plain}{https} from {cfg.health.snapshot_file}" if role == "worker"
+            else f"polling {len(s.registry)} appliances for {workers} workers on {plain}{https}")
+    print(f"oca-steering {__version__}: {what}", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
+    if role == "worker":
+        orphan_watch.cancel()
     await s.supervisor.stop()
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except Exception:  # noqa: BLE001 - a worker that will not stop is killed
+            p.kill()
+            p.wait()
     await runner.cleanup()
     return 0

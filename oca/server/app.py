@@ -54,6 +54,7 @@ from oca.config import Config
 from oca.http import ranges
 from oca.http.dates import format_http_date
 from oca.http.messages import Request, Response
+from oca.inventory_wire import JSON_TYPE, PACKED_TYPE, inventory_delta, inventory_full, inventory_unchanged, routes_answer
 from oca.server import control
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
@@ -495,42 +496,33 @@ class App:
         """The client prefixes this appliance serves (static + kernel), with a generation."""
         since = control.parse_routes_query(req.query)
         current = self.store.routes()
-        out: dict[str, Any] = {"appliance": self.cfg.appliance.id, "site": self.cfg.appliance.site, "generation": current.generation}
-        if since is not None and since == current.generation:
-            out["kind"] = "unchanged"
-        else:
-            out["kind"] = "full"
-            out["prefixes"] = list(current.prefixes)
-        return self._simple(200, "application/json", json.dumps(out).encode() + b"\n", req)
+        body = routes_answer(self.cfg.appliance.id, self.cfg.appliance.site, current.generation, since, current.prefixes)
+        return self._simple(200, "application/json", body, req)
 
     def inventory(self, req: Request) -> Response | asyncio.Future:
         q = control.parse_inventory_query(req.query)
         generation = self.store.generation()
         appliance = self.cfg.appliance.id
+        ctype = PACKED_TYPE if q.form == "packed" else JSON_TYPE
         if q.since is not None and q.since == generation:
-            doc = {"appliance": appliance, "generation": generation, "since": q.since, "kind": "unchanged"}
-            return self._simple(200, "application/json", json.dumps(doc).encode() + b"\n", req)
-        key: tuple = ("full", generation) if q.since is None else ("delta", q.since, q.limit, q.paged, generation)
+            return self._simple(200, ctype, inventory_unchanged(appliance, generation, q.since, q.form), req)
+        key: tuple = ("full", q.form, generation) if q.since is None else ("delta", q.form, q.since, q.limit, q.paged, generation)
         body = self._inventory_cache.get(key)
         if body is not None:
-            return self._simple(200, "application/json", body, req)
+            return self._simple(200, ctype, body, req)
         store = self.store
 
         def build() -> bytes:
             # A thread with its own read transactions: the serving loop never walks the index.
             if q.since is not None:
                 changes = store.changes_since(q.since, q.limit)
-                if changes.kind != "full":
-                    doc: dict[str, Any] = {"appliance": appliance, "generation": changes.generation, "since": q.since, "kind": changes.kind}
-                    if changes.kind == "delta":
-                        doc["added"] = list(changes.added)
-                        doc["removed"] = list(changes.removed)
-                        if q.paged:
-                            doc["latest"] = changes.latest
-                            doc["more"] = changes.more
-                    return json.dumps(doc).encode() + b"\n"
+                if changes.kind == "unchanged":
+                    return inventory_unchanged(appliance, changes.generation, q.since, q.form)
+                if changes.kind == "delta":
+                    return inventory_delta(appliance, changes.generation, q.since, changes.added, changes.removed,
+                                           changes.latest if q.paged else None, changes.more if q.paged else None, q.form)
             gen, ids = store.inventory()
-            return json.dumps({"appliance": appliance, "generation": gen, "kind": "full", "count": len(ids), "ids": ids}).encode() + b"\n"
+            return inventory_full(appliance, gen, ids, q.form)
 
         shared = self._building.get(key)
         if shared is None:
@@ -551,7 +543,7 @@ class App:
             if fut.done():
                 return
             try:
-                fut.set_result(self._simple(200, "application/json", task.result(), req))
+                fut.set_result(self._simple(200, ctype, task.result(), req))
             except Exception as exc:  # index trouble: answer, don't hang
                 fut.set_result(self.error_response(503, f"inventory unavailable: {type(exc).__name__}", True))
 

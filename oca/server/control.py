@@ -12,6 +12,8 @@ Rules kept here:
   must also send `Authorization: Bearer <token>`. The comparison takes
   constant time, and a refusal never says which part was wrong beyond
   "address" or "token".
+- `/inventory?form=` is `json` (the default) or `packed`; anything else is
+  a `QueryError`.
 - Query numbers (`since`, `limit`, `top`) are plain ASCII decimal with at most 19
   digits; anything else (``²``, signs, spaces, 5,000 digits, a repeated
   parameter) is a `QueryError` naming the parameter, answered with 400.
@@ -23,6 +25,8 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
+
+from oca.inventory_wire import FORMS
 
 CONTROL_PATHS = frozenset(("/health", "/inventory", "/metrics", "/routes", "/popularity"))
 MAX_DIGITS = 19  # below 2**63: the index's generations are unsigned 64-bit, never that large
@@ -111,13 +115,17 @@ class InventoryQuery:
     since: int | None  # None: the full inventory
     limit: int  # journal records read at most for a delta
     paged: bool = False  # the client gave `limit`: the answer says `latest` and `more`
+    form: str = "json"  # `form=packed`: the compact form of `oca.inventory_wire`
 
 
 def parse_inventory_query(query: str) -> InventoryQuery:
     params = parse_query(query)
     since = parse_count(params, "since")
     limit = parse_count(params, "limit", 1, DELTA_PAGE_MAX)
-    return InventoryQuery(since, DELTA_PAGE_DEFAULT if limit is None else limit, limit is not None)
+    form = params.get("form", "json")
+    if form not in FORMS:
+        raise QueryError(f"form: must be one of {', '.join(FORMS)}")
+    return InventoryQuery(since, DELTA_PAGE_DEFAULT if limit is None else limit, limit is not None, form)
 
 
 def parse_routes_query(query: str) -> int | None:

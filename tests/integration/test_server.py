@@ -846,6 +846,39 @@ def test_inventory_full_unchanged_and_delta(served):
     assert served.get("/inventory?since=abc").status == 400
 
 
+
+def test_inventory_packed_form_reads_as_the_json_form(served):
+    """`?form=packed` (what steering asks for) says the same as the JSON form; a bad form is 400."""
+    from steering.messages import parse_inventory, parse_inventory_answer
+
+    plain = served.get("/inventory")
+    packed = served.get("/inventory?form=packed")
+    assert packed.status == 200 and packed.headers["content-type"] == "application/x-oca-inventory+zlib"
+    full = parse_inventory(plain.body, 0)
+    assert parse_inventory_answer(packed.body, packed.headers["content-type"], 0, 10**8) == full
+    gen = full.generation
+    cid = f"packed-{served.loop}.bin"
+    ingest(served.cfg, cid, b"packed inventory test")
+    delta = served.get(f"/inventory?since={gen}&form=packed")
+    msg = parse_inventory_answer(delta.body, delta.headers["content-type"], gen, 10**8)
+    assert msg.kind == "delta" and msg.added == frozenset({cid}) and msg.removed == frozenset()
+    same = served.get(f"/inventory?since={msg.generation}&form=packed")
+    assert parse_inventory_answer(same.body, same.headers["content-type"], msg.generation, 10**8).kind == "unchanged"
+    admin(served.cfg, "rm", cid, check=True)
+    assert served.get("/inventory?form=xml").status == 400
+
+
+def test_fleet_simulator_health_has_the_fields_steering_reads(served):
+    """benchmarks/fleet.py's /health is a subset of the real one, and steering reads both alike."""
+    from benchmarks.fleet import health_body
+    from steering.messages import parse_health
+
+    real = json.loads(served.get("/health").body)
+    sim = json.loads(health_body("a00001", "s00001", "ok"))
+    assert set(sim) <= set(real) and set(sim["load"]) <= set(real["load"])
+    assert parse_health(health_body("a00001", "s00001", "draining")).status == "draining"
+    parse_health(served.get("/health").body)
+
 # ================================================================ sendfile, proven with strace
 
 
