@@ -117,6 +117,8 @@ class FakeFleet:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-appliances", daemon=True)
         self._runner: web.AppRunner | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._handlers: list = []  # every connection's protocol, to close what shutdown leaves open
 
     def url(self, fake: Fake) -> str:
         return f"http://{fake.host}:{self.port}"
@@ -161,8 +163,31 @@ class FakeFleet:
         app.router.add_get("/routes", self._routes)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+
+        def protocol():
+            handler = server()
+            self._handlers.append(handler)
+            return handler
+
         for host in self.fakes:
-            await web.TCPSite(self._runner, host, self.port, reuse_address=True).start()
+            self._servers.append(await self._loop.create_server(protocol, host, self.port, reuse_address=True))
+
+    async def _stop(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        # A connection accepted while the servers closed (steering polls until
+        # it is stopped) may never reach aiohttp's shutdown: close it here, so
+        # no transport outlives the loop.
+        for handler in self._handlers:
+            transport = handler.transport
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+        self._handlers.clear()
+        await asyncio.sleep(0)
 
     def start(self) -> "FakeFleet":
         self._thread.start()
@@ -170,8 +195,7 @@ class FakeFleet:
         return self
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(15)
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(15)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(15)
         self._loop.close()
