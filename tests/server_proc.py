@@ -113,3 +113,13 @@ def appliance(tmp: Path, *, files: dict[str, bytes] | None = None, extra_server:
         src.write_bytes(data)
         admin(cfg, "ingest", str(src), "--id", content_id, check=True)
     return cfg, host, port
+
+
+def wait_until(pred, timeout_s: float, what: str) -> None:
+    """Poll `pred` every 50 ms until it is true; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -12,18 +12,9 @@ import time
 
 import psutil
 
-from tests.server_proc import ServerProcess, appliance
+from tests.server_proc import ServerProcess, appliance, wait_until
 
 BODY = b"b" * 1000
-
-
-def _wait(pred, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _get(host: str, port: int, ports: list[int], timeout_s: float = 10.0) -> bytes:
@@ -49,7 +40,7 @@ def test_connections_are_split_evenly_between_workers(tmp_path):
     cfg, host, port = appliance(tmp_path, files={"b.bin": BODY}, workers=2)
     n = 400
     with ServerProcess(cfg, host, port) as srv:
-        _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
+        wait_until(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
         time.sleep(0.5)  # both workers accepting
         conns = []
         try:
@@ -71,7 +62,7 @@ def test_connections_are_split_evenly_between_workers(tmp_path):
 def test_no_connection_is_reset_across_reload_and_kill_9(tmp_path):
     cfg, host, port = appliance(tmp_path, files={"b.bin": BODY}, workers=2)
     with ServerProcess(cfg, host, port) as srv:
-        _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
+        wait_until(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
         stop = threading.Event()
         done: list[int] = []
         errors: list[tuple[int, str]] = []  # (client port, what)
@@ -97,8 +88,8 @@ def test_no_connection_is_reset_across_reload_and_kill_9(tmp_path):
             time.sleep(0.5)
             old = set(srv.worker_pids())
             srv.proc.send_signal(signal.SIGHUP)
-            _wait(lambda: "replacing 2 workers with 2" in srv.log_text(), 20, "the reload")
-            _wait(lambda: len(set(srv.worker_pids()) & old) == 0 and len(srv.worker_pids()) == 2, 30,
+            wait_until(lambda: "replacing 2 workers with 2" in srv.log_text(), 20, "the reload")
+            wait_until(lambda: len(set(srv.worker_pids()) & old) == 0 and len(srv.worker_pids()) == 2, 30,
                   "the old workers to exit")
             assert not errors, f"during the reload: {errors[:5]}"
             time.sleep(0.3)
@@ -109,8 +100,8 @@ def test_no_connection_is_reset_across_reload_and_kill_9(tmp_path):
             time.sleep(0.3)
             held = {c.raddr.port for c in psutil.Process(victim).net_connections("tcp") if c.raddr}
             os.kill(victim, signal.SIGKILL)
-            _wait(lambda: "restarting" in srv.log_text(), 10, "the parent to see the death")
-            _wait(lambda: len(srv.worker_pids()) == 2 and victim not in srv.worker_pids(), 20, "the restart")
+            wait_until(lambda: "restarting" in srv.log_text(), 10, "the parent to see the death")
+            wait_until(lambda: len(srv.worker_pids()) == 2 and victim not in srv.worker_pids(), 20, "the restart")
             time.sleep(1.0)  # the replacement serves what queued on its group's socket
         finally:
             stop.set()

@@ -18,7 +18,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server_proc import ServerProcess, appliance
+from tests.server_proc import ServerProcess, appliance, wait_until
 
 
 def _metric(base: str, name: str) -> float:
@@ -30,19 +30,10 @@ def _metric(base: str, name: str) -> float:
     raise KeyError(name)
 
 
-def _wait(pred, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_connections_beyond_max_connections_are_refused(tmp_path):
     cfg, host, port = appliance(tmp_path, files={"a.bin": b"a" * 100}, workers=1, extra_server="max_connections = 16\n")
     with ServerProcess(cfg, host, port) as srv:
-        _wait(lambda: "1/1 workers" in srv.log_text(), 20, "the worker")
+        wait_until(lambda: "1/1 workers" in srv.log_text(), 20, "the worker")
         held = []
         try:
             for _ in range(16):  # fill the cap with connections that made one request
@@ -62,7 +53,7 @@ def test_connections_beyond_max_connections_are_refused(tmp_path):
             for s in held:
                 s.close()
         # With the held connections gone, the cap frees up and the refusal was counted.
-        _wait(lambda: _try_get(srv.base + "/content/a.bin"), 10, "a free slot")
+        wait_until(lambda: _try_get(srv.base + "/content/a.bin"), 10, "a free slot")
         assert _metric(srv.base, "oca_http_rejected_connections_total") >= 1
 
 
@@ -81,11 +72,11 @@ def test_pid_file_and_json_access_log(tmp_path):
         extra_server=f'pid_file = "{pid_file}"\naccess_log = "{log_file}"\naccess_log_format = "json"\n',
     )
     with ServerProcess(cfg, host, port) as srv:
-        _wait(pid_file.exists, 10, "the pid file")
+        wait_until(pid_file.exists, 10, "the pid file")
         assert int(pid_file.read_text()) == srv.proc.pid
         req = urllib.request.Request(srv.base + "/content/a.mp4", headers={"Range": "bytes=0-99", "User-Agent": 'quote" agent'})
         assert urllib.request.urlopen(req, timeout=5).status == 206
-        _wait(lambda: log_file.exists() and log_file.read_text().strip(), 5, "the log line (flushed each second)")
+        wait_until(lambda: log_file.exists() and log_file.read_text().strip(), 5, "the log line (flushed each second)")
         line = json.loads(log_file.read_text().splitlines()[-1])
         assert line["status"] == 206 and line["body_bytes_sent"] == 100 and line["uri"] == "/content/a.mp4"
         assert line["user_agent"] == 'quote" agent' and line["method"] == "GET"
@@ -97,7 +88,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     srv = ServerProcess(cfg, host, port).start()
     workers: list[int] = []
     try:
-        _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
+        wait_until(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
         workers = srv.worker_pids()
         os.kill(srv.proc.pid, signal.SIGKILL)
         srv.proc.wait(5)
@@ -112,7 +103,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
         def gone() -> bool:  # exited: reaped, or a zombie waiting for init
             return all(state(pid) in ("gone", "Z") for pid in workers)
 
-        _wait(gone, 10, "the orphaned workers to exit")
+        wait_until(gone, 10, "the orphaned workers to exit")
     finally:
         for pid in workers:  # never leave an orphan behind, even when the test fails
             try:
@@ -154,16 +145,16 @@ def test_reload_after_raising_workers_accepts_later_reloads(tmp_path):
     """Defect 13: once a reload raised `workers`, every later SIGHUP was refused."""
     cfg, host, port = appliance(tmp_path, files={"a.bin": b"a" * 100}, workers=2)
     with ServerProcess(cfg, host, port) as srv:
-        _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
+        wait_until(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
         _set_server_key(cfg, "workers", "4")
         srv.proc.send_signal(signal.SIGHUP)
-        _wait(lambda: "replacing 2 workers with 4" in srv.log_text(), 20, "the first reload")
-        _wait(lambda: len(srv.worker_pids()) == 4, 30, "four workers")
+        wait_until(lambda: "replacing 2 workers with 4" in srv.log_text(), 20, "the first reload")
+        wait_until(lambda: len(srv.worker_pids()) == 4, 30, "four workers")
         _set_server_key(cfg, "workers", "3")
         srv.proc.send_signal(signal.SIGHUP)
-        _wait(lambda: "replacing 4 workers with 3" in srv.log_text() or "refused" in srv.log_text(), 20, "the second reload")
+        wait_until(lambda: "replacing 4 workers with 3" in srv.log_text() or "refused" in srv.log_text(), 20, "the second reload")
         assert "refused" not in srv.log_text(), srv.log_text()[-2000:]
-        _wait(lambda: len(srv.worker_pids()) == 3, 30, "three workers")
+        wait_until(lambda: len(srv.worker_pids()) == 3, 30, "three workers")
         with urllib.request.urlopen(f"http://{host}:{port}/content/a.bin", timeout=5) as resp:
             assert resp.read() == b"a" * 100
 
@@ -175,12 +166,12 @@ def test_store_added_by_a_reload_is_initialised_and_served(tmp_path):
     new_store = tmp_path / "added-store"
     new_store.mkdir()
     with ServerProcess(cfg, host, port) as srv:
-        _wait(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
+        wait_until(lambda: len(srv.worker_pids()) == 2, 20, "two workers")
         assert [s["state"] for s in _health(base)["stores"]] == ["ok"]
         cfg.write_text(cfg.read_text() + f'\n[[stores]]\npath = "{new_store}"\n')
         srv.proc.send_signal(signal.SIGHUP)
-        _wait(lambda: "replacing 2 workers with 2" in srv.log_text(), 20, "the reload")
-        _wait(lambda: len(_health(base)["stores"]) == 2 and len(srv.worker_pids()) == 2, 30, "workers with two stores")
+        wait_until(lambda: "replacing 2 workers with 2" in srv.log_text(), 20, "the reload")
+        wait_until(lambda: len(_health(base)["stores"]) == 2 and len(srv.worker_pids()) == 2, 30, "workers with two stores")
         doc = _health(base)
         assert [s["state"] for s in doc["stores"]] == ["ok", "ok"], doc["stores"]
         assert doc["status"] == "ok", doc["conditions"]
@@ -197,16 +188,16 @@ def test_a_failing_worker_sweep_is_restarted_and_shown_in_health(tmp_path):
     cfg, host, port = appliance(tmp_path, files={"a.bin": b"a"}, workers=1)
     base = f"http://{host}:{port}"
     with ServerProcess(cfg, host, port, env={"OCA_TEST_FAULT_SWEEP": str(fault)}) as srv:
-        _wait(lambda: len(srv.worker_pids()) == 1, 20, "the worker")
+        wait_until(lambda: len(srv.worker_pids()) == 1, 20, "the worker")
         assert _health(base)["status"] == "ok"
         fault.touch()
-        _wait(lambda: _health(base)["status"] == "degraded", 10, "/health to say degraded")
+        wait_until(lambda: _health(base)["status"] == "degraded", 10, "/health to say degraded")
         reasons = [c["reason"] for c in _health(base)["conditions"]]
         assert any("task sweep is down" in r and "RuntimeError" in r for r in reasons), reasons
         assert _task_failures(base)["worker.sweep"] >= 1
         assert "task sweep failed" in srv.log_text() and "Traceback" in srv.log_text()
         fault.unlink()
-        _wait(lambda: _health(base)["status"] == "ok", 20, "/health to recover once the sweep runs again")
+        wait_until(lambda: _health(base)["status"] == "ok", 20, "/health to recover once the sweep runs again")
         assert len(srv.worker_pids()) == 1  # the worker itself never died
 
 
@@ -232,12 +223,12 @@ def test_a_failed_spawn_leaves_the_parent_serving_and_is_retried(tmp_path):
     proc = subprocess.Popen([python, "-m", "oca.server.main", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     workers: list[int] = []
     try:
-        _wait(lambda: len(_children(proc.pid)) == 2, 20, "two workers")
-        _wait(lambda: _health(base)["status"] == "ok", 10, "health")
+        wait_until(lambda: len(_children(proc.pid)) == 2, 20, "two workers")
+        wait_until(lambda: _health(base)["status"] == "ok", 10, "health")
         os.rename(python, python + ".away")
         victim = _children(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
-        _wait(lambda: _health_or_reset(base) == "degraded", 10, "/health to name the failed spawn")
+        wait_until(lambda: _health_or_reset(base) == "degraded", 10, "/health to name the failed spawn")
         reasons = [c["reason"] for c in _health(base)["conditions"]]
         assert any("task spawn is down in the parent" in r for r in reasons), reasons
         assert proc.poll() is None, "the parent died"
@@ -245,8 +236,8 @@ def test_a_failed_spawn_leaves_the_parent_serving_and_is_retried(tmp_path):
         with urllib.request.urlopen(base + "/content/a.bin", timeout=5) as resp:
             assert resp.read() == b"a"
         os.rename(python + ".away", python)
-        _wait(lambda: len(_children(proc.pid)) == 2, 40, "the worker to be spawned again")
-        _wait(lambda: _health(base)["status"] == "ok", 10, "/health to recover")
+        wait_until(lambda: len(_children(proc.pid)) == 2, 40, "the worker to be spawned again")
+        wait_until(lambda: _health(base)["status"] == "ok", 10, "/health to recover")
         assert _task_failures(base)["parent"] >= 1
     finally:
         workers = _children(proc.pid)
