@@ -40,6 +40,7 @@ from typing import Any, Callable, Protocol
 
 import httptools
 
+from oca.http import speedups
 from oca.http.messages import Request, Response
 
 MSG_MORE = getattr(socket, "MSG_MORE", 0)
@@ -128,6 +129,9 @@ class HttpConnection(asyncio.Protocol):
         "_header_bytes", "_body_bytes", "_in_head", "_queue", "_paused", "_fd", "_family", "_sock", "_writer_fd",
         "_current", "_response", "_segments", "_sent", "_lost", "_in_next", "_began_in_chunk", "__weakref__",
     )
+    # The compiled head parser, or None for httptools alone (oca.http.speedups;
+    # a subclass may set either, as the tests that run both ways do).
+    fast_head: Callable[..., Any] | None = speedups.parse_head
 
     def __init__(self, handler: Handler, limits: Limits, registry: set, loop: asyncio.AbstractEventLoop, on_stat: Callable[[int, int], None]):
         self.handler = handler
@@ -204,6 +208,16 @@ class HttpConnection(asyncio.Protocol):
             self.phase = HEAD
             self.deadline = self.loop.time() + self.limits.header_timeout_s
             self.deadline_kind = "header"
+        if self.fast_head is not None and self._req is None and not self.closing_after:
+            # The compiled fast path (oca.http.speedups): plain heads at the
+            # start of this read, one call each. The first head it declines,
+            # and everything after it, goes to httptools below, which is at a
+            # message boundary here (no request half read, none failed).
+            data = self._fast_heads(data)
+            if not data:
+                if self._queue and self._current is None:
+                    self._next()
+                return
         self._began_in_chunk = False
         parser = self._parser
         if parser is None:
@@ -235,6 +249,27 @@ class HttpConnection(asyncio.Protocol):
                 return
         if self._queue and self._current is None:
             self._next()
+
+    def _fast_heads(self, data: bytes) -> bytes:
+        """Take the plain heads at the start of `data` (see `speedups`); returns the bytes left."""
+        parse = self.fast_head
+        limits = self.limits
+        max_url, max_header_bytes, max_headers = limits.max_request_line_bytes, limits.max_header_bytes, limits.max_headers
+        queue = self._queue
+        pos = 0
+        n = len(data)
+        while pos < n:
+            got = parse(data, pos, max_url, max_header_bytes, max_headers)
+            if got is None:
+                return data[pos:] if pos else data
+            req = Request()
+            pos, req.method, req.target, req.path, req.query, req.headers, req.version, req.keep_alive = got
+            req.started = self.loop.time()
+            queue.append(req)
+            if len(queue) >= limits.max_pipelined and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+        return b""
 
     # ------------------------------------------------------------ httptools callbacks
 

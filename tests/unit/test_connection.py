@@ -5,6 +5,9 @@ go through one end of a real `socketpair`, because the connection writes
 with `socket.send` and `os.sendfile` on the transport's descriptor, and the
 test reads the other end. Time is a number the test moves (`ManualLoop.now`);
 the sweep is the test calling `expire(now)`. No event loop runs.
+
+Every test that takes the `rig` fixture runs twice: with the compiled head
+parser (oca.http.speedups) and with httptools alone (the pure path).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Iterator
 
 import pytest
 
+from oca.http import speedups
 from oca.http.messages import Request, Response
 from oca.http.protocol import CLOSING, IDLE, LINGER_S, HttpConnection, Limits
 
@@ -87,8 +91,34 @@ class EchoHandler:
         self.finished_log.append((status, complete))
 
 
+class PureConnection(HttpConnection):
+    __slots__ = ()
+    fast_head = None
+
+
+def compiled_head():
+    """The compiled parser: an ImportError (a failed test) when it is not built."""
+    from oca.http._head import parse_head
+    return parse_head
+
+
+class CompiledConnection(HttpConnection):
+    __slots__ = ()
+
+
+# Under OCA_PURE=1 (CI's pure pass) only the pure path runs, nothing is skipped.
+HOT_PATHS = ("pure",) if speedups.HOT_PATH_REASON.startswith(speedups.PURE_ENV) else ("compiled", "pure")
+
+
+def connection_class(hot_path: str) -> type[HttpConnection]:
+    if hot_path == "pure":
+        return PureConnection
+    CompiledConnection.fast_head = compiled_head()
+    return CompiledConnection
+
+
 class Rig:
-    def __init__(self, **limits) -> None:
+    def __init__(self, hot_path: str = "pure", **limits) -> None:
         self.server, self.client = socket.socketpair()
         self.server.setblocking(False)
         self.client.settimeout(2.0)
@@ -100,7 +130,8 @@ class Rig:
         lim.update(limits)
         self.registry: set = set()
         self.stats: list[tuple[int, int]] = []
-        self.conn = HttpConnection(self.handler, Limits(**lim), self.registry, self.loop,  # type: ignore[arg-type]
+        self.hot_path = hot_path
+        self.conn = connection_class(hot_path)(self.handler, Limits(**lim), self.registry, self.loop,  # type: ignore[arg-type]
                                    lambda i, n: self.stats.append((i, n)))
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]
 
@@ -137,9 +168,9 @@ class Rig:
         self.server.close()
 
 
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    r = Rig()
+@pytest.fixture(params=HOT_PATHS)
+def rig(request) -> Iterator[Rig]:
+    r = Rig(request.param)
     yield r
     r.close()
 
@@ -215,7 +246,8 @@ def test_idle_keepalive_connection_is_closed_at_keepalive_timeout(rig):
 def test_idle_connection_drops_its_parser_at_the_sweep_and_serves_the_next_request(rig):
     rig.feed(req("/a"))
     assert rig.responses(1) == [(200, b"/a")]
-    assert rig.conn._parser is not None
+    # The compiled path takes a plain head without making a parser at all.
+    assert (rig.conn._parser is None) == (rig.hot_path == "compiled")
     rig.loop.now += 1
     assert rig.conn.expire(rig.loop.now) is None
     assert rig.conn._parser is None  # idle between requests: nothing to keep
