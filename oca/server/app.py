@@ -51,7 +51,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 from oca import __version__
 from oca.config import Config
-from oca.http import ranges
+from oca.http import ranges, speedups
 from oca.http.dates import format_http_date
 from oca.http.messages import Request, Response
 from oca.inventory_wire import JSON_TYPE, PACKED_TYPE, inventory_delta, inventory_full, inventory_unchanged, routes_answer
@@ -406,6 +406,8 @@ class App:
             "appliance": cfg.appliance.id,
             "site": cfg.appliance.site,
             "version": __version__,
+            # The request-head parser in use (oca.http.speedups): "compiled", or "pure" and why.
+            "hot_path": {"kind": speedups.HOT_PATH, "reason": speedups.HOT_PATH_REASON},
             "time": time.time(),
             "uptime_s": round(time.time() - self.started_s, 3),
             "stores": stores,
@@ -484,6 +486,7 @@ class App:
                 self.tls_info.get("not_after_s"), str(self.tls_info.get("ktls", "")),
                 self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0, str(self.tls_info.get("session_tickets") or ""),
             ),
+            speedups.HOT_PATH,
         )
 
     def metrics(self, req: Request) -> Response:

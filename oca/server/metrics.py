@@ -56,6 +56,7 @@ class MetricsSnapshot:
     fill_last: Mapping[str, Any] = field(default_factory=dict)
     task_failures: Mapping[str, int] = field(default_factory=dict)  # "worker.sweep", "parent.reap", ...
     tls: TlsFigures | None = None  # None: no [tls] table
+    hot_path: str = ""  # "compiled" or "pure" (oca.http.speedups); "" leaves the family out
 
 
 def _families(snap: MetricsSnapshot) -> Iterable[Metric]:
@@ -63,6 +64,11 @@ def _families(snap: MetricsSnapshot) -> Iterable[Metric]:
     info = GaugeMetricFamily("oca_info", "Software version and identity", labels=["version", "appliance", "site"])
     info.add_metric([snap.version, snap.appliance, snap.site], 1)
     yield info
+    if snap.hot_path:
+        hot = GaugeMetricFamily("oca_hot_path_info", "The request-head parser in use: compiled fast path or pure Python (OCA_PURE=1)",
+                                labels=["kind"])
+        hot.add_metric([snap.hot_path], 1)
+        yield hot
     req = CounterMetricFamily("oca_http_requests", "HTTP responses by status class", labels=["class"])
     for i, cls in enumerate(S.STATUS_CLASSES):
         req.add_metric([cls], t[S.C_STATUS + i])

@@ -879,6 +879,18 @@ def test_fleet_simulator_health_has_the_fields_steering_reads(served):
     assert parse_health(health_body("a00001", "s00001", "draining")).status == "draining"
     parse_health(served.get("/health").body)
 
+
+def test_health_and_metrics_say_which_hot_path_serves(served):
+    """The compiled head parser serves unless OCA_PURE=1 (CI's pure pass): a build that failed shows here."""
+    from oca.http.speedups import PURE_ENV
+
+    expected = "pure" if os.environ.get(PURE_ENV, "") not in ("", "0") else "compiled"
+    doc = json.loads(served.get("/health").body)
+    assert doc["hot_path"]["kind"] == expected, doc["hot_path"]
+    assert (expected == "pure") == doc["hot_path"]["reason"].startswith(PURE_ENV)
+    families = {f.name: f for f in text_string_to_metric_families(served.get("/metrics").body.decode())}
+    assert [s.labels["kind"] for s in families["oca_hot_path_info"].samples] == [expected]
+
 # ================================================================ sendfile, proven with strace
 
 
