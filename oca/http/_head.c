@@ -18,11 +18,19 @@ Rules kept here:
   target, path, query, lower-cased field names, repeated fields joined with
   ", ", version, keep-alive); tests/unit/test_fast_head.py holds the two to
   that on tables of normal and hostile heads and on seeded mutations.
+- `file_head(headers, size, date, block, close, max_ranges)` builds the
+  head of the two answers most content requests get: 200 with the whole
+  file (no Range field) or 206 with one range (`bytes=<first>-<last>`,
+  first <= last, first inside the file), for a GET with no conditional
+  field. It returns (status, head, offset, count), or None for anything
+  else, which `App._content_response` then decides in Python through
+  `ranges.decide`. Its heads must equal `responses.build_head`'s byte for
+  byte (tests/unit/test_app.py compares both on a table).
 - Nothing here allocates beyond the returned values, keeps state between
   calls, or performs I/O.
 
-Returns (end offset, method, target bytes, path, query, headers dict,
-version, keep_alive) on acceptance.
+parse_head returns (end offset, method, target bytes, path, query,
+headers dict, version, keep_alive) on acceptance.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -224,10 +232,91 @@ fail:
     return result;
 }
 
+static PyObject *k_range, *k_conditional[5];
+
+/* `text` as 1 to 18 ASCII digits: the value, or -1. */
+static long long digits18(const char *p, Py_ssize_t n) {
+    if (n < 1 || n > 18) return -1;
+    long long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9') return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+static PyObject *file_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyDict_CheckExact(args[0]) || !PyBytes_Check(args[2]) || !PyBytes_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "file_head(headers: dict, size, date: bytes, block: bytes, close, max_ranges)");
+        return NULL;
+    }
+    PyObject *headers = args[0];
+    long long size = PyLong_AsLongLong(args[1]);
+    int close = PyObject_IsTrue(args[4]);
+    long max_ranges = PyLong_AsLong(args[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (size <= 0) Py_RETURN_NONE;
+    for (int i = 0; i < 5; i++) {
+        if (PyDict_GetItemWithError(headers, k_conditional[i]) != NULL) Py_RETURN_NONE;
+        if (PyErr_Occurred()) return NULL;
+    }
+    PyObject *range = PyDict_GetItemWithError(headers, k_range);
+    if (range == NULL && PyErr_Occurred()) return NULL;
+    long long first = 0, count = size;
+    char more[96];
+    int more_len = 0;
+    const char *line = "HTTP/1.1 200 OK\r\n";
+    int status = 200;
+    if (range != NULL) {
+        if (max_ranges <= 0 || !PyUnicode_Check(range)) Py_RETURN_NONE;
+        Py_ssize_t n;
+        const char *r = PyUnicode_AsUTF8AndSize(range, &n);
+        if (r == NULL) {
+            PyErr_Clear(); /* a lone surrogate: Python decides */
+            Py_RETURN_NONE;
+        }
+        if (n < 9 || memcmp(r, "bytes=", 6) != 0) Py_RETURN_NONE;
+        const char *dash = memchr(r + 6, '-', n - 6);
+        if (dash == NULL) Py_RETURN_NONE;
+        long long last = digits18(dash + 1, r + n - dash - 1);
+        first = digits18(r + 6, dash - r - 6);
+        if (first < 0 || last < 0 || first > last || first >= size) Py_RETURN_NONE;
+        if (last > size - 1) last = size - 1;
+        count = last - first + 1;
+        status = 206;
+        line = "HTTP/1.1 206 Partial Content\r\n";
+        more_len = snprintf(more, sizeof more, "Content-Range: bytes %lld-%lld/%lld\r\n", first, last, size);
+    }
+    char length[48];
+    int length_len = snprintf(length, sizeof length, "Content-Length: %lld\r\n", count);
+    const char *tail = close ? "Connection: close\r\n\r\n" : "\r\n";
+    Py_ssize_t line_len = (Py_ssize_t)strlen(line), tail_len = (Py_ssize_t)strlen(tail);
+    Py_ssize_t date_len = PyBytes_GET_SIZE(args[2]), block_len = PyBytes_GET_SIZE(args[3]);
+    PyObject *head = PyBytes_FromStringAndSize(NULL, line_len + date_len + block_len + more_len + length_len + tail_len);
+    if (head == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(head);
+    memcpy(o, line, line_len);
+    o += line_len;
+    memcpy(o, PyBytes_AS_STRING(args[2]), date_len);
+    o += date_len;
+    memcpy(o, PyBytes_AS_STRING(args[3]), block_len);
+    o += block_len;
+    memcpy(o, more, more_len);
+    o += more_len;
+    memcpy(o, length, length_len);
+    o += length_len;
+    memcpy(o, tail, tail_len);
+    PyObject *result = Py_BuildValue("(iNLL)", status, head, first, count);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL,
      "parse_head(data, start, max_url, max_header_bytes, max_headers) -> (end, method, target, path, query, headers, "
      "version, keep_alive) for a plain GET/HEAD head complete in data, else None (see the module's rules)."},
+    {"file_head", (PyCFunction)(void (*)(void))file_head, METH_FASTCALL,
+     "file_head(headers, size, date, block, close, max_ranges) -> (status, head, offset, count) for a plain 200 or "
+     "single-range 206 GET, else None (see the module's rules)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -241,5 +330,12 @@ PyMODINIT_FUNC PyInit__head(void) {
     s_v10 = PyUnicode_InternFromString("1.0");
     s_empty = PyUnicode_InternFromString("");
     if (!s_get || !s_head || !s_v11 || !s_v10 || !s_empty) return NULL;
+    const char *conditional[5] = {"if-range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since"};
+    for (int i = 0; i < 5; i++) {
+        k_conditional[i] = PyUnicode_InternFromString(conditional[i]);
+        if (k_conditional[i] == NULL) return NULL;
+    }
+    k_range = PyUnicode_InternFromString("range");
+    if (k_range == NULL) return NULL;
     return PyModule_Create(&module);
 }
