@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """CPU per request on the serving path, in one process: oca trees compared.
 
-Run: ``.venv/bin/python benchmarks/request_cost.py [--baseline TREE]
-[--rounds N] [--requests N] [--span BYTES] [--dir DIR]``.
+Run: ``.venv/bin/python benchmarks/request_cost.py [--baseline TREE |
+--pure-baseline] [--rounds N] [--requests N] [--span BYTES] [--dir DIR]``.
 
 Rules kept here:
 - What is measured is the Python of one request and its two syscalls:
@@ -21,6 +21,10 @@ Rules kept here:
   ``git archive main | tar -x -C TREE``) runs in its own subprocess with
   its own index and stores, rounds alternating; the best of 5 repetitions
   of ``--requests`` requests is kept per round, and ratios are this / base.
+  ``--pure-baseline``: "base" is this tree with OCA_PURE=1 (the pure-Python
+  hot path), so compiled and pure are compared in the same run. A tree's
+  compiled module is built first if it has the source only
+  (`benchmarks/compiled.py`), and each tree's hot path is printed.
 - The content, index and configs live in a temporary directory that is
   removed at exit.
 """
@@ -35,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchmarks import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -144,15 +150,15 @@ def prepare(base: Path, tree: Path) -> Path:
         src = base / f"src-{i}"
         src.write_bytes(rng_bytes[i:] + rng_bytes[:i])
         proc = subprocess.run([PY, "-m", "oca.admin", "--config", str(cfg), "ingest", str(src), "--id", f"cost-{i}.bin"],
-                              capture_output=True, text=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, timeout=300)
+                              capture_output=True, text=True, cwd=tree, env=compiled.tree_env(tree), timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(f"ingest with {tree} failed: {proc.stderr[-2000:]}")
     return cfg
 
 
-def measure(tree: Path, cfg: Path, span: int, n: int) -> float:
+def measure(tree: Path, cfg: Path, span: int, n: int, pure: bool) -> float:
     proc = subprocess.run([PY, "-c", CHILD, str(cfg), str(span), str(n)], capture_output=True, text=True, cwd=tree,
-                          env={**os.environ, "PYTHONPATH": str(tree)}, timeout=600)
+                          env=compiled.tree_env(tree, pure), timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"{tree}: {proc.stderr[-3000:]}")
     return float(proc.stdout.split()[-1])
@@ -161,14 +167,21 @@ def measure(tree: Path, cfg: Path, span: int, n: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--baseline", type=Path, help="another oca source tree, measured as 'base'")
+    p.add_argument("--pure-baseline", action="store_true", help="'base' is this tree with OCA_PURE=1")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=10_000, help="requests per repetition (5 repetitions per round)")
     p.add_argument("--span", type=int, default=64 * 1024, help="range length in bytes (default 64 KiB)")
     p.add_argument("--dir", default="/var/tmp")
     args = p.parse_args(argv)
     trees = {"this": ROOT}
-    if args.baseline:
-        trees["base"] = args.baseline.resolve()
+    pure = {"this": False, "base": args.pure_baseline}
+    if args.baseline and args.pure_baseline:
+        p.error("--baseline and --pure-baseline exclude each other")
+    if args.baseline or args.pure_baseline:
+        trees["base"] = args.baseline.resolve() if args.baseline else ROOT
+    for name, tree in trees.items():
+        compiled.prepare(tree)
+        print(f"{name:<5} {tree}: {compiled.describe(tree, pure[name])}", flush=True)
     base = Path(tempfile.mkdtemp(prefix="oca-request-cost-", dir=args.dir))
     try:
         cfgs = {name: prepare(base / name, tree) for name, tree in trees.items()}
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         names = list(trees)
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                us = measure(trees[name], cfgs[name], args.span, args.requests)
+                us = measure(trees[name], cfgs[name], args.span, args.requests, pure[name])
                 results[name].append(us)
                 print(f"round {r + 1} {name:<5} {us:6.1f} us/request", flush=True)
         print()

@@ -2,7 +2,7 @@
 """Serving benchmark: oca-server against nginx on the same files, same load.
 
 Run: ``.venv/bin/python benchmarks/serve.py [--quick] [--https]
-[--profile default|production] [--baseline TREE] [--rounds N] [--duration S]
+[--profile default|production] [--baseline TREE | --pure-baseline] [--rounds N] [--duration S]
 [--connections C] [--idle N] [--hold S] [--dir DIR]``.
 
 Rules kept here:
@@ -66,7 +66,10 @@ Rules kept here:
 - ``--baseline TREE``: a second oca ("oca-base") runs the code in TREE (for
   example ``git archive main | tar -x -C TREE``) with its own copy of the
   content, in the same rounds, so before/after figures are measured in the
-  same run, alternating.
+  same run, alternating. ``--pure-baseline``: oca-base is this tree run
+  with OCA_PURE=1 (the pure-Python hot path). A tree with the compiled
+  module's source but no build is built first (`benchmarks/compiled.py`);
+  each oca's hot path is printed.
 - Cleanup (wrk, the servers, idle sockets, the temp dir) runs on normal
   exit, on error, on Ctrl-C and on SIGTERM.
 """
@@ -92,6 +95,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchmarks import compiled
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -323,8 +328,8 @@ def write_oca_config(base: Path, port: int) -> Path:
     return cfg
 
 
-def tree_env(tree: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(tree)}
+def tree_env(tree: Path, pure: bool = False) -> dict:
+    return compiled.tree_env(tree, pure)
 
 
 def ingest(cfg: Path, content: Content, tree: Path = ROOT) -> None:
@@ -414,12 +419,12 @@ def start_nginx(base: Path, name: str, port: int, nopush: bool, cleanup: Cleanup
     return srv
 
 
-def start_oca(base: Path, cfg: Path, port: int, cleanup: Cleanup, name: str = "oca", tree: Path = ROOT) -> Server:
+def start_oca(base: Path, cfg: Path, port: int, cleanup: Cleanup, name: str = "oca", tree: Path = ROOT, pure: bool = False) -> Server:
     log = base / f"{name}-server.log"
     out = open(log, "ab")
     proc = subprocess.Popen(
         [PY, "-m", "oca.server.main", "--config", str(cfg)],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tree, env=tree_env(tree),
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tree, env=tree_env(tree, pure),
     )
     cleanup.add(name, lambda: (stop_process(proc, signal.SIGTERM, timeout=20), out.close()))
     wait_port(port, proc, log)
@@ -778,6 +783,8 @@ def report(runs: list[Run], idle: list[IdleResult], args: argparse.Namespace, me
         print("  profile production: oca signing required + access log (combined, file) + metrics; "
               "nginx secure_link (MD5 + expiry) + access_log combined to a file; one signed URL per file")
     print(f"  correctness: {meta['verified']} ranges identical from all servers and the source files")
+    for name, hot in meta.get("hot_paths", {}).items():
+        print(f"  {name}: hot path {hot}")
     head = "".join(f"{'r' + str(r + 1):>10}" for r in range(rounds))
     # ratios[(workload, reference)][figure] -> per-round ratios; reference "best" is the better nginx per round and figure.
     ratios: dict[tuple[str, str, str], dict[str, list[float]]] = {}
@@ -890,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", choices=("default", "production"), default="default",
                    help="production: signing, access logs and the player mix (see the module docstring)")
     p.add_argument("--baseline", type=Path, help="a source tree of oca to measure alongside, as oca-base")
+    p.add_argument("--pure-baseline", action="store_true", help="oca-base is this tree with OCA_PURE=1 (pure-Python hot path)")
     p.add_argument("--rounds", type=int, help="rotating rounds (default 3, --quick 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10, --quick 3)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
@@ -907,10 +915,17 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(seed)
     PRODUCTION["on"] = args.profile == "production"
     WORKLOADS = PRODUCTION_WORKLOADS if PRODUCTION["on"] else DEFAULT_WORKLOADS
+    if args.baseline and args.pure_baseline:
+        p.error("--baseline and --pure-baseline exclude each other")
+    if args.pure_baseline:
+        args.baseline = ROOT
     contenders: tuple[str, ...] = (NGINX, "oca", NGINX_NOCORK) + (("oca-base",) if args.baseline else ())
     if args.baseline and not (args.baseline / "oca" / "server" / "main.py").is_file():
         print(f"serve.py: {args.baseline} is not an oca source tree", file=sys.stderr)
         return 2
+    for tree in (ROOT, args.baseline):
+        if tree is not None:
+            compiled.prepare(tree.resolve())
     for tool in ("wrk", "nginx", "pgrep"):
         if shutil.which(tool) is None:
             print(f"serve.py: {tool} is not installed", file=sys.stderr)
@@ -940,6 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         "load0": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "file_mib": file_mib,
         "seed": seed,
+        "hot_paths": {"oca": compiled.describe(ROOT), **({"oca-base": compiled.describe(args.baseline.resolve(), args.pure_baseline)}
+                                                        if args.baseline else {})},
     }
     try:
         base = Path(tempfile.mkdtemp(prefix="oca-serve-bench-", dir=args.dir))
@@ -973,7 +990,8 @@ def main(argv: list[str] | None = None) -> int:
             "oca": start_oca(base, cfg, ports[0], cleanup),
         }
         if base_cfg is not None:
-            servers["oca-base"] = start_oca(base / "baseline", base_cfg, ports[3], cleanup, "oca-base", args.baseline.resolve())
+            servers["oca-base"] = start_oca(base / "baseline", base_cfg, ports[3], cleanup, "oca-base", args.baseline.resolve(),
+                                            args.pure_baseline)
         for name, srv in servers.items():
             srv.paths = oca_paths(content) if name.startswith("oca") else nginx_paths(content)
             if PRODUCTION["on"]:
