@@ -1,7 +1,11 @@
 """One HTTP/1.1 connection: parsing, limits, pipelining and the zero-copy pump.
 
 Rules kept here:
-- Requests are parsed with httptools (llhttp, in C). Responses are decided
+- Requests are parsed with httptools (llhttp, in C). A plain keep-alive
+  GET/HEAD head complete in one read is taken by the compiled fast path
+  instead (`oca.http.speedups`: one call, no per-field callbacks), only
+  while the httptools parser is between messages; it gives the same
+  request, and what it declines goes to httptools. Responses are decided
   by the application (`Handler`), which returns a `Response`: a head and a
   list of segments, each either bytes or a (file descriptor, offset, count)
   range of a file.
