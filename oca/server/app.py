@@ -7,7 +7,9 @@ Rules kept here:
   One exception, for speed: a GET whose only range field is a plain
   `bytes=<first>-<last>` that `ranges.decide` would answer with that one
   range (206) is answered in `content` without calling it (about 3.5 µs
-  less per request); any other input goes through `ranges.decide`.
+  less per request); any other input goes through `ranges.decide`. With the
+  compiled hot path (`oca.http.speedups`), `file_head` builds that head,
+  and the head of a plain 200, in one call, and declines the rest.
 - URLs: GET/HEAD `/content/<id>` (with `Range`), `/content/<id>/range/<s>-<e>`
   (Open Connect's path form: 200 with the clamped bytes), OPTIONS for CORS
   preflight, and the control endpoints `/health`, `/inventory`, `/metrics`,
