@@ -12,6 +12,7 @@ parser (oca.http.speedups) and with httptools alone (the pure path).
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Iterator
 
@@ -72,11 +73,19 @@ class EchoHandler:
 
     def __init__(self) -> None:
         self.body_for: dict[str, bytes] = {}
+        self.file_for: dict[str, tuple[int, int, int]] = {}
+        self.file_errors: list[OSError] = []
         self.seen: list[Request] = []
         self.finished_log: list[tuple[int, bool]] = []
 
     def handle(self, req: Request, conn) -> Response:
         self.seen.append(req)
+        if req.path in self.file_for:  # a range of a real file: the head, then sendfile
+            fd, offset, count = self.file_for[req.path]
+            head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % count
+            resp = Response(200, head, [(fd, offset, count)], count)
+            resp.on_error = self.file_errors.append
+            return resp
         body = self.body_for.get(req.path, req.path.encode())
         close = not req.keep_alive
         head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{'Connection: close' + chr(13) + chr(10) if close else ''}\r\n".encode()
@@ -311,3 +320,70 @@ def test_trailer_fields_still_count_against_the_header_limits(rig):
     trailers = "".join(f"X-{i}: v\r\n" for i in range(30))
     rig.feed(f"GET /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{trailers}\r\n".encode())
     assert rig.responses(1)[0][0] == 431
+
+
+# ---------------------------------------------------------------- head + file: sendfile, partial sends, errors
+
+
+@pytest.fixture
+def data_file(tmp_path) -> Iterator[tuple[int, bytes]]:
+    data = bytes(range(256)) * (16 << 10)  # 4 MiB
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    yield fd, data
+    os.close(fd)
+
+
+def test_a_file_range_is_sent_whole(rig, data_file):
+    fd, data = data_file
+    rig.handler.file_for["/f"] = (fd, 1000, 65536)
+    rig.feed(req("/f") + req("/a"))
+    assert rig.responses(2) == [(200, data[1000:66536]), (200, b"/a")]
+
+
+def test_a_file_range_larger_than_the_socket_buffer_waits_for_writability_then_completes(rig, data_file):
+    fd, data = data_file
+    rig.server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    rig.handler.file_for["/f"] = (fd, 7, len(data) - 7)
+    rig.feed(req("/f"))
+    assert rig.loop.writers, "the range waits for the socket to drain"
+    got = bytearray()
+    rig.client.setblocking(False)
+    for _ in range(100_000):
+        try:
+            got += rig.client.recv(1 << 20)
+        except BlockingIOError:
+            if not rig.loop.writers:
+                break
+            for callback in list(rig.loop.writers.values()):
+                callback()  # the socket drained: what the event loop would call
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == data[7:]
+    assert rig.handler.finished_log == [(200, True)]
+
+
+def test_a_file_that_shrank_aborts_the_connection(rig, data_file):
+    fd, data = data_file
+    rig.handler.file_for["/f"] = (fd, len(data) - 10, 100)  # 90 bytes past the end
+    rig.feed(req("/f"))
+    assert rig.transport.aborted
+    assert [e.args[1] for e in rig.handler.file_errors] == ["file shrank while being sent"]
+
+
+def test_a_client_gone_before_the_head_aborts_without_blaming_the_file(rig, data_file):
+    fd, _data = data_file
+    rig.handler.file_for["/f"] = (fd, 0, 100)
+    rig.client.close()
+    rig.feed(req("/f"))
+    assert rig.transport.aborted and rig.handler.file_errors == []
+
+
+def test_a_bad_file_descriptor_is_the_files_fault(rig, data_file):
+    fd, _data = data_file
+    spare = os.dup(fd)
+    os.close(spare)  # a descriptor number that is closed now
+    rig.handler.file_for["/f"] = (spare, 0, 100)
+    rig.feed(req("/f"))
+    assert rig.transport.aborted
+    assert [e.errno for e in rig.handler.file_errors] == [9]  # EBADF
