@@ -419,7 +419,7 @@ class App:
             "appliance": cfg.appliance.id,
             "site": cfg.appliance.site,
             "version": __version__,
-            # The request-head parser in use (oca.http.speedups): "compiled", or "pure" and why.
+            # The hot path in use (oca.http.speedups): "compiled", or "pure" and why.
             "hot_path": {"kind": speedups.HOT_PATH, "reason": speedups.HOT_PATH_REASON},
             "time": time.time(),
             "uptime_s": round(time.time() - self.started_s, 3),

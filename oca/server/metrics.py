@@ -65,7 +65,7 @@ def _families(snap: MetricsSnapshot) -> Iterable[Metric]:
     info.add_metric([snap.version, snap.appliance, snap.site], 1)
     yield info
     if snap.hot_path:
-        hot = GaugeMetricFamily("oca_hot_path_info", "The request-head parser in use: compiled fast path or pure Python (OCA_PURE=1)",
+        hot = GaugeMetricFamily("oca_hot_path_info", "The hot path in use: compiled fast paths, or pure Python (OCA_PURE=1 or not built)",
                                 labels=["kind"])
         hot.add_metric([snap.hot_path], 1)
         yield hot
