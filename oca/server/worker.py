@@ -20,10 +20,11 @@ Rules kept here:
   `header_timeout_s` (`ssl_handshake_timeout`). The connection then
   becomes a `TlsConnection` (the copying send path, `oca.http.tlsconn`).
   Content requests on plain sockets are answered with 308 by `Redirector`
-  when `[tls] redirect_http` is set. The session-ticket key the parent
-  shares (`--ticket-key-fd`) is installed in that context
-  (`oca.tickets.install`); if it cannot be, the context keeps its own key
-  and /health and /metrics say why (resumption then only on this worker).
+  when `[tls] redirect_http` is set. The session-ticket keys the parent
+  shares (`--ticket-key-fd`) are installed in that context
+  (`oca.tickets.install`); if the previous keys cannot be, the first key
+  alone is; if no key can be, the context keeps its own, and /health and
+  /metrics say why (resumption then only on this worker).
 - A second supervised task flushes the request counters
   (`oca.server.popularity`) every `[popularity] flush_s`, and once more
   after serving ends.
@@ -103,8 +104,9 @@ class Worker:
         self.app = App(cfg, self.store, self.stats, self.log, loop, tasks_down=self.supervisor.down, task_failures=self.supervisor.failures)
         served = make_context(cfg.tls, time.time(), read_pair_ssl) if cfg.tls is not None and self.args.tls_fds else None
         if cfg.tls is not None:
+            shared, ticket_keys = self._share_tickets(served.context) if served else (None, None)
             self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status(),
-                                 "session_tickets": self._share_tickets(served.context) if served else None,
+                                 "session_tickets": shared, "ticket_keys": ticket_keys,
                                  "key_file_warning": stat_key_file(cfg.tls.key_file)}
         sc = cfg.server
         limits = Limits(
@@ -188,22 +190,38 @@ class Worker:
         stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = 0
         return 0
 
-    def _share_tickets(self, ctx) -> str:
-        """'shared', or 'per-worker: <why>' when the parent's key could not be installed."""
+    def _share_tickets(self, ctx) -> tuple[str, dict]:
+        """('shared' or 'per-worker: <why>', what the ticket keys do) for the parent's keys in `ctx`.
+
+        Several keys need the key callback; if it cannot be installed the first
+        key alone still is (tickets under the previous keys then fall back to a
+        full handshake), and the second part says why.
+        """
+        log = _log_line(self.args.slot)
         fd = self.args.ticket_key_fd
+        keys: tuple[bytes, ...] = ()
+        rotation: str | None = None
         try:
             if fd < 0:
                 raise tickets.TicketKeyUnavailable("the parent handed no ticket key")
             try:
-                key = tickets.read_fd(fd)
+                keys = tickets.read_fd(fd)
             finally:
                 os.close(fd)
                 self.args.ticket_key_fd = -1
-            tickets.install(ctx, key)
+            try:
+                tickets.install(ctx, keys)
+            except tickets.TicketKeyUnavailable as exc:
+                if len(keys) == 1:
+                    raise
+                rotation = f"previous keys ignored: {exc}"
+                log(f"session tickets under the previous ticket keys will not resume ({exc}); the first key alone is used")
+                tickets.install(ctx, keys[:1])
         except (tickets.TicketKeyUnavailable, OSError) as exc:
-            _log_line(self.args.slot)(f"session tickets stay per worker (resumption only on this worker): {exc}")
-            return f"per-worker: {exc}"
-        return "shared"
+            log(f"session tickets stay per worker (resumption only on this worker): {exc}")
+            return f"per-worker: {exc}", {"configured": len(keys), "decrypting": 0, "status": f"per-worker: {exc}"}
+        decrypting = 1 if rotation else len(keys)
+        return "shared", {"configured": len(keys), "decrypting": decrypting, "status": rotation or "ok"}
 
     def stop(self) -> None:
         if self.stopping:

@@ -389,6 +389,44 @@ def test_ticket_key_file_is_shared_between_appliances_and_checked(tmp_path, pki)
     assert done.returncode != 0 and str(key) in done.stderr and "80" in done.stderr, done.stderr
 
 
+def test_previous_ticket_key_resumes_after_a_rotation_and_not_once_dropped(tmp_path, pki):
+    """Key A issues a ticket; SIGHUP makes B current and A previous: it resumes; SIGHUP without A: it does not."""
+    import json
+
+    key_a, key_b = tmp_path / "a.key", tmp_path / "b.key"
+    for path in (key_a, key_b):
+        path.write_bytes(os.urandom(80))
+        path.chmod(0o600)
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"x.bin": b"y" * 100},
+                                              tls_extra=f'ticket_key_file = "{key_a}"\n', workers=1)
+    text = cfg.read_text()
+    versions = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+
+    def reload(tls_extra: str, pids: list[int]) -> list[int]:
+        cfg.write_text(text.replace(f'ticket_key_file = "{key_a}"\n', tls_extra))
+        srv.proc.send_signal(signal.SIGHUP)
+        return wait_for(lambda: (p := srv.worker_pids()) and not set(p) & set(pids) and p, 30, "the worker to be replaced")
+
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        pids = wait_serving(srv, 1)
+        under_a = {v: resumption(tls_port, pki, v, 1)[2] for v in versions}
+        pids = reload(f'ticket_key_file = "{key_b}"\nprevious_ticket_key_files = ["{key_a}"]\n', pids)
+        doc = json.loads(https_get(pki, tls_port, "/health").body)["tls"]
+        assert doc["session_tickets"] == "shared" and doc["ticket_keys"] == {"configured": 2, "decrypting": 2, "status": "ok"}
+        assert 'oca_tls_ticket_keys_decrypting{status="ok"} 2.0' in https_get(pki, tls_port, "/metrics").body.decode()
+        renewed = {}
+        for v in versions:
+            resumed, _, renewed[v] = resumption(tls_port, pki, v, 1, session=under_a[v])
+            assert resumed == 1, f"{v.name}: a ticket under the previous key did not resume"
+        pids = reload(f'ticket_key_file = "{key_b}"\n', pids)
+        for v in versions:
+            assert resumption(tls_port, pki, v, 1, session=under_a[v])[0] == 0, f"{v.name}: a ticket under a dropped key resumed"
+            assert resumption(tls_port, pki, v, 1, session=renewed[v])[0] == 1, f"{v.name}: the ticket renewed under B did not resume"
+    cfg.write_text(text.replace(f'ticket_key_file = "{key_a}"\n', f'ticket_key_file = "{key_b}"\nprevious_ticket_key_files = ["{key_b}.gone"]\n'))
+    done = _check_config(cfg)
+    assert done.returncode != 0 and f"tls.previous_ticket_key_files[0]: {key_b}.gone: cannot read" in done.stderr, done.stderr
+
+
 # ================================================================ hostile and slow clients
 
 
