@@ -96,9 +96,9 @@ class HttpsServed(Served):
 
 
 def start_tls_appliance(tmp: Path, pki, pair="ecdsa", files=None, extra_server: str = "", tls_extra: str = "",
-                        workers: int = 2) -> tuple[Path, int, int]:
+                        workers: int = 2, event_loop: str = "uvloop") -> tuple[Path, int, int]:
     tls_port = free_port()
-    cfg, _host, port = make_appliance(tmp, files or {}, workers=workers, extra_server=extra_server,
+    cfg, _host, port = make_appliance(tmp, files or {}, workers=workers, extra_server=extra_server, event_loop=event_loop,
                                       extra=tls_table(tls_port, pki[pair], tls_extra))
     return cfg, port, tls_port
 
@@ -425,6 +425,45 @@ def test_previous_ticket_key_resumes_after_a_rotation_and_not_once_dropped(tmp_p
     cfg.write_text(text.replace(f'ticket_key_file = "{key_a}"\n', f'ticket_key_file = "{key_b}"\nprevious_ticket_key_files = ["{key_b}.gone"]\n'))
     done = _check_config(cfg)
     assert done.returncode != 0 and f"tls.previous_ticket_key_files[0]: {key_b}.gone: cannot read" in done.stderr, done.stderr
+
+
+def test_https_under_the_stock_asyncio_loop(tmp_path, pki):
+    """`event_loop = "asyncio"`: ranges and keep-alive, a reload with a connection held open, a slow reader cut off.
+
+    Its TLS transport is asyncio's own (sslproto), not uvloop's: the send
+    path must work on either, since both are in the config's choices.
+    """
+    data = payloads()["big.ts"]
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"big.ts": data}, workers=1, event_loop="asyncio",
+                                              extra_server="send_timeout_s = 1\n")
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        pids = wait_serving(srv, 1)
+        with tls_connect(tls_port, client_context(pki)) as held:
+            reader = RawReader(held)
+            for first, last in ((0, 99), (len(data) - 70000, len(data) - 1), (12345, 12345 + 300000)):
+                held.sendall(raw_request("GET", "/content/big.ts", {"Range": f"bytes={first}-{last}"}))
+                reply = reader.response()
+                assert reply.status == 206 and reply.body == data[first:last + 1], (first, last, reply.status)
+            held.sendall(raw_request("GET", "/content/big.ts"))
+            assert hashlib.sha256(reader.response().body).digest() == hashlib.sha256(data).digest()
+            srv.proc.send_signal(signal.SIGHUP)
+            # The old worker closes its idle connections (close_notify) and exits; the new one serves.
+            with pytest.raises((EOFError, ConnectionError, ssl.SSLError, OSError)):
+                reader._fill()
+        wait_for(lambda: (p := srv.worker_pids()) and not set(p) & set(pids), 20, "the worker to be replaced")
+        assert https_get(pki, tls_port, "/content/big.ts", {"Range": "bytes=0-9"}).body == data[:10]
+        slow = tls_connect(tls_port, client_context(pki), rcvbuf=64 * 1024)
+        try:
+            slow.sendall(raw_request("GET", "/content/big.ts"))
+            reader = RawReader(slow)
+            assert reader.read_head()[0] == 200
+            time.sleep(2.5)  # send_timeout_s = 1, plus the once-a-second sweep
+            with pytest.raises((EOFError, ConnectionError, ssl.SSLError, OSError)):
+                while True:
+                    reader._fill()
+            assert len(reader.buf) < len(data)
+        finally:
+            slow.close()
 
 
 # ================================================================ hostile and slow clients
