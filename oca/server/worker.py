@@ -49,7 +49,7 @@ import time
 from oca.config import load_config
 from oca.errors import OcaError
 from oca.http.protocol import HttpConnection, Limits
-from oca.http.tlsconn import TlsConnection
+from oca.http.tlsconn import TlsConnection, shrink_asyncio_read_buffer
 from oca.server import popularity
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
 
             code = uvloop.run(worker.run())
         else:
+            if worker.cfg.tls is not None:
+                shrink_asyncio_read_buffer()
             code = asyncio.run(worker.run())
     except OcaError as exc:
         print(f"oca-server worker {args.slot}: error: {exc}", file=sys.stderr)

@@ -427,8 +427,15 @@ def test_previous_ticket_key_resumes_after_a_rotation_and_not_once_dropped(tmp_p
     assert done.returncode != 0 and f"tls.previous_ticket_key_files[0]: {key_b}.gone: cannot read" in done.stderr, done.stderr
 
 
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def test_https_under_the_stock_asyncio_loop(tmp_path, pki):
-    """`event_loop = "asyncio"`: ranges and keep-alive, a reload with a connection held open, a slow reader cut off.
+    """`event_loop = "asyncio"`: ranges and keep-alive, a reload, idle memory, a slow reader cut off.
 
     Its TLS transport is asyncio's own (sslproto), not uvloop's: the send
     path must work on either, since both are in the config's choices.
@@ -452,6 +459,21 @@ def test_https_under_the_stock_asyncio_loop(tmp_path, pki):
                 reader._fill()
         wait_for(lambda: (p := srv.worker_pids()) and not set(p) & set(pids), 20, "the worker to be replaced")
         assert https_get(pki, tls_port, "/content/big.ts", {"Range": "bytes=0-9"}).body == data[:10]
+        # Idle connections do not each hold asyncio's default 256 KiB read buffer (oca.http.tlsconn).
+        (worker,) = srv.worker_pids()
+        before = _rss_kib(worker)
+        idle = []
+        try:
+            for _ in range(40):
+                c = tls_connect(tls_port, client_context(pki))
+                idle.append(c)
+                c.sendall(raw_request("GET", "/content/big.ts", {"Range": "bytes=0-9"}))
+                assert RawReader(c).response().status == 206
+            grown = _rss_kib(worker) - before
+            assert grown < 40 * 150, f"{grown} KiB for 40 idle TLS connections"
+        finally:
+            for c in idle:
+                c.close()
         slow = tls_connect(tls_port, client_context(pki), rcvbuf=64 * 1024)
         try:
             slow.sendall(raw_request("GET", "/content/big.ts"))
