@@ -453,6 +453,7 @@ class App:
             "ktls": info.get("ktls"),
             "session_tickets": info.get("session_tickets"),
             "ticket_keys": info.get("ticket_keys"),  # configured, decrypting, status ("ok" or why fewer decrypt)
+            "idle_buffers": info.get("idle_buffers"),  # "released" (oca.sslmem), or "kept: <why>"
             "key_file_warning": info.get("key_file_warning"),  # a note: the key is readable by others (status unchanged)
         }
 

@@ -24,7 +24,9 @@ Rules kept here:
   shares (`--ticket-key-fd`) are installed in that context
   (`oca.tickets.install`); if the previous keys cannot be, the first key
   alone is; if no key can be, the context keeps its own, and /health and
-  /metrics say why (resumption then only on this worker).
+  /metrics say why (resumption then only on this worker). Idle HTTPS
+  connections give back their TLS write buffer (`oca.sslmem`), or /health
+  says why not.
 - A second supervised task flushes the request counters
   (`oca.server.popularity`) every `[popularity] flush_s`, and once more
   after serving ends.
@@ -56,7 +58,7 @@ from oca.server.accesslog import AccessLog
 from oca.server.app import App
 from oca.store.content import ContentStore
 from oca.supervise import Supervisor
-from oca import tickets
+from oca import sslmem, tickets
 from oca.tls import ktls_status, make_context, read_pair_ssl, stat_key_file
 
 PR_SET_PDEATHSIG = 1
@@ -107,6 +109,7 @@ class Worker:
             shared, ticket_keys = self._share_tickets(served.context) if served else (None, None)
             self.app.tls_info = {"not_after_s": served.not_after_s if served else None, "ktls": ktls_status(),
                                  "session_tickets": shared, "ticket_keys": ticket_keys,
+                                 "idle_buffers": self._trim_idle_buffers(served.context) if served else None,
                                  "key_file_warning": stat_key_file(cfg.tls.key_file)}
         sc = cfg.server
         limits = Limits(
@@ -189,6 +192,15 @@ class Worker:
         self.app.fds.clear()
         stats.counters[stats.base + S.C_CONNECTIONS_OPEN] = 0
         return 0
+
+    def _trim_idle_buffers(self, ctx) -> str:
+        """'released', or 'kept: <why>' when idle HTTPS connections must keep their TLS write buffers."""
+        try:
+            TlsConnection.trim_bio = sslmem.BioTrimmer.create(ctx).trim
+        except sslmem.MemoryControlUnavailable as exc:
+            _log_line(self.args.slot)(f"idle HTTPS connections keep their TLS write buffers (~86 KiB each after a body): {exc}")
+            return f"kept: {exc}"
+        return "released"
 
     def _share_tickets(self, ctx) -> tuple[str, dict]:
         """('shared' or 'per-worker: <why>', what the ticket keys do) for the parent's keys in `ctx`.

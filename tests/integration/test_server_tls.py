@@ -219,6 +219,8 @@ def test_health_and_metrics_report_expiry_and_ktls(served):
     assert "oca_tls_ktls_available{" in m
     assert doc["tls"]["session_tickets"] == "shared" and 'oca_tls_shared_ticket_key{status="shared"} 1.0' in m
     assert doc["tls"]["key_file_warning"] is None  # tests.tlscerts writes keys 0600, owned by us
+    assert doc["tls"]["idle_buffers"] == "released"  # oca.sslmem's checks passed in the worker
+    assert doc["tls"]["ticket_keys"] == {"configured": 1, "decrypting": 1, "status": "ok"}
 
 
 def test_rsa_2048_pair(tmp_path, pki):
