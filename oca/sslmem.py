@@ -25,6 +25,12 @@ Rules kept here:
 - If a check fails, `BioTrimmer.create` raises `MemoryControlUnavailable`
   saying why; connections then keep their buffers (memory grows as above,
   serving is unchanged), and /health says so.
+- A trimmed buffer is freed into the C heap, which keeps its pages: without
+  more, RSS stays at the peak number of buffers ever held (measured, 10,000
+  idle connections after one 256 KiB response each: 238 MiB in the largest
+  worker). Every RELEASE_EVERY trims the worker calls glibc's
+  `malloc_trim(0)` off the event loop (`release_due`/`release_freed`):
+  150 MiB, as after 1 KiB responses.
 - Rejected: trimming at the end of every response (back-to-back requests
   would pay a free and a regrowth, with its zero-fill, each time); writing
   in 16 KiB pieces so the BIO stays small (four sends per block instead of
@@ -59,12 +65,35 @@ def _bio_pointer(bio: ssl.MemoryBIO) -> int:
     return ctypes.c_void_p.from_address(id(bio) + object.__basicsize__).value or 0
 
 
+# Freed buffers go back to the C heap, which keeps the pages; past this many
+# (~5.5 MiB) since the last time, `release_freed` hands the free pages to the kernel.
+RELEASE_EVERY = 64
+
+
 class BioTrimmer:
     """Trims the outgoing memory BIO of idle connections served from one context."""
 
     def __init__(self, lib, crypto, ctx_ptr: int):
         self._lib, self._crypto, self._ctx_ptr = lib, crypto, ctx_ptr
         self.trimmed = 0
+        self._released_at = 0
+        try:
+            self._malloc_trim = ctypes.CDLL(None).malloc_trim  # glibc
+            self._malloc_trim.restype, self._malloc_trim.argtypes = ctypes.c_int, [ctypes.c_size_t]
+        except AttributeError:
+            self._malloc_trim = None
+
+    def release_due(self) -> bool:
+        """Whether RELEASE_EVERY buffers were trimmed since the last `release_freed` (which it then counts as done)."""
+        if self.trimmed - self._released_at < RELEASE_EVERY or self._malloc_trim is None:
+            return False
+        self._released_at = self.trimmed
+        return True
+
+    def release_freed(self) -> None:
+        """Hand the C heap's free pages back to the kernel (glibc's malloc_trim; thread-safe, releases the GIL)."""
+        if self._malloc_trim is not None:
+            self._malloc_trim(0)
 
     @classmethod
     def create(cls, ctx: ssl.SSLContext) -> "BioTrimmer":

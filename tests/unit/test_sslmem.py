@@ -83,3 +83,13 @@ def test_trim_ignores_objects_of_another_context_and_none(pair):
     other.load_cert_chain(pair[1], pair[2])
     trimmer = sslmem.BioTrimmer.create(other)
     assert not trimmer.trim(srv) and not trimmer.trim(None) and trimmer.trimmed == 0
+
+
+def test_freed_pages_are_released_once_enough_buffers_were_trimmed(pair):
+    server, *_ = connected(pair)
+    trimmer = sslmem.BioTrimmer.create(server)
+    trimmer.trimmed = sslmem.RELEASE_EVERY - 1
+    assert not trimmer.release_due()
+    trimmer.trimmed += 1
+    assert trimmer.release_due() and not trimmer.release_due(), "due once per RELEASE_EVERY trims"
+    trimmer.release_freed()  # glibc's malloc_trim, here for real
