@@ -29,8 +29,8 @@ Rules kept here:
   64 KiB mark, against 671 KiB with 256 KiB, at the same throughput.
 - An idle connection holds no buffer: the ring goes back to a per-process
   pool when a response ends with nothing queued, and once a connection that
-  sent a body has rested a sweep (about a second) with nothing queued, its
-  TLS transport's outgoing memory BIO is given an empty buffer
+  sent a body has rested `TRIM_AFTER_IDLE_S` with nothing queued, its TLS
+  transport's outgoing memory BIO is given an empty buffer
   (`oca.sslmem`, through the `trim_bio` hook the worker sets).
 - Under the stock asyncio loop (`event_loop = "asyncio"`) the TLS transport
   is asyncio's sslproto, which gives every connection a 256 KiB ciphertext
@@ -57,6 +57,10 @@ HIGH_WATER_BYTES = BLOCK_BYTES
 LOW_WATER_BYTES = BLOCK_BYTES // 4
 RING_BUFFERS = HIGH_WATER_BYTES // BLOCK_BYTES + 1
 POOL_MAX = 256  # spare buffers kept per process (16 MiB)
+# A connection's TLS write buffer is given back once it has been idle this
+# long: a player resting between segments, not a busy client between two
+# back-to-back requests (which would only grow it again).
+TRIM_AFTER_IDLE_S = 1.0
 
 _pool: list[bytearray] = []
 
@@ -212,7 +216,8 @@ class TlsConnection(HttpConnection):
 
     def expire(self, now: float) -> str | None:
         kind = super().expire(now)
-        if self._sent_body and kind is None and self.phase == IDLE and self._current is None:
+        if (self._sent_body and kind is None and self.phase == IDLE and self._current is None and self.deadline_kind == "idle"
+                and now - (self.deadline - self.limits.keepalive_timeout_s) >= TRIM_AFTER_IDLE_S):
             t = self.transport
             trim = self.trim_bio
             if t is not None and trim is not None and not self._lost and not t.is_closing() and t.get_write_buffer_size() == 0:
