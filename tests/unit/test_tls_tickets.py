@@ -188,3 +188,40 @@ def test_install_refuses_an_ssl_ctx_pointer_that_does_not_answer_with_the_contex
     monkeypatch.setattr(tickets, "_ctx_pointer", lambda _ctx: wrong)
     with pytest.raises(tickets.TicketKeyUnavailable, match="does not answer with its options"):
         tickets.install(ctx, [tickets.new_key()])
+
+
+# ---------------------------------------------------------------- what a worker reports
+
+
+def _share(ctx, keys, capsys):
+    """oca.server.worker.Worker._share_tickets on a real context and a real sealed memfd of `keys`."""
+    from types import SimpleNamespace
+
+    from oca.server.worker import Worker
+
+    fake = SimpleNamespace(args=SimpleNamespace(ticket_key_fd=tickets.keys_fd(keys), slot=0))
+    got = Worker._share_tickets(fake, ctx)
+    assert fake.args.ticket_key_fd == -1  # the descriptor is closed once read
+    return got, capsys.readouterr().err
+
+
+def test_worker_reports_every_key_decrypting(pair, capsys):
+    (shared, keys), _ = _share(server_ctx(pair), (tickets.new_key(), tickets.new_key()), capsys)
+    assert shared == "shared" and keys == {"configured": 2, "decrypting": 2, "status": "ok"}
+
+
+def test_worker_falls_back_to_the_first_key_when_the_callback_cannot_be_installed(pair, capsys, monkeypatch):
+    """The callback refused (here: a forced refusal, as on a libssl without it): the first key still serves, and says why."""
+    def refuse(*_a):
+        raise tickets.TicketKeyUnavailable("libssl has no SSL_CTX_set_tlsext_ticket_key_evp_cb")
+
+    monkeypatch.setattr(tickets, "_install_callback", refuse)
+    first = tickets.new_key()
+    ctx = server_ctx(pair)
+    (shared, keys), err = _share(ctx, (first, tickets.new_key()), capsys)
+    assert shared == "shared" and keys["decrypting"] == 1 and keys["configured"] == 2
+    assert keys["status"].startswith("previous keys ignored: libssl has no") and "will not resume" in err
+    client = ssl.create_default_context(cafile=str(pair[0]))
+    only_first = server_ctx(pair)
+    tickets.install(only_first, [first])
+    assert handshake(only_first, client, handshake(ctx, client)[1])[0], "tickets are issued under the first key"
