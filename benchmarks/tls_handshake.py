@@ -28,6 +28,12 @@ Rules kept here:
   settings and a Protocol that answers the same 1 KiB response and closes,
   with no oca code at all. oca's distance to it is oca's own per-connection
   cost; its distance to nginx is Python's `ssl` over memory BIOs + uvloop.
+- ``--ticket-keys``: two oca servers with tickets on, one with a
+  `ticket_key_file` only (the key is copied into the context) and one with a
+  `previous_ticket_key_files` entry too (OpenSSL's key callback, a ctypes
+  call into Python per ticket issued or presented), under wrk's resumed
+  handshakes; prints the workers' CPU per handshake of each and the
+  per-round difference, the callback's cost.
 - ``--resumption``: a Python ssl client makes N sequential connections to
   a 2-worker oca, each offering the session of the one before (reading a
   response first, so TLS 1.3 tickets have arrived), and prints the share
@@ -131,7 +137,7 @@ class Server:
                 self.proc.wait()
 
 
-def start_oca(base: Path, name: str, crt: Path, key: Path, tickets: bool, oca_root: Path) -> Server:
+def start_oca(base: Path, name: str, crt: Path, key: Path, tickets: bool, oca_root: Path, tls_extra: tuple[str, ...] = ()) -> Server:
     d = base / name
     (d / "store").mkdir(parents=True)
     port = free_port()
@@ -143,7 +149,7 @@ def start_oca(base: Path, name: str, crt: Path, key: Path, tickets: bool, oca_ro
         "[index]", f'path = "{d / "index"}"', "map_size_gb = 1",
         "[[stores]]", f'path = "{d / "store"}"',
         "[tls]", f'listen = ["127.0.0.1:{port}"]', f'cert_file = "{crt}"', f'key_file = "{key}"',
-        *([] if tickets else ["session_tickets = false"]),
+        *([] if tickets else ["session_tickets = false"]), *tls_extra,
     ]) + "\n")
     src = base / f"{FILE_ID}.bin"
     src.write_bytes(BODY)
@@ -346,6 +352,44 @@ def handshakes(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -
                   f"{med(n, 'cpu_us') / med(f, 'cpu_us'):.2f} | {med(o, 'cpu_us') - med(f, 'cpu_us'):.0f} | {med(f, 'p99_ms'):.1f} |")
 
 
+def ticket_keys(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -> None:
+    """Resumed handshakes with one ticket key (a memory copy into the context) and with a previous key too (the callback)."""
+    script = base / "close.lua"
+    script.write_text(LUA)
+    keys = []
+    for name in ("current", "previous"):
+        path = base / f"{name}.key"
+        path.write_bytes(os.urandom(80))
+        path.chmod(0o600)
+        keys.append(path)
+    crt, key = pki["ecdsa"]
+    servers = []
+    for name, extra in (("1 key", (f'ticket_key_file = "{keys[0]}"',)),
+                        ("2 keys", (f'ticket_key_file = "{keys[0]}"', f'previous_ticket_key_files = ["{keys[1]}"]'))):
+        srv = start_oca(base, f"oca-{name.replace(' ', '')}", crt, key, True, args.oca_root, extra)
+        srv.name = name
+        servers.append(srv)
+        cleanup.append(srv)
+    checks = {s.name: resumed_share(s.port, pki["ca"], ssl.TLSVersion.TLSv1_3, 20) for s in servers}
+    for s in servers:
+        run_wrk(s, script, 1, args.connections)  # warm-up, not counted
+    runs: dict[str, list[Run]] = {s.name: [] for s in servers}
+    for r in range(args.rounds):
+        for s in servers if r % 2 == 0 else servers[::-1]:
+            runs[s.name].append(run_wrk(s, script, args.duration, args.connections))
+    med = lambda rs, a: statistics.median(getattr(x, a) for x in rs)  # noqa: E731
+    print(f"\nResumed TLS 1.3 handshakes (ECDSA P-256), oca only, 2 workers, wrk -t1 -c{args.connections} "
+          f"-H 'Connection: close', {args.rounds} rounds x {args.duration:g} s alternating (medians):")
+    print("| ticket keys | hs/s | CPU µs/hs | p99 ms | resumed by a Python client | errors |")
+    print("|---|---|---|---|---|---|")
+    for name, rs in runs.items():
+        print(f"| {name} | {med(rs, 'hs_s'):.0f} | {med(rs, 'cpu_us'):.0f} | {med(rs, 'p99_ms'):.1f} | "
+              f"{checks[name][0]}/{checks[name][1]} | {sum(x.errors for x in rs)} |")
+    per_round = [b.cpu_us - a.cpu_us for a, b in zip(runs["1 key"], runs["2 keys"])]
+    print(f"the key callback's cost: {statistics.median(per_round):+.1f} µs of worker CPU per handshake "
+          f"(median of per-round differences: {', '.join(f'{x:+.1f}' for x in per_round)})")
+
+
 def resumption(args: argparse.Namespace, base: Path, pki: dict, cleanup: list) -> None:
     crt, key = pki["ecdsa"]
     srv = start_oca(base, "oca-resume", crt, key, True, args.oca_root)
@@ -364,6 +408,7 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--floor", action="store_true", help="also run bare uvloop TLS (no oca code), the floor of this stack")
     p.add_argument("--resumption", action="store_true", help="measure the share of sessions resumed across workers instead")
+    p.add_argument("--ticket-keys", action="store_true", help="instead: resumed handshakes with 1 ticket key vs 2 (the key callback)")
     p.add_argument("--connections-resume", type=int, default=200)
     p.add_argument("--oca-root", type=Path, default=ROOT, help="the oca checkout to run (a before/after of either mode)")
     args = p.parse_args()
@@ -375,6 +420,8 @@ def main() -> int:
         pki = {"ca": ca.path, "rsa": make_leaf(ca, base / "pki", "rsa", "rsa"), "ecdsa": make_leaf(ca, base / "pki", "ecdsa", "ecdsa")}
         if args.resumption:
             resumption(args, base, pki, cleanup)
+        elif args.ticket_keys:
+            ticket_keys(args, base, pki, cleanup)
         else:
             handshakes(args, base, pki, cleanup)
     finally:

@@ -14,9 +14,11 @@ Rules kept here:
 - ``--idle N``: oca (2 workers, uvloop, HTTPS only, ECDSA P-256) and then
   nginx (2 workers, `ssl_protocols TLSv1.2 TLSv1.3`) each get N TLS
   keep-alive connections (asyncio client, TLS 1.3, 200 handshakes at a
-  time), each sending one request for a 1 KiB file and reading the answer,
-  then all idle; the VmRSS of each worker is read while they are held.
+  time), each sending one request for a 1 KiB file (``--body``: another
+  size, e.g. a player's segment) and reading the answer, then all idle; the VmRSS of each worker is read while they are held.
   The figure is the largest worker's RSS (target < 160 MiB for oca).
+  ``--event-loop asyncio`` runs oca on the stock loop instead (its TLS
+  transport is asyncio's sslproto; the target is for uvloop).
 - Bounded: loopback only, N defaults to 200, everything is closed and the
   server stopped at the end, whatever happens.
 """
@@ -82,7 +84,7 @@ async def _open_idle(port: int, n: int, ctx: ssl.SSLContext) -> list:
     return writers
 
 
-def idle(n: int) -> None:
+def idle(n: int, event_loop: str = "uvloop", body: int = 1024) -> None:
     """The largest worker's RSS with `n` idle TLS keep-alive connections over 2 workers, oca then nginx."""
     import asyncio
     import resource
@@ -100,10 +102,10 @@ def idle(n: int) -> None:
         ctx = ssl.create_default_context(cafile=str(ca.path))
         tls_port = free_port()
         tls = f'[tls]\nlisten = ["127.0.0.1:{tls_port}"]\ncert_file = "{crt}"\nkey_file = "{key}"\n'
-        cfg, host, port = appliance(tmp / "app", workers=2, extra=tls,
+        cfg, host, port = appliance(tmp / "app", workers=2, extra=tls, event_loop=event_loop,
                                     extra_server="keepalive_timeout_s = 600\nmax_connections = 16384\n")
         small = tmp / "small.bin"
-        small.write_bytes(os.urandom(1024))
+        small.write_bytes(os.urandom(body))
         admin(cfg, "ingest", str(small), "--id", "small.bin", check=True)
         rows = []
         with ServerProcess(cfg, host, port) as srv:
@@ -144,7 +146,8 @@ def idle(n: int) -> None:
             rows.append(("nginx", before, held, conns, opened_s))
         finally:
             nginx.stop()
-    print(f"\n{n} idle TLS 1.3 keep-alive connections (ECDSA P-256) over 2 workers, uvloop for oca:")
+    print(f"\n{n} idle TLS 1.3 keep-alive connections (ECDSA P-256) over 2 workers, {event_loop} for oca, "
+          f"each idle after one {body}-byte response:")
     print("| server | connections per worker | worker VmRSS before (MiB) | held (MiB) | largest worker (MiB) | KiB per connection | opened in (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, before, held, conns, opened_s in rows:
@@ -165,9 +168,11 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=200)
     p.add_argument("--file-mib", type=int, default=64)
     p.add_argument("--idle", type=int, default=0, help="instead: RSS with this many idle TLS keep-alive connections, oca and nginx")
+    p.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop", help="oca's [server] event_loop for --idle")
+    p.add_argument("--body", type=int, default=1024, help="bytes of the one response each --idle connection gets first (default 1024)")
     args = p.parse_args()
     if args.idle:
-        idle(args.idle)
+        idle(args.idle, args.event_loop, args.body)
         return
     with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
         tmp = Path(d)

@@ -230,6 +230,11 @@ class TlsConfig(TlsServingConfig):
         "'' : a random key made at start, shared by the workers, kept across SIGHUP. Re-read on SIGHUP.",
         check=lambda v: v and check_abs_path(v),
     )
+    previous_ticket_key_files: tuple[str, ...] = setting(
+        (), doc="Older 80-byte ticket keys that still decrypt (never encrypt) tickets, as nginx's second and later "
+        "ssl_session_ticket_key files; a ticket they open is renewed under ticket_key_file. Re-read on SIGHUP.",
+        check=lambda v: tuple(check_abs_path(x) for x in v),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +258,13 @@ def _validate_config(cfg: Config) -> None:
     for i, item in enumerate(tls_listen):
         if parse_host_port(item) in plain:
             raise ConfigError(f"tls.listen[{i}]: {item!r} is also in server.listen")
+    if cfg.tls is not None and cfg.tls.previous_ticket_key_files:
+        if not cfg.tls.ticket_key_file:
+            raise ConfigError("tls.previous_ticket_key_files: needs tls.ticket_key_file (the key that encrypts)")
+        files = (cfg.tls.ticket_key_file, *cfg.tls.previous_ticket_key_files)
+        for i, path in enumerate(cfg.tls.previous_ticket_key_files):
+            if path in files[:i + 1]:
+                raise ConfigError(f"tls.previous_ticket_key_files[{i}]: {path!r} is listed twice (or is tls.ticket_key_file)")
     if cfg.tls is not None and cfg.tls.redirect_http and not tls_listen:
         raise ConfigError("tls.redirect_http: needs tls.listen")
     paths = [s.path for s in cfg.stores]

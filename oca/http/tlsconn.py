@@ -28,7 +28,16 @@ Rules kept here:
   (benchmarks/tls_memory.py) 282 KiB of worker RSS per slow reader with a
   64 KiB mark, against 671 KiB with 256 KiB, at the same throughput.
 - An idle connection holds no buffer: the ring goes back to a per-process
-  pool when a response ends with nothing queued.
+  pool when a response ends with nothing queued, and once a connection that
+  sent a body has rested `TRIM_AFTER_IDLE_S` with nothing queued, its TLS
+  transport's outgoing memory BIO is given an empty buffer
+  (`oca.sslmem`, through the `trim_bio` hook the worker sets).
+- Under the stock asyncio loop (`event_loop = "asyncio"`) the TLS transport
+  is asyncio's sslproto, which gives every connection a 256 KiB ciphertext
+  read buffer at creation (`SSLProtocol.max_size`): 281 KiB of worker RSS
+  per idle connection, measured (benchmarks/tls_memory.py --idle 2000
+  --event-loop asyncio). Requests are small, so `ASYNCIO_READ_BYTES` is
+  plenty; `shrink_asyncio_read_buffer` sets it before any connection.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import os
 from collections import deque
 
 from oca.http.messages import Response
-from oca.http.protocol import BUSY, CLOSING, HttpConnection, LINGER_S
+from oca.http.protocol import BUSY, CLOSING, IDLE, HttpConnection, LINGER_S
 
 # 64 KiB: the prototype on this box found it fastest (2 MiB ranges at 1.01x
 # nginx); 256 KiB blocks fell to 0.85x because each block is copied 3-4
@@ -48,8 +57,27 @@ HIGH_WATER_BYTES = BLOCK_BYTES
 LOW_WATER_BYTES = BLOCK_BYTES // 4
 RING_BUFFERS = HIGH_WATER_BYTES // BLOCK_BYTES + 1
 POOL_MAX = 256  # spare buffers kept per process (16 MiB)
+# A connection's TLS write buffer is given back once it has been idle this
+# long: a player resting between segments, not a busy client between two
+# back-to-back requests (which would only grow it again).
+TRIM_AFTER_IDLE_S = 1.0
 
 _pool: list[bytearray] = []
+
+# One TLS record (16 KiB plus its header and tag) fits: a request head is
+# read in one or two calls, and the transport reads again while data is pending.
+ASYNCIO_READ_BYTES = 17 * 1024
+
+
+def shrink_asyncio_read_buffer() -> bool:
+    """Give asyncio's SSL transports an ASYNCIO_READ_BYTES read buffer instead of 256 KiB; False if its layout is not the known one."""
+    from asyncio import sslproto
+
+    proto = getattr(sslproto, "SSLProtocol", None)
+    if proto is None or getattr(proto, "max_size", None) != 256 * 1024:
+        return False
+    proto.max_size = ASYNCIO_READ_BYTES
+    return True
 
 
 _NO_RING: tuple = ()
@@ -62,7 +90,11 @@ class TlsConnection(HttpConnection):
     # and a __dict__ here would cost each of them ~0.3 KiB for nothing. The
     # segment deque (~0.6 KiB even empty) and the ring list exist only while
     # a response is being sent.
-    __slots__ = ("_ring", "_ring_next", "_write_paused")
+    __slots__ = ("_ring", "_ring_next", "_write_paused", "_sent_body")
+
+    # Set once by the worker before serving: gives an idle connection's
+    # outgoing memory BIO an empty buffer (oca.sslmem.BioTrimmer.trim); None: never.
+    trim_bio = None
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
@@ -70,6 +102,7 @@ class TlsConnection(HttpConnection):
         self._ring: list[bytearray] | tuple = _NO_RING
         self._ring_next = 0
         self._write_paused = False
+        self._sent_body = False  # a block went through the TLS layer since the last trim
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -155,6 +188,7 @@ class TlsConnection(HttpConnection):
                 else:
                     t.write(view)
                 self._sent += n
+                self._sent_body = True
                 if n < count:
                     segments[0] = (file_fd, offset + n, count - n)
                 else:
@@ -179,6 +213,17 @@ class TlsConnection(HttpConnection):
         self._ring = _NO_RING
         self._ring_next = 0
         self._segments = _NO_RING
+
+    def expire(self, now: float) -> str | None:
+        kind = super().expire(now)
+        if (self._sent_body and kind is None and self.phase == IDLE and self._current is None and self.deadline_kind == "idle"
+                and now - (self.deadline - self.limits.keepalive_timeout_s) >= TRIM_AFTER_IDLE_S):
+            t = self.transport
+            trim = self.trim_bio
+            if t is not None and trim is not None and not self._lost and not t.is_closing() and t.get_write_buffer_size() == 0:
+                self._sent_body = False
+                trim(t.get_extra_info("ssl_object"))
+        return kind
 
     # ------------------------------------------------------------ closing
 

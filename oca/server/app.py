@@ -467,6 +467,8 @@ class App:
             "reload_refused": refusal or None,
             "ktls": info.get("ktls"),
             "session_tickets": info.get("session_tickets"),
+            "ticket_keys": info.get("ticket_keys"),  # configured, decrypting, status ("ok" or why fewer decrypt)
+            "idle_buffers": info.get("idle_buffers"),  # "released" (oca.sslmem), or "kept: <why>"
             "key_file_warning": info.get("key_file_warning"),  # a note: the key is readable by others (status unchanged)
         }
 
@@ -498,6 +500,7 @@ class App:
             None if self.tls_info is None else TlsFigures(
                 self.tls_info.get("not_after_s"), str(self.tls_info.get("ktls", "")),
                 self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] > 0, str(self.tls_info.get("session_tickets") or ""),
+                self.tls_info.get("ticket_keys"),
             ),
             speedups.HOT_PATH,
         )

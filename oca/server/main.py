@@ -55,10 +55,11 @@ Rules kept here:
   file and the reason, and is flagged in the shared block so `/health`
   says so until a reload succeeds. Each worker builds its own SSLContext
   from the files after exec.
-- Session tickets: the parent holds one ticket key (`[tls] ticket_key_file`,
-  or random bytes made at start and kept across reloads) in a sealed memfd
-  every worker inherits (`oca.tickets`), so a client resumes on any worker.
-  A key file that cannot be read refuses the start, or the reload.
+- Session tickets: the parent holds the ticket keys (`[tls] ticket_key_file`
+  and `previous_ticket_key_files`, or random bytes made at start and kept
+  across reloads) in a sealed memfd every worker inherits (`oca.tickets`),
+  so a client resumes on any worker. A key file that cannot be read
+  refuses the start, or the reload, naming the key and the file.
 - SIGUSR1 is passed to the workers (they reopen the access log).
 - Once a second the parent samples load (bytes/s out, CPU, NIC use) into
   shared memory for `/health` and `/metrics`.
@@ -259,8 +260,8 @@ class Master:
     index: Index | None = None  # the parent's own index (routes, store attach on reload)
     missing: list[int] = field(default_factory=list)  # slots whose spawn failed, to spawn again
     tls_socks: dict[str, socket.socket] = field(default_factory=dict)  # [tls] listen
-    ticket_key: bytes = b""  # the session-ticket key the workers share (OpenSSL order)
-    ticket_fd: int = -1  # a sealed memfd holding ticket_key; -1: no [tls]
+    ticket_keys: tuple[bytes, ...] = ()  # the session-ticket keys the workers share, the encrypting one first
+    ticket_fd: int = -1  # a sealed memfd holding ticket_keys; -1: no [tls]
     # first socket's fd → the sockets of groups 1, 2, ... on its address (group 0 is the first socket)
     group_socks: dict[int, list[socket.socket]] = field(default_factory=dict)
     positions: dict[int, int] = field(default_factory=dict)  # slot → position, so a restart keeps its groups
@@ -420,7 +421,7 @@ class Master:
         except OcaError as exc:
             log(f"reload refused, keeping the running config: {exc}")
             return
-        ticket_key = self.ticket_key
+        ticket_keys = self.ticket_keys
         if cfg.tls is not None:
             try:
                 make_context(cfg.tls, time.time())
@@ -432,9 +433,9 @@ class Master:
             if exposed is not None:
                 log(f"warning: the TLS private key is exposed: {exposed}")
             try:
-                ticket_key = ticket_key_for(cfg, self.ticket_key)
-            except tickets.TicketKeyError as exc:
-                log(f"reload refused: tls.ticket_key_file: {exc}")
+                ticket_keys = ticket_keys_for(cfg, self.ticket_keys)
+            except OcaError as exc:
+                log(f"reload refused: {exc}")
                 return
         self.stats.header[S.H_TLS_RELOAD_REFUSED_AT] = 0.0
         needed = cfg.server.workers
@@ -470,7 +471,7 @@ class Master:
                 return
             self.tls_socks = {**keep, **fresh}
         self.cfg = cfg
-        self.set_ticket_key(ticket_key if cfg.tls is not None else b"")
+        self.set_ticket_keys(ticket_keys if cfg.tls is not None else ())
         old = [w for w in self.workers if not w.retiring]
         log(f"reloading: replacing {len(old)} workers with {needed}")
         for i in range(max(needed, len(old))):
@@ -495,14 +496,14 @@ class Master:
             if key not in self.tls_socks:
                 self.close_socket(sock)
 
-    def set_ticket_key(self, key: bytes) -> None:
-        """Hold `key` in a fresh sealed memfd for the workers started from now on."""
-        if key == self.ticket_key and (self.ticket_fd >= 0) == bool(key):
+    def set_ticket_keys(self, keys: tuple[bytes, ...]) -> None:
+        """Hold `keys` in a fresh sealed memfd for the workers started from now on."""
+        if keys == self.ticket_keys and (self.ticket_fd >= 0) == bool(keys):
             return
-        fd = tickets.key_fd(key) if key else -1
+        fd = tickets.keys_fd(keys) if keys else -1
         if self.ticket_fd >= 0:
             os.close(self.ticket_fd)
-        self.ticket_key, self.ticket_fd = key, fd
+        self.ticket_keys, self.ticket_fd = keys, fd
 
     def forward(self, signum: int) -> None:
         for wp in self.workers:
@@ -551,12 +552,19 @@ class LoadSampler:
         self.last_t, self.last_bytes, self.last_nic = now, total, nic
 
 
-def ticket_key_for(cfg: Config, current: bytes) -> bytes:
-    """The ticket key `cfg` asks for: its file's, else the running one, else a new one."""
+def ticket_keys_for(cfg: Config, current: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The ticket keys `cfg` asks for, the encrypting one first: its files', else the running
+    one, else a new one. `OcaError` names the key and the file at fault."""
     assert cfg.tls is not None
-    if cfg.tls.ticket_key_file:
-        return tickets.read_key_file(cfg.tls.ticket_key_file)
-    return current or tickets.new_key()
+    if not cfg.tls.ticket_key_file:
+        return current[:1] or (tickets.new_key(),)
+    labels = {cfg.tls.ticket_key_file: "tls.ticket_key_file"}
+    for i, path in enumerate(cfg.tls.previous_ticket_key_files):
+        labels[path] = f"tls.previous_ticket_key_files[{i}]"
+    try:
+        return tickets.read_key_files(tuple(labels))
+    except tickets.TicketKeyError as exc:
+        raise OcaError(f"{labels.get(exc.path, 'tls.ticket_key_file')}: {exc}") from None
 
 
 def init_stores(cfg: Config, index: Index | None = None) -> None:
@@ -576,16 +584,13 @@ def serve(config_path: str) -> int:
     cfg = load_config(config_path)
     nofile = raise_nofile_limit()
     init_stores(cfg)
-    ticket_key = b""
+    ticket_keys: tuple[bytes, ...] = ()
     if cfg.tls is not None:
         make_context(cfg.tls, time.time())  # refuse to start on a pair that cannot be served
         exposed = stat_key_file(cfg.tls.key_file)
         if exposed is not None:
             log(f"warning: the TLS private key is exposed: {exposed}")
-        try:
-            ticket_key = ticket_key_for(cfg, b"")
-        except tickets.TicketKeyError as exc:
-            raise OcaError(f"tls.ticket_key_file: {exc}") from None
+        ticket_keys = ticket_keys_for(cfg, ())
     socks = bind_sockets(cfg.server.listen, cfg.server.backlog)
     try:
         tls_socks = bind_sockets(cfg.tls.listen, cfg.server.backlog, "tls.listen") if cfg.tls is not None else {}
@@ -597,7 +602,7 @@ def serve(config_path: str) -> int:
     os.set_inheritable(stats.fd, True)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     master = Master(os.path.abspath(config_path), cfg, socks, stats, tls_socks=tls_socks)
-    master.set_ticket_key(ticket_key)
+    master.set_ticket_keys(ticket_keys)
     if cfg.server.pid_file:
         with open(cfg.server.pid_file, "w") as fh:
             fh.write(f"{os.getpid()}\n")
@@ -684,11 +689,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg = load_config(args.config)
             if cfg.tls is not None:
                 make_context(cfg.tls, time.time())
-                if cfg.tls.ticket_key_file:
-                    try:
-                        tickets.read_key_file(cfg.tls.ticket_key_file)
-                    except tickets.TicketKeyError as exc:
-                        raise OcaError(f"tls.ticket_key_file: {exc}") from None
+                ticket_keys_for(cfg, ())
             print(f"{args.config}: ok")
             sys.exit(0)
         sys.exit(serve(args.config))

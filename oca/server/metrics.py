@@ -41,6 +41,7 @@ class TlsFigures:
     ktls: str  # "available", or why not
     reload_refused: bool  # the last SIGHUP's key pair was refused; the previous one is served
     session_tickets: str = ""  # "shared" (one ticket key for all workers), or "per-worker: <why>"
+    ticket_keys: Mapping[str, Any] | None = None  # {"configured", "decrypting", "status"}: the worker's _share_tickets
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,12 @@ def _families(snap: MetricsSnapshot) -> Iterable[Metric]:
                                        labels=["status"])
             shared.add_metric([tls.session_tickets], 1 if tls.session_tickets == "shared" else 0)
             yield shared
+        if tls.ticket_keys:
+            keys = GaugeMetricFamily("oca_tls_ticket_keys_decrypting",
+                                     "Session-ticket keys that decrypt tickets (the first also encrypts); status: ok, or why fewer than configured.",
+                                     labels=["status"])
+            keys.add_metric([str(tls.ticket_keys.get("status", ""))], tls.ticket_keys.get("decrypting", 0))
+            yield keys
         yield GaugeMetricFamily("oca_tls_reload_refused", "Whether the last SIGHUP's key pair was refused (the previous one is served).",
                                 value=1 if tls.reload_refused else 0)
 

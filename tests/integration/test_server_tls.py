@@ -96,9 +96,9 @@ class HttpsServed(Served):
 
 
 def start_tls_appliance(tmp: Path, pki, pair="ecdsa", files=None, extra_server: str = "", tls_extra: str = "",
-                        workers: int = 2) -> tuple[Path, int, int]:
+                        workers: int = 2, event_loop: str = "uvloop") -> tuple[Path, int, int]:
     tls_port = free_port()
-    cfg, _host, port = make_appliance(tmp, files or {}, workers=workers, extra_server=extra_server,
+    cfg, _host, port = make_appliance(tmp, files or {}, workers=workers, extra_server=extra_server, event_loop=event_loop,
                                       extra=tls_table(tls_port, pki[pair], tls_extra))
     return cfg, port, tls_port
 
@@ -219,6 +219,8 @@ def test_health_and_metrics_report_expiry_and_ktls(served):
     assert "oca_tls_ktls_available{" in m
     assert doc["tls"]["session_tickets"] == "shared" and 'oca_tls_shared_ticket_key{status="shared"} 1.0' in m
     assert doc["tls"]["key_file_warning"] is None  # tests.tlscerts writes keys 0600, owned by us
+    assert doc["tls"]["idle_buffers"] == "released"  # oca.sslmem's checks passed in the worker
+    assert doc["tls"]["ticket_keys"] == {"configured": 1, "decrypting": 1, "status": "ok"}
 
 
 def test_rsa_2048_pair(tmp_path, pki):
@@ -387,6 +389,105 @@ def test_ticket_key_file_is_shared_between_appliances_and_checked(tmp_path, pki)
     key.write_bytes(os.urandom(79))
     done = _check_config(a[0])
     assert done.returncode != 0 and str(key) in done.stderr and "80" in done.stderr, done.stderr
+
+
+def test_previous_ticket_key_resumes_after_a_rotation_and_not_once_dropped(tmp_path, pki):
+    """Key A issues a ticket; SIGHUP makes B current and A previous: it resumes; SIGHUP without A: it does not."""
+    import json
+
+    key_a, key_b = tmp_path / "a.key", tmp_path / "b.key"
+    for path in (key_a, key_b):
+        path.write_bytes(os.urandom(80))
+        path.chmod(0o600)
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"x.bin": b"y" * 100},
+                                              tls_extra=f'ticket_key_file = "{key_a}"\n', workers=1)
+    text = cfg.read_text()
+    versions = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+
+    def reload(tls_extra: str, pids: list[int]) -> list[int]:
+        cfg.write_text(text.replace(f'ticket_key_file = "{key_a}"\n', tls_extra))
+        srv.proc.send_signal(signal.SIGHUP)
+        return wait_for(lambda: (p := srv.worker_pids()) and not set(p) & set(pids) and p, 30, "the worker to be replaced")
+
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        pids = wait_serving(srv, 1)
+        under_a = {v: resumption(tls_port, pki, v, 1)[2] for v in versions}
+        pids = reload(f'ticket_key_file = "{key_b}"\nprevious_ticket_key_files = ["{key_a}"]\n', pids)
+        doc = json.loads(https_get(pki, tls_port, "/health").body)["tls"]
+        assert doc["session_tickets"] == "shared" and doc["ticket_keys"] == {"configured": 2, "decrypting": 2, "status": "ok"}
+        assert 'oca_tls_ticket_keys_decrypting{status="ok"} 2.0' in https_get(pki, tls_port, "/metrics").body.decode()
+        renewed = {}
+        for v in versions:
+            resumed, _, renewed[v] = resumption(tls_port, pki, v, 1, session=under_a[v])
+            assert resumed == 1, f"{v.name}: a ticket under the previous key did not resume"
+        pids = reload(f'ticket_key_file = "{key_b}"\n', pids)
+        for v in versions:
+            assert resumption(tls_port, pki, v, 1, session=under_a[v])[0] == 0, f"{v.name}: a ticket under a dropped key resumed"
+            assert resumption(tls_port, pki, v, 1, session=renewed[v])[0] == 1, f"{v.name}: the ticket renewed under B did not resume"
+    cfg.write_text(text.replace(f'ticket_key_file = "{key_a}"\n', f'ticket_key_file = "{key_b}"\nprevious_ticket_key_files = ["{key_b}.gone"]\n'))
+    done = _check_config(cfg)
+    assert done.returncode != 0 and f"tls.previous_ticket_key_files[0]: {key_b}.gone: cannot read" in done.stderr, done.stderr
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_https_under_the_stock_asyncio_loop(tmp_path, pki):
+    """`event_loop = "asyncio"`: ranges and keep-alive, a reload, idle memory, a slow reader cut off.
+
+    Its TLS transport is asyncio's own (sslproto), not uvloop's: the send
+    path must work on either, since both are in the config's choices.
+    """
+    data = payloads()["big.ts"]
+    cfg, port, tls_port = start_tls_appliance(tmp_path, pki, files={"big.ts": data}, workers=1, event_loop="asyncio",
+                                              extra_server="send_timeout_s = 1\n")
+    with ServerProcess(cfg, "127.0.0.1", port) as srv:
+        pids = wait_serving(srv, 1)
+        with tls_connect(tls_port, client_context(pki)) as held:
+            reader = RawReader(held)
+            for first, last in ((0, 99), (len(data) - 70000, len(data) - 1), (12345, 12345 + 300000)):
+                held.sendall(raw_request("GET", "/content/big.ts", {"Range": f"bytes={first}-{last}"}))
+                reply = reader.response()
+                assert reply.status == 206 and reply.body == data[first:last + 1], (first, last, reply.status)
+            held.sendall(raw_request("GET", "/content/big.ts"))
+            assert hashlib.sha256(reader.response().body).digest() == hashlib.sha256(data).digest()
+            srv.proc.send_signal(signal.SIGHUP)
+            # The old worker closes its idle connections (close_notify) and exits; the new one serves.
+            with pytest.raises((EOFError, ConnectionError, ssl.SSLError, OSError)):
+                reader._fill()
+        wait_for(lambda: (p := srv.worker_pids()) and not set(p) & set(pids), 20, "the worker to be replaced")
+        assert https_get(pki, tls_port, "/content/big.ts", {"Range": "bytes=0-9"}).body == data[:10]
+        # Idle connections do not each hold asyncio's default 256 KiB read buffer (oca.http.tlsconn).
+        (worker,) = srv.worker_pids()
+        before = _rss_kib(worker)
+        idle = []
+        try:
+            for _ in range(40):
+                c = tls_connect(tls_port, client_context(pki))
+                idle.append(c)
+                c.sendall(raw_request("GET", "/content/big.ts", {"Range": "bytes=0-9"}))
+                assert RawReader(c).response().status == 206
+            grown = _rss_kib(worker) - before
+            assert grown < 40 * 150, f"{grown} KiB for 40 idle TLS connections"
+        finally:
+            for c in idle:
+                c.close()
+        slow = tls_connect(tls_port, client_context(pki), rcvbuf=64 * 1024)
+        try:
+            slow.sendall(raw_request("GET", "/content/big.ts"))
+            reader = RawReader(slow)
+            assert reader.read_head()[0] == 200
+            time.sleep(2.5)  # send_timeout_s = 1, plus the once-a-second sweep
+            with pytest.raises((EOFError, ConnectionError, ssl.SSLError, OSError)):
+                while True:
+                    reader._fill()
+            assert len(reader.buf) < len(data)
+        finally:
+            slow.close()
 
 
 # ================================================================ hostile and slow clients

@@ -502,6 +502,11 @@ def test_tls_table_defaults(base):
     ({"listen": []}, r"^tls\.listen: must list at least one"),
     ({"expiry_warn_days": 0}, r"^tls\.expiry_warn_days: "),
     ({"bogus": 1}, r"^tls\.bogus: unknown key"),
+    ({"previous_ticket_key_files": ["/etc/oca/old.key"]}, r"^tls\.previous_ticket_key_files: needs tls\.ticket_key_file"),
+    ({"ticket_key_file": "/k/a", "previous_ticket_key_files": ["rel.key"]}, r"^tls\.previous_ticket_key_files: 'rel\.key' must be an absolute"),
+    ({"ticket_key_file": "/k/a", "previous_ticket_key_files": ["/k/b", "/k/b"]}, r"^tls\.previous_ticket_key_files\[1\]: '/k/b' is listed twice"),
+    ({"ticket_key_file": "/k/a", "previous_ticket_key_files": ["/k/a"]}, r"^tls\.previous_ticket_key_files\[0\]: .*tls\.ticket_key_file"),
+    ({"ticket_key_file": "/k/a", "previous_ticket_key_files": "/k/b"}, r"^tls\.previous_ticket_key_files: must be a list"),
 ])
 def test_tls_table_refusals(base, change, message):
     with pytest.raises(ConfigError, match=message):

@@ -92,6 +92,7 @@ def test_the_deployment_example_config_loads(tmp_path):
     cfg = parse_config(tomllib.loads(text))
     assert cfg.tls is not None and cfg.tls.listen == ("0.0.0.0:443", "[::]:443") and cfg.tls.redirect_http
     assert cfg.server.listen == ("0.0.0.0:80", "[::]:80") and cfg.tls.ticket_key_file == "/etc/oca/tls/ticket.key"
+    assert cfg.tls.previous_ticket_key_files == ("/etc/oca/tls/ticket.key.prev",)
     hook = ROOT / "configs" / "deploy" / "certbot-deploy-hook.sh"
     assert subprocess.run(["sh", "-n", str(hook)], timeout=10).returncode == 0 and "systemctl reload oca-server" in hook.read_text()
 
