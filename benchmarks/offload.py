@@ -101,7 +101,11 @@ Rules kept here:
   the requests of hours < h, adds per `plan_pass` (requested and missing
   from the site, and what the night's plan chose but left to the passes),
   within what is left of the appliance's daily budget and of the window
-  (budget x hours left / 12), and what it adds serves from hour h + 1. A
+  (budget x hours left / 12), and what it adds serves from hour h + 1; its
+  first addition may end past what is left, as the night's first may, and
+  with passes each appliance's budget for a day is the budget less what
+  it spent beyond it the day before (`fill.plan.day_budget`, as the agent
+  keeps it), so no appliance fills more than the budget over two days. A
   pass counts every request of the site's clients, those for files the site
   lacks included: the appliances never see those (steering sends them
   elsewhere), so the product needs steering's count of them;
@@ -173,6 +177,7 @@ from fill.plan import (  # noqa: E402
     DeleteBudget,
     PassPolicy,
     Plan,
+    day_budget,
     place,
     plan_fill,
     night_budget,
@@ -752,7 +757,7 @@ def apply_night(plan: Plan, held: Mapping[str, Held], capacity: int, budget: int
         if stopped:
             out.skipped_budget += 1
             continue
-        if budget is not None and out.filled_bytes + f.size > budget and out.filled_bytes > 0:
+        if budget is not None and out.filled_bytes + f.size > budget and (out.filled_bytes > 0 or budget <= 0):
             out.skipped_budget += 1
             continue
         old = h.get(f.content_id)
@@ -1055,14 +1060,15 @@ def run_planner(config: Config, setup: Setup, cat: Catalogue, demand: Sequence[S
         # A history forecast is one number per kind of release: it says nothing of the title, so the
         # night leaves the passes the same share as without a forecast (it still orders the night by it).
         uncertain = {f.content_id for f in new_files} if fc.kind == "history" and setup.history_uncertain else set()
-        budget_tonight = None if day == 0 or setup.passes <= 1 else night_budget(site.budget, new_files, setup.reserve, uncertain)
-        if day > 0 and setup.passes <= 1:
-            budget_tonight = site.budget
+        # With passes, the day's budget repays what the last day spent beyond it (`day_budget`: a pass's first
+        # file, like a run's, may end past what is left).
+        budgets = [site.budget if day <= 1 or setup.passes <= 1 else day_budget(site.budget, out.filled[-1][a]) for a in range(n)]
         pending: list[list] = [[] for _ in range(n)]  # the night plan's additions not made: the passes may still make them
         for a, aid in enumerate(ids):
             plan = plan_fill(manifest, aid, SITE, held[a], site.storage, T0 + day * DAY_S, setup.grace_h * 3600, unchosen[a], setup.policy)
             wanted.update(plan.keep)
             wanted.update(f.content_id for f in plan.adds)
+            budget_tonight = None if day == 0 else budgets[a] if setup.passes <= 1 else night_budget(budgets[a], new_files, setup.reserve, uncertain)
             night = apply_night(plan, held[a], site.storage, budget_tonight)
             if night.refused:
                 out.refused += 1
@@ -1095,7 +1101,7 @@ def run_planner(config: Config, setup: Setup, cat: Catalogue, demand: Sequence[S
                 observed = Counter({cid: k for cid, k in observed.items() if cid in holders})
             window_left = site.budget * (WINDOW_END_H - h) / (WINDOW_END_H - WINDOW_START_H)
             for a, aid in enumerate(ids):
-                left = int(min(site.budget - filled[a], window_left))
+                left = int(min(budgets[a] - filled[a], window_left))
                 if left <= 0 or cum[h] <= 0:
                     continue
                 planned = [f for f in pending[a] if f.content_id not in held[a]]

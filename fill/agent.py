@@ -42,6 +42,10 @@ Rules kept here:
   budget it spends only `fill.plan.night_budget` of it: files listed for
   the first time (against the ids the last manifest listed) without a
   forecast leave up to `fill.pass_reserve` of the budget to the passes.
+  Its budget for the day (`fill.plan.day_budget`, kept in its record as
+  `day_budget_bytes`) is the budget less what the last day's night and
+  passes spent beyond it: a run's or a pass's first file may end past what
+  is left, and the next day repays it.
 - An intra-day pass (PASS) plans with `fill.plan.plan_pass` on the plays
   observed since the mark (`observed_plays`, `observed_share`), the site's
   inventories (what is missing from the whole site) and the night plan's
@@ -61,6 +65,7 @@ import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from types import MappingProxyType
 
 import aiohttp
@@ -72,7 +77,7 @@ from fill.download import Partial, download
 from fill.manifest import Manifest, ManifestFile, SiteAppliance, check_fresh
 from fill.progress import Progress
 from fill.plan import (
-    DeleteBudget, Held, PassPolicy, Placement, Plan, holders_with, night_budget, observed_plays, observed_share, place,
+    DeleteBudget, Held, PassPolicy, Placement, Plan, day_budget, holders_with, night_budget, observed_plays, observed_share, place,
     plan_fill, plan_pass, site_of,
 )
 from fill.ratelimit import TokenBucket
@@ -142,6 +147,7 @@ class RunStatus:
     bytes_planned: int = 0
     checksum_mismatches: int = 0
     budget_bytes: int | None = None  # what this run may download (a pass: what the night and earlier passes left)
+    day_budget_bytes: int | None = None  # the night's record, with passes: nightly_budget_gb less the last day's overshoot
     observed_share: float | None = None  # a pass: the share of a day its request counts cover
     requested_missing: int = 0  # a pass: files requested since the night that no appliance of the site holds
     passes: list[dict] = field(default_factory=list)  # the night's record: one summary per pass after it
@@ -161,6 +167,16 @@ class RunStatus:
             "bytes": self.bytes_filled, "budget_bytes": self.budget_bytes, "observed_share": self.observed_share,
             "requested_missing": self.requested_missing,
         }
+
+
+def _spent(night: Mapping[str, object]) -> int:
+    """Bytes a night's record says its run and its passes downloaded."""
+    spent = night.get("bytes_filled", 0)
+    spent = spent if isinstance(spent, (int, float)) else 0
+    passes = night.get("passes", [])
+    if isinstance(passes, list):
+        spent += sum(p.get("bytes", 0) for p in passes if isinstance(p, dict) and isinstance(p.get("bytes", 0), (int, float)))
+    return int(spent)
 
 
 def held_files(cs: ContentStore) -> dict[str, Held]:
@@ -404,18 +420,33 @@ class FillRun:
         if not self.fc.passes or self.budget is None:
             return
         new_files = [f for f in manifest.files if f.content_id not in listed] if listed else []
-        tonight = night_budget(self.budget, new_files, self.fc.pass_reserve, uncertain_forecasts(manifest))
-        if tonight < self.budget:
-            self.progress.log(f"the night spends {tonight / 1e9:.3f} GB of the {self.budget / 1e9:.3f} GB budget; "
+        day = day_budget(self.budget, self._spent_last_day())
+        if day < self.budget:
+            self.progress.log(f"the last day spent {(self.budget - day) / 1e9:.3f} GB beyond the budget (a first file may end "
+                              f"past it): today's budget is {day / 1e9:.3f} GB")
+        self.status.day_budget_bytes = day
+        tonight = night_budget(day, new_files, self.fc.pass_reserve, uncertain_forecasts(manifest))
+        if tonight < day:
+            self.progress.log(f"the night spends {tonight / 1e9:.3f} GB of the {day / 1e9:.3f} GB budget; "
                               f"the rest waits for the passes at {', '.join(self.fc.passes)}")
         self.budget = tonight
         self.status.budget_bytes = tonight
 
-    def _spent_this_window(self) -> int:
-        """Bytes the night's run and the passes since it downloaded in the current window (or the last 24 h without one)."""
+    def _spent_last_day(self) -> int:
+        """Bytes the last night's run and its passes downloaded, if that night began within the last 36 h (else 0)."""
         last = self.cs.fill_status().last
         if last is None or last.get("kind", NIGHT) != NIGHT:
             return 0
+        started = last.get("started_s")
+        if not isinstance(started, (int, float)) or started < self.now() - 36 * 3600:
+            return 0
+        return _spent(last)
+
+    def _this_windows_night(self) -> Mapping[str, object] | None:
+        """The night's record if its run began in the current window (or the last 24 h without one), else None."""
+        last = self.cs.fill_status().last
+        if last is None or last.get("kind", NIGHT) != NIGHT:
+            return None
         started = last.get("started_s")
         now = self.now()
         if self.window is not None:
@@ -423,17 +454,22 @@ class FillRun:
         else:
             begin = now - 86400
         if not isinstance(started, (int, float)) or started < begin:
-            return 0
-        spent = last.get("bytes_filled", 0)
-        passes = last.get("passes", [])
-        spent += sum(p.get("bytes", 0) for p in passes if isinstance(p, dict)) if isinstance(passes, list) else 0
-        return int(spent) if isinstance(spent, (int, float)) else 0
+            return None
+        return last
+
+    def _spent_this_window(self) -> int:
+        """Bytes the night's run and the passes since it downloaded in the current window (or the last 24 h without one)."""
+        night = self._this_windows_night()
+        return 0 if night is None else _spent(night)
 
     def _pass_budget(self, capacity: int) -> int:
         """What a pass may download: what is left of the budget, and what the rate cap can move before the window ends."""
         left = capacity
         if self.budget is not None:
-            left = min(left, self.budget - self._spent_this_window())
+            night = self._this_windows_night()
+            day = None if night is None else night.get("day_budget_bytes")
+            day = day if isinstance(day, int) and not isinstance(day, bool) else self.budget
+            left = min(left, day - self._spent_this_window())
         if self.fc.rate_limit_mbps is not None and self.window is not None:
             left = min(left, int(self.fc.rate_limit_mbps * 1e6 / 8 * seconds_left(self.window, self.now(), self.tz)))
         return max(0, left)
@@ -553,7 +589,7 @@ class FillRun:
                 f = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if self.budget is not None and self.status.bytes_filled + f.size > self.budget and self.status.bytes_filled > 0:
+            if self.budget is not None and self.status.bytes_filled + f.size > self.budget and (self.status.bytes_filled > 0 or self.budget <= 0):
                 self.budget_skipped += 1
                 self.record(f, Outcome(SKIPPED, f"{f.size} bytes do not fit in what is left of the nightly budget"))
                 continue

@@ -593,6 +593,7 @@ def test_a_pass_adds_the_missing_file_that_clients_requested_within_what_the_nig
     assert set(held(cfg)) == {"old-1.mp4", "old-2.mp4", "n-fore.mp4", "n-b.mp4"}
     last = status(cfg)["last"]
     assert last["kind"] == "night" and last["bytes_filled"] == size
+    assert last["day_budget_bytes"] == int(budget_gb * 1e9)  # night 1 spent less than the budget: nothing to repay
     [p] = last["passes"]
     assert (p["planned"], p["added"], p["failed"], p["skipped"], p["bytes"], p["requested_missing"]) == (1, 1, 0, 0, size, 1)
     assert p["budget_bytes"] == int(budget_gb * 1e9) - size and p["ended_because"] == "done"
