@@ -82,7 +82,8 @@ Rules kept here:
   then the agent's order: refuse the plan if it would delete more than half of
   what is held (`max_delete_share`), delete `delete_now`, add in plan order
   under the nightly budget (a file that does not fit in what is left is
-  skipped unless it is the first; the run stops once the budget is reached),
+  skipped unless it is the first, which is filled whole; with passes, the
+  next day's budget repays that overshoot, as the agent does),
   making room from `delete_if_needed` (least popular first) when storage is
   full. The first night is the install fill, without budget.
 - Prediction: the manifest's popularity (predicted bytes per day) for night d
@@ -1034,6 +1035,7 @@ def run_planner(config: Config, setup: Setup, cat: Catalogue, demand: Sequence[S
     for w in HOURS:
         cum.append(cum[-1] + w)
     out = PlannerRun([], [])
+    budgets = [site.budget] * n
     for day, requests in enumerate(demand):
         # The night before `day`: predict, plan, fill.
         avail = cat.available(day)
@@ -1062,7 +1064,7 @@ def run_planner(config: Config, setup: Setup, cat: Catalogue, demand: Sequence[S
         uncertain = {f.content_id for f in new_files} if fc.kind == "history" and setup.history_uncertain else set()
         # With passes, the day's budget repays what the last day spent beyond it (`day_budget`: a pass's first
         # file, like a run's, may end past what is left).
-        budgets = [site.budget if day <= 1 or setup.passes <= 1 else day_budget(site.budget, out.filled[-1][a]) for a in range(n)]
+        budgets = [site.budget if day <= 1 or setup.passes <= 1 else day_budget(site.budget, budgets[a], out.filled[-1][a]) for a in range(n)]
         pending: list[list] = [[] for _ in range(n)]  # the night plan's additions not made: the passes may still make them
         for a, aid in enumerate(ids):
             plan = plan_fill(manifest, aid, SITE, held[a], site.storage, T0 + day * DAY_S, setup.grace_h * 3600, unchosen[a], setup.policy)

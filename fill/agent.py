@@ -31,10 +31,14 @@ Rules kept here:
   it (signed URLs through their normal `/content/<id>`), then the
   manifest's origin URLs. Each is retried with doubling backoff
   `fill.retries` times, then the next.
-- At the window's end, when the budget is spent, or on SIGTERM/SIGINT, the
-  run stops cleanly: downloads in progress keep their partial files for the
-  next run, which resumes them; files not finished are "skipped" with the
-  reason.
+- The budget: a file starts only if it fits in what the sizes of the
+  files started before it left; the run's first may end past it (a whole
+  file rather than a partial one waiting a day), and the next day's budget
+  is lowered by that overshoot (see the night's run below). Files that do
+  not fit are "skipped".
+- At the window's end or on SIGTERM/SIGINT, the run stops cleanly:
+  downloads in progress keep their partial files for the next run, which
+  resumes them; files not finished are "skipped" with the reason.
 - A status record of the current and last run is kept through
   `ContentStore.set_fill_status`, where `/health` and `/metrics` read it.
 - The night's run (NIGHT) marks the appliance's request counters, so what
@@ -262,6 +266,7 @@ class FillRun:
         self.tz = zone(fc.timezone)
         self.stop_reason: str | None = None
         self.budget_skipped = 0
+        self.started_bytes = 0  # sizes of the files this run started, counted against the budget before each starts
         self.stop_event = asyncio.Event()
         self._last_status_write = 0.0
         self.outcomes: dict[str, Outcome] = {}
@@ -413,18 +418,23 @@ class FillRun:
             self.progress.log(f"warning: request counters not marked, the passes will see older requests too: {exc}")
 
     def _reserve_for_passes(self, manifest: Manifest) -> None:
-        """With passes, the night spends only `night_budget` of the budget; files listed for the first time decide how much."""
+        """The day's budget repays the last day's overshoot (`day_budget`); with passes, the night spends only
+        `night_budget` of it, and files listed for the first time decide how much."""
         listed = self.cs.listed().ids
         self.cs.set_listed(Listed(frozenset(f.content_id for f in manifest.files)))
         self.status.budget_bytes = self.budget
-        if not self.fc.passes or self.budget is None:
+        if self.budget is None:
+            return
+        day = day_budget(self.budget, *self._last_day())
+        if day < self.budget:
+            self.progress.log(f"the last day spent {(self.budget - day) / 1e9:.3f} GB beyond the budget (its last file ended "
+                              f"past it): today's budget is {day / 1e9:.3f} GB")
+        self.budget = day
+        self.status.day_budget_bytes = day
+        self.status.budget_bytes = day
+        if not self.fc.passes:
             return
         new_files = [f for f in manifest.files if f.content_id not in listed] if listed else []
-        day = day_budget(self.budget, self._spent_last_day())
-        if day < self.budget:
-            self.progress.log(f"the last day spent {(self.budget - day) / 1e9:.3f} GB beyond the budget (a first file may end "
-                              f"past it): today's budget is {day / 1e9:.3f} GB")
-        self.status.day_budget_bytes = day
         tonight = night_budget(day, new_files, self.fc.pass_reserve, uncertain_forecasts(manifest))
         if tonight < day:
             self.progress.log(f"the night spends {tonight / 1e9:.3f} GB of the {day / 1e9:.3f} GB budget; "
@@ -432,15 +442,19 @@ class FillRun:
         self.budget = tonight
         self.status.budget_bytes = tonight
 
-    def _spent_last_day(self) -> int:
-        """Bytes the last night's run and its passes downloaded, if that night began within the last 36 h (else 0)."""
+    def _last_day(self) -> tuple[int, int]:
+        """The last day's budget and what its night's run and passes downloaded, if that night began within the last
+        36 h (else nothing to repay)."""
+        assert self.budget is not None
         last = self.cs.fill_status().last
         if last is None or last.get("kind", NIGHT) != NIGHT:
-            return 0
+            return self.budget, 0
         started = last.get("started_s")
         if not isinstance(started, (int, float)) or started < self.now() - 36 * 3600:
-            return 0
-        return _spent(last)
+            return self.budget, 0
+        budget = last.get("day_budget_bytes")
+        budget = budget if isinstance(budget, int) and not isinstance(budget, bool) else self.budget
+        return budget, _spent(last)
 
     def _this_windows_night(self) -> Mapping[str, object] | None:
         """The night's record if its run began in the current window (or the last 24 h without one), else None."""
@@ -580,8 +594,6 @@ class FillRun:
 
     def _count_bytes(self, nbytes: int) -> None:
         self.status.bytes_filled += nbytes
-        if self.budget is not None and self.status.bytes_filled >= self.budget:
-            self.request_stop("nightly budget reached")
 
     async def _worker(self, session: aiohttp.ClientSession, queue: "asyncio.Queue[ManifestFile]") -> None:
         while not self.stop_event.is_set():
@@ -589,10 +601,13 @@ class FillRun:
                 f = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if self.budget is not None and self.status.bytes_filled + f.size > self.budget and (self.status.bytes_filled > 0 or self.budget <= 0):
+            # A file starts only if it fits in what the files started so far left of the budget, except the
+            # run's first, which may end past it (whole, never cut; the next day's budget repays it).
+            if self.budget is not None and self.started_bytes + f.size > self.budget and (self.started_bytes > 0 or self.budget <= 0):
                 self.budget_skipped += 1
                 self.record(f, Outcome(SKIPPED, f"{f.size} bytes do not fit in what is left of the nightly budget"))
                 continue
+            self.started_bytes += f.size
             self.status.current.append(f.content_id)
             try:
                 outcome = await self._fill_one(session, f)

@@ -460,15 +460,15 @@ def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reser
     return budget_bytes - int(budget_bytes * max_reserve * unforecast / total)
 
 
-def day_budget(budget_bytes: int, spent_last_day_bytes: int) -> int:
-    """The day's fill budget: `budget_bytes` less what the last day's night and passes spent beyond it.
+def day_budget(budget_bytes: int, last_day_budget_bytes: int, spent_last_day_bytes: int) -> int:
+    """The day's fill budget: `budget_bytes` less what the last day spent beyond its own day's budget.
 
-    A run (and a pass) may end its first file past what is left, or a whole
-    file bigger than the budget would never be filled; the overshoot is
-    repaid the next day, so the fill never averages more than the budget
-    over two days. Never below 0.
+    A run's (and a pass's) first file may end past what is left, whole, or
+    a file bigger than the budget would never be filled; the overshoot is
+    repaid the next day, so over any run of days the fill exceeds the
+    budget by at most one file. Never below 0.
     """
-    return max(0, budget_bytes - max(0, spent_last_day_bytes - budget_bytes))
+    return max(0, budget_bytes - max(0, spent_last_day_bytes - last_day_budget_bytes))
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,15 +176,29 @@ def test_a_forecast_marked_uncertain_reserves_like_none_and_passes_weigh_only_re
 
 
 DAY_BUDGET_CASES = [
-    # (budget, spent on the last day, the day's budget)
-    (100, 0, 100),
-    (100, 100, 100),
-    (100, 130, 70),  # 30 over: repaid
-    (100, 250, 0),  # more over than a whole day: nothing today, never negative
-    (0, 10, 0),
+    # (budget, the last day's budget, spent on the last day, the day's budget)
+    (100, 100, 0, 100),
+    (100, 100, 100, 100),
+    (100, 100, 130, 70),  # 30 over: repaid
+    (100, 70, 100, 70),  # the day after: its budget was 70, so 30 over again
+    (100, 100, 250, 0),  # more over than a whole day: nothing today, never negative
+    (100, 0, 0, 100),  # a day with nothing to repay
+    (0, 0, 10, 0),
 ]
 
 
-@pytest.mark.parametrize("budget,spent,expected", DAY_BUDGET_CASES)
-def test_day_budget_repays_the_last_days_overshoot(budget, spent, expected):
-    assert day_budget(budget, spent) == expected
+@pytest.mark.parametrize("budget,last_budget,spent,expected", DAY_BUDGET_CASES)
+def test_day_budget_repays_the_last_days_overshoot(budget, last_budget, spent, expected):
+    assert day_budget(budget, last_budget, spent) == expected
+
+
+def test_day_budget_keeps_the_mean_within_the_budget_plus_one_file():
+    """A file of 40 every day against a budget of 30: the first file of a day may end past it, the next day repays."""
+    budget, last, spent_total, days = 30, 30, 0, 100
+    spent = 0
+    for _ in range(days):
+        today = day_budget(budget, last, spent)
+        spent = 40 if today > 0 else 0  # the run's first file starts whenever anything is left
+        spent_total += spent
+        last = today
+    assert spent_total <= budget * days + 40
