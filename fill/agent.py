@@ -31,10 +31,14 @@ Rules kept here:
   it (signed URLs through their normal `/content/<id>`), then the
   manifest's origin URLs. Each is retried with doubling backoff
   `fill.retries` times, then the next.
-- At the window's end, when the budget is spent, or on SIGTERM/SIGINT, the
-  run stops cleanly: downloads in progress keep their partial files for the
-  next run, which resumes them; files not finished are "skipped" with the
-  reason.
+- The budget: a file starts only if it fits in what the sizes of the
+  files started before it left; the run's first may end past it (a whole
+  file rather than a partial one waiting a day), and the next day's budget
+  is lowered by that overshoot (see the night's run below). Files that do
+  not fit are "skipped".
+- At the window's end or on SIGTERM/SIGINT, the run stops cleanly:
+  downloads in progress keep their partial files for the next run, which
+  resumes them; files not finished are "skipped" with the reason.
 - A status record of the current and last run is kept through
   `ContentStore.set_fill_status`, where `/health` and `/metrics` read it.
 - The night's run (NIGHT) marks the appliance's request counters, so what
@@ -42,6 +46,10 @@ Rules kept here:
   budget it spends only `fill.plan.night_budget` of it: files listed for
   the first time (against the ids the last manifest listed) without a
   forecast leave up to `fill.pass_reserve` of the budget to the passes.
+  Its budget for the day (`fill.plan.day_budget`, kept in its record as
+  `day_budget_bytes`) is the budget less what the last day's night and
+  passes spent beyond it: a run's or a pass's first file may end past what
+  is left, and the next day repays it.
 - An intra-day pass (PASS) plans with `fill.plan.plan_pass` on the plays
   observed since the mark (`observed_plays`, `observed_share`), the site's
   inventories (what is missing from the whole site) and the night plan's
@@ -61,6 +69,7 @@ import socket
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from types import MappingProxyType
 
 import aiohttp
@@ -72,7 +81,7 @@ from fill.download import Partial, download
 from fill.manifest import Manifest, ManifestFile, SiteAppliance, check_fresh
 from fill.progress import Progress
 from fill.plan import (
-    DeleteBudget, Held, PassPolicy, Placement, Plan, holders_with, night_budget, observed_plays, observed_share, place,
+    DeleteBudget, Held, PassPolicy, Placement, Plan, day_budget, holders_with, night_budget, observed_plays, observed_share, place,
     plan_fill, plan_pass, site_of,
 )
 from fill.ratelimit import TokenBucket
@@ -142,6 +151,7 @@ class RunStatus:
     bytes_planned: int = 0
     checksum_mismatches: int = 0
     budget_bytes: int | None = None  # what this run may download (a pass: what the night and earlier passes left)
+    day_budget_bytes: int | None = None  # the night's record, with passes: nightly_budget_gb less the last day's overshoot
     observed_share: float | None = None  # a pass: the share of a day its request counts cover
     requested_missing: int = 0  # a pass: files requested since the night that no appliance of the site holds
     passes: list[dict] = field(default_factory=list)  # the night's record: one summary per pass after it
@@ -161,6 +171,16 @@ class RunStatus:
             "bytes": self.bytes_filled, "budget_bytes": self.budget_bytes, "observed_share": self.observed_share,
             "requested_missing": self.requested_missing,
         }
+
+
+def _spent(night: Mapping[str, object]) -> int:
+    """Bytes a night's record says its run and its passes downloaded."""
+    spent = night.get("bytes_filled", 0)
+    spent = spent if isinstance(spent, (int, float)) else 0
+    passes = night.get("passes", [])
+    if isinstance(passes, list):
+        spent += sum(p.get("bytes", 0) for p in passes if isinstance(p, dict) and isinstance(p.get("bytes", 0), (int, float)))
+    return int(spent)
 
 
 def held_files(cs: ContentStore) -> dict[str, Held]:
@@ -246,6 +266,7 @@ class FillRun:
         self.tz = zone(fc.timezone)
         self.stop_reason: str | None = None
         self.budget_skipped = 0
+        self.started_bytes = 0  # sizes of the files this run started, counted against the budget before each starts
         self.stop_event = asyncio.Event()
         self._last_status_write = 0.0
         self.outcomes: dict[str, Outcome] = {}
@@ -397,25 +418,49 @@ class FillRun:
             self.progress.log(f"warning: request counters not marked, the passes will see older requests too: {exc}")
 
     def _reserve_for_passes(self, manifest: Manifest) -> None:
-        """With passes, the night spends only `night_budget` of the budget; files listed for the first time decide how much."""
+        """The day's budget repays the last day's overshoot (`day_budget`); with passes, the night spends only
+        `night_budget` of it, and files listed for the first time decide how much."""
         listed = self.cs.listed().ids
         self.cs.set_listed(Listed(frozenset(f.content_id for f in manifest.files)))
         self.status.budget_bytes = self.budget
-        if not self.fc.passes or self.budget is None:
+        if self.budget is None:
+            return
+        day = day_budget(self.budget, *self._last_day())
+        if day < self.budget:
+            self.progress.log(f"the last day spent {(self.budget - day) / 1e9:.3f} GB beyond the budget (its last file ended "
+                              f"past it): today's budget is {day / 1e9:.3f} GB")
+        self.budget = day
+        self.status.day_budget_bytes = day
+        self.status.budget_bytes = day
+        if not self.fc.passes:
             return
         new_files = [f for f in manifest.files if f.content_id not in listed] if listed else []
-        tonight = night_budget(self.budget, new_files, self.fc.pass_reserve, uncertain_forecasts(manifest))
-        if tonight < self.budget:
-            self.progress.log(f"the night spends {tonight / 1e9:.3f} GB of the {self.budget / 1e9:.3f} GB budget; "
+        tonight = night_budget(day, new_files, self.fc.pass_reserve, uncertain_forecasts(manifest))
+        if tonight < day:
+            self.progress.log(f"the night spends {tonight / 1e9:.3f} GB of the {day / 1e9:.3f} GB budget; "
                               f"the rest waits for the passes at {', '.join(self.fc.passes)}")
         self.budget = tonight
         self.status.budget_bytes = tonight
 
-    def _spent_this_window(self) -> int:
-        """Bytes the night's run and the passes since it downloaded in the current window (or the last 24 h without one)."""
+    def _last_day(self) -> tuple[int, int]:
+        """The last day's budget and what its night's run and passes downloaded, if that night began within the last
+        36 h (else nothing to repay)."""
+        assert self.budget is not None
         last = self.cs.fill_status().last
         if last is None or last.get("kind", NIGHT) != NIGHT:
-            return 0
+            return self.budget, 0
+        started = last.get("started_s")
+        if not isinstance(started, (int, float)) or started < self.now() - 36 * 3600:
+            return self.budget, 0
+        budget = last.get("day_budget_bytes")
+        budget = budget if isinstance(budget, int) and not isinstance(budget, bool) else self.budget
+        return budget, _spent(last)
+
+    def _this_windows_night(self) -> Mapping[str, object] | None:
+        """The night's record if its run began in the current window (or the last 24 h without one), else None."""
+        last = self.cs.fill_status().last
+        if last is None or last.get("kind", NIGHT) != NIGHT:
+            return None
         started = last.get("started_s")
         now = self.now()
         if self.window is not None:
@@ -423,17 +468,22 @@ class FillRun:
         else:
             begin = now - 86400
         if not isinstance(started, (int, float)) or started < begin:
-            return 0
-        spent = last.get("bytes_filled", 0)
-        passes = last.get("passes", [])
-        spent += sum(p.get("bytes", 0) for p in passes if isinstance(p, dict)) if isinstance(passes, list) else 0
-        return int(spent) if isinstance(spent, (int, float)) else 0
+            return None
+        return last
+
+    def _spent_this_window(self) -> int:
+        """Bytes the night's run and the passes since it downloaded in the current window (or the last 24 h without one)."""
+        night = self._this_windows_night()
+        return 0 if night is None else _spent(night)
 
     def _pass_budget(self, capacity: int) -> int:
         """What a pass may download: what is left of the budget, and what the rate cap can move before the window ends."""
         left = capacity
         if self.budget is not None:
-            left = min(left, self.budget - self._spent_this_window())
+            night = self._this_windows_night()
+            day = None if night is None else night.get("day_budget_bytes")
+            day = day if isinstance(day, int) and not isinstance(day, bool) else self.budget
+            left = min(left, day - self._spent_this_window())
         if self.fc.rate_limit_mbps is not None and self.window is not None:
             left = min(left, int(self.fc.rate_limit_mbps * 1e6 / 8 * seconds_left(self.window, self.now(), self.tz)))
         return max(0, left)
@@ -544,8 +594,6 @@ class FillRun:
 
     def _count_bytes(self, nbytes: int) -> None:
         self.status.bytes_filled += nbytes
-        if self.budget is not None and self.status.bytes_filled >= self.budget:
-            self.request_stop("nightly budget reached")
 
     async def _worker(self, session: aiohttp.ClientSession, queue: "asyncio.Queue[ManifestFile]") -> None:
         while not self.stop_event.is_set():
@@ -553,10 +601,13 @@ class FillRun:
                 f = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            if self.budget is not None and self.status.bytes_filled + f.size > self.budget and self.status.bytes_filled > 0:
+            # A file starts only if it fits in what the files started so far left of the budget, except the
+            # run's first, which may end past it (whole, never cut; the next day's budget repays it).
+            if self.budget is not None and self.started_bytes + f.size > self.budget and (self.started_bytes > 0 or self.budget <= 0):
                 self.budget_skipped += 1
                 self.record(f, Outcome(SKIPPED, f"{f.size} bytes do not fit in what is left of the nightly budget"))
                 continue
+            self.started_bytes += f.size
             self.status.current.append(f.content_id)
             try:
                 outcome = await self._fill_one(session, f)

@@ -71,7 +71,13 @@ class FillConfig:
     window: str | None = setting(None, doc="Local fill window 'HH:MM-HH:MM' (may cross midnight). Unset: no window limit.", check=check_window)
     timezone: str | None = setting(None, doc="IANA time zone of the window. Unset: the machine's local time.", check=check_timezone)
     rate_limit_mbps: float | None = setting(None, doc="Rate cap for all downloads together, in 10^6 bit/s. Unset: no cap.", check=check_positive)
-    nightly_budget_gb: float | None = setting(None, doc="Bytes (10^9) downloaded per run at most. Unset: no budget.", check=check_positive)
+    nightly_budget_gb: float | None = setting(
+        None,
+        doc="Bytes (10^9) downloaded per day at most, by the night's run and its passes. A file starts only if it fits in "
+            "what is left, except a run's first, which may end past it; the next day's budget is lowered by that overshoot. "
+            "Unset: no budget.",
+        check=check_positive,
+    )
     concurrency: int = setting(4, doc="Downloads at once.", check=lambda v: in_range(v, 1, 256))
     signing_key_id: str | None = setting(None, doc="Key (from [signing] keys) used to sign peer-fill URLs. Unset: [signing] key_id.")
     delete_grace_h: float = setting(

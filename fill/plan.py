@@ -39,7 +39,9 @@ Rules kept here:
 - An intra-day pass (`plan_pass`) only adds what was requested since the
   night and is missing from the whole site, on the file's first rendezvous
   holder, and what the night's plan chose but left to the passes, within
-  what is left of the budget; it deletes only to make room,
+  what is left of the budget (its first addition may end past it, as a
+  run's first file may; `day_budget` takes any overshoot from the next
+  day's budget); it deletes only to make room,
   and only files worth less than the addition by a margin. The night's plan
   stays the one that shapes the site.
 """
@@ -458,6 +460,17 @@ def night_budget(budget_bytes: int, new_files: Iterable[ManifestFile], max_reser
     return budget_bytes - int(budget_bytes * max_reserve * unforecast / total)
 
 
+def day_budget(budget_bytes: int, last_day_budget_bytes: int, spent_last_day_bytes: int) -> int:
+    """The day's fill budget: `budget_bytes` less what the last day spent beyond its own day's budget.
+
+    A run's (and a pass's) first file may end past what is left, whole, or
+    a file bigger than the budget would never be filled; the overshoot is
+    repaid the next day, so over any run of days the fill exceeds the
+    budget by at most one file. Never below 0.
+    """
+    return max(0, budget_bytes - max(0, spent_last_day_bytes - last_day_budget_bytes))
+
+
 @dataclass(frozen=True, slots=True)
 class PassPlan:
     """An intra-day pass: delete `deletes` (to make room), then add `adds`, most valuable first."""
@@ -493,9 +506,13 @@ def plan_pass(
     never fetch the same file in the same pass. Additions are taken most
     valuable first while they fit in `budget_bytes` (what is left of the
     night's budget and window; a file that does not fit is skipped and a
-    smaller one may still fit); room is made from held files worth less than
-    the addition by `policy.margin`, least valuable first. The plan never
-    exceeds `capacity_bytes` or `budget_bytes`. `planned`: the night plan's
+    smaller one may still fit), except the first, which may end past
+    `budget_bytes` when anything is left at all: a whole file bigger than
+    what is left would otherwise never be filled by a pass, and the
+    overshoot is taken from the next day's budget (`day_budget`). Room is
+    made from held files worth less than the addition by `policy.margin`,
+    least valuable first. The plan never exceeds `capacity_bytes`.
+    `planned`: the night plan's
     additions for this appliance that the night left to the passes (its
     budget held back for them); they compete with the requested files on
     the same value, so budget the day does not need still fills them (they
@@ -535,8 +552,8 @@ def plan_pass(
     deletes: list[str] = []
     add_bytes = delete_bytes = 0
     for v, f, margin in candidates:
-        if add_bytes + f.size > budget_bytes:
-            continue
+        if add_bytes + f.size > budget_bytes and (adds or budget_bytes <= 0):
+            continue  # the first addition may end past what is left, as a run's first file may (repaid: `day_budget`)
         room, take = free, next_victim
         while room < f.size and take < len(victims) and victims[take][0] * (1 + margin) < v:
             room += victims[take][2]

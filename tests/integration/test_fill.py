@@ -453,9 +453,9 @@ def test_rate_cap_is_accurate_over_ten_seconds_and_concurrency_is_honoured(tmp_p
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_nightly_budget_stops_the_run(tmp_path, site, concurrency):
-    """One at a time, the budget leaves out files that no longer fit; three at
-    once, it runs out in the middle of downloads, which stop and keep their
-    partial files for the next night."""
+    """A file starts only if it fits in what the files started before it left of the budget, however many
+    download at once: no download is cut by the budget, the files that do not fit are skipped, and the
+    next night fetches them."""
     sizes = {f"b{i}.bin": 4 * MB for i in range(4)}
     make_files(site.files_dir, sizes, seed=16)
     pop = {name: float(10 - i) for i, name in enumerate(sorted(sizes))}
@@ -467,34 +467,38 @@ def test_nightly_budget_stops_the_run(tmp_path, site, concurrency):
     last = status(cfg)["last"]
     assert last["ended_because"] == "nightly budget reached", last
     got = held(cfg)
-    if concurrency == 1:
-        assert set(got) == {"b0.bin", "b1.bin"}  # the most popular first; b2 and b3 do not fit in 2 MB
-        assert last["bytes_filled"] == 8 * MB and last["files_skipped"] == 2
-        assert partials(cfg) == []
-    else:
-        # Never more than the budget plus one network read per download in flight.
-        assert budget <= last["bytes_filled"] <= budget + concurrency * MiB
-        parts = [p for p in partials(cfg) if p.suffix == ".part"]
-        assert len(got) + len(parts) == 3, (got, partials(cfg))
-        assert set(got) <= {"b0.bin", "b1.bin", "b2.bin"}
-        # A clean stop keeps every byte it received, on disk and checkpointed.
-        kept = sum(p.stat().st_size for p in parts)
-        assert kept + sum(size for size, _ in got.values()) == last["bytes_filled"]
-        for p in parts:
-            assert json.loads(Path(str(p) + ".json").read_text())["checkpoint"] == p.stat().st_size
-    assert last["files_added"] == len(got)
+    assert set(got) == {"b0.bin", "b1.bin"}  # the most popular first; b2 and b3 do not fit in the 2 MB left
+    assert last["bytes_filled"] == 8 * MB and last["files_skipped"] == 2 and last["files_added"] == 2
+    assert last["day_budget_bytes"] == budget
+    assert partials(cfg) == []
     first_night = site.entries()
-    assert sum(e.body_bytes_sent for e in first_night) <= budget + concurrency * MiB
+    assert sum(e.body_bytes_sent for e in first_night) == 8 * MB
     assert admin(cfg, "verify").returncode == 0
 
-    # The next night (no budget) resumes the partial downloads and fetches nothing twice.
+    # The next night (no budget) fetches the rest, once each.
     cfg.write_text(cfg.read_text().replace(f"nightly_budget_gb = {budget / 1e9}\n", ""))
     oca_fill(cfg, "run", check=True)
     assert held(cfg) == {n: (4 * MB, s) for n, s in ((f["id"], f["xxh128"]) for f in json.loads(site.manifest_path.read_text())["files"])}
     second_night = site.entries()[len(first_night):]
-    assert sum(e.body_bytes_sent for e in second_night) == 16 * MB - last["bytes_filled"]
-    assert partials(cfg) == []
+    assert sum(e.body_bytes_sent for e in second_night) == 8 * MB
     assert admin(cfg, "verify").returncode == 0
+
+
+def test_a_first_file_bigger_than_the_budget_is_filled_whole_and_the_next_day_repays_it(tmp_path, site):
+    """Budget 3 MB, files of 4 MB: night 1 fills its first file whole (1 MB over); night 2's budget is 2 MB,
+    and its first file again goes whole (2 MB over its day); night 3's budget is 1 MB."""
+    sizes = {f"w{i}.bin": 4 * MB for i in range(3)}
+    make_files(site.files_dir, sizes, seed=17)
+    publish(build_manifest(site.files_dir, site.files_url, {n: float(10 - i) for i, n in enumerate(sorted(sizes))}), site.manifest_path)
+    cfg = appliance_cfg(tmp_path, site, nightly_budget_gb=3 * MB / 1e9, concurrency=2)
+    for night, (day_budget_mb, want) in enumerate([(3, {"w0.bin"}), (2, {"w0.bin", "w1.bin"}), (1, {"w0.bin", "w1.bin", "w2.bin"})]):
+        run = oca_fill(cfg, "run", check=True)
+        last = status(cfg)["last"]
+        assert last["day_budget_bytes"] == day_budget_mb * MB, (night, last)
+        assert last["bytes_filled"] == 4 * MB and set(held(cfg)) == want, (night, last)
+        if night:
+            assert f"today's budget is {day_budget_mb * MB / 1e9:.3f} GB" in run.stderr, run.stderr
+    assert partials(cfg) == []
 
 
 # ---------------------------------------------------------------- peer fill
@@ -593,6 +597,7 @@ def test_a_pass_adds_the_missing_file_that_clients_requested_within_what_the_nig
     assert set(held(cfg)) == {"old-1.mp4", "old-2.mp4", "n-fore.mp4", "n-b.mp4"}
     last = status(cfg)["last"]
     assert last["kind"] == "night" and last["bytes_filled"] == size
+    assert last["day_budget_bytes"] == int(budget_gb * 1e9)  # night 1 spent less than the budget: nothing to repay
     [p] = last["passes"]
     assert (p["planned"], p["added"], p["failed"], p["skipped"], p["bytes"], p["requested_missing"]) == (1, 1, 0, 0, size, 1)
     assert p["budget_bytes"] == int(budget_gb * 1e9) - size and p["ended_because"] == "done"
