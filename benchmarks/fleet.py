@@ -262,6 +262,33 @@ def full_bodies(args, fleet: Fleet) -> tuple:
         return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ), offsets
 
 
+def hashed_bodies(args, fleet: Fleet) -> tuple:
+    """Every appliance's first full inventory in the hashed form (`oca.inventory_wire.hashed_full`), cached like `full_bodies`."""
+    import mmap
+
+    import numpy as np
+
+    from oca.inventory_wire import hashed_full, id_hash
+
+    path = cache_path(args).with_suffix(".hashed")
+    index = cache_path(args).with_suffix(".hashed-offsets.npy")
+    if not path.exists() or not index.exists():
+        catalogue = np.array([id_hash(c) for c in fleet.ids], dtype=np.uint64)
+        offsets = [0]
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with tmp.open("wb") as fh:
+            for i, aid in enumerate(fleet.appliances):
+                hashes = np.unique(catalogue[fleet.holdings[i]])
+                body = hashed_full(aid, 1, hashes.astype("<u8").tobytes(), len(hashes))
+                fh.write(body)
+                offsets.append(offsets[-1] + len(body))
+        np.save(index, np.array(offsets, dtype=np.int64))
+        os.replace(tmp, path)
+    offsets = np.load(index)
+    with path.open("rb") as fh:
+        return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ), offsets
+
+
 def load_fleet(args) -> Fleet:
     cache = cache_path(args)
     if cache.exists():
@@ -306,11 +333,15 @@ class SimAppliance:
     state: str = "ok"  # ok, draining, dead
 
 
-def health_body(appliance: str, site: str, status: str) -> bytes:
+def health_body(appliance: str, site: str, status: str, generation: int | None = None, routes_generation: int | None = None) -> bytes:
     """The fields of the real appliance's /health that steering reads (see `oca.server.app.health_document`)."""
     conditions = [] if status == "ok" else [{"status": status, "reason": "drained by operator" if status == "draining" else status}]
-    return json.dumps({"status": status, "conditions": conditions, "appliance": appliance, "site": site,
-                       "load": {"bytes_per_s": 0.0, "nic_utilisation": 0.1}}).encode() + b"\n"
+    doc = {"status": status, "conditions": conditions, "appliance": appliance, "site": site,
+           "load": {"bytes_per_s": 0.0, "nic_utilisation": 0.1}}
+    if generation is not None:
+        doc["generation"] = generation
+        doc["routes_generation"] = routes_generation
+    return json.dumps(doc).encode() + b"\n"
 
 
 def simulate(args) -> None:
@@ -318,11 +349,11 @@ def simulate(args) -> None:
     import uvloop
     from aiohttp import web
 
-    from oca.inventory_wire import (JSON_TYPE, PACKED_TYPE, inventory_delta, inventory_full, inventory_unchanged,
-                                    routes_answer)
+    from oca.inventory_wire import CONTENT_TYPES, FORMS, inventory_delta, inventory_full, inventory_unchanged, routes_answer
 
     fleet = load_fleet(args)
     bodies, offsets = full_bodies(args, fleet)
+    hashed, hashed_offsets = hashed_bodies(args, fleet)
     lo, hi = (int(x) for x in args.simulate.split(":"))
     sims = {i: SimAppliance(i) for i in range(lo, hi)}
     rng = random.Random(args.seed * 1000 + lo)
@@ -358,7 +389,8 @@ def simulate(args) -> None:
         aid = fleet.appliances[s.index]
         what = parts[3]
         if what == "health":
-            return web.Response(body=health_body(aid, fleet.sites[fleet.site_of[s.index]], "draining" if s.state == "draining" else "ok"),
+            return web.Response(body=health_body(aid, fleet.sites[fleet.site_of[s.index]], "draining" if s.state == "draining" else "ok",
+                                                 s.generation, s.routes_generation),
                                 content_type="application/json")
         if what == "routes":
             since = request.query.get("since")
@@ -374,7 +406,9 @@ def simulate(args) -> None:
             return web.Response(body=body, content_type="application/json")
         if what == "inventory":
             form = request.query.get("form", "json")
-            ctype = PACKED_TYPE if form == "packed" else JSON_TYPE
+            if form not in FORMS:
+                return web.Response(status=400, text='{"error": "form"}', content_type="application/json")
+            ctype = CONTENT_TYPES[form]
             since = request.query.get("since")
             since = int(since) if since is not None else None
             if since is not None and since == s.generation:
@@ -391,6 +425,8 @@ def simulate(args) -> None:
                             added.discard(c)
                             removed.add(c)
                 body = inventory_delta(aid, s.generation, since, sorted(added), sorted(removed), form=form)
+            elif form == "hashed":
+                body = hashed[int(hashed_offsets[s.index]) : int(hashed_offsets[s.index + 1])]
             elif form == "packed":
                 # The full inventory as of generation 1, cached; the next poll's delta
                 # (since=1) brings every change after it, as for a steering that polled then.
@@ -683,6 +719,7 @@ def wait_for(what: str, fn, timeout_s: float, step_s: float = 0.05):
 def run_one(args) -> dict:
     fleet = load_fleet(args)
     full_bodies(args, fleet)  # made before anything is timed
+    hashed_bodies(args, fleet)
     rng = random.Random(args.seed + 7)
     agree = check_placement(fleet.ids, fleet.appliances, 10_000, rng)
     if agree != 10_000:
@@ -862,7 +899,8 @@ def run_one(args) -> dict:
         pss = max(pss, rss_mib([steering.pid] + child_pids(steering.pid), "Pss:"))
 
         # Restart: kill -9, start again; time to answering from the snapshot.
-        wait_for("a snapshot written", lambda: os.path.exists(args.snapshot), 2 * args.snapshot_interval + 120, 0.5)
+        written = f"{args.snapshot}.store/current" if args.workers > 1 else args.snapshot  # with workers, the fleet store
+        wait_for("a snapshot written", lambda: os.path.exists(written), 2 * args.snapshot_interval + 120, 0.5)
         workers = child_pids(steering.pid)
         steering.kill()
         steering.wait()
@@ -922,7 +960,9 @@ def main() -> int:
         serve_baseline(args.baseline_server)
         return 0
     if args.generate_only:
-        full_bodies(args, load_fleet(args))
+        fleet = load_fleet(args)
+        full_bodies(args, fleet)
+        hashed_bodies(args, fleet)
         return 0
     if args.table:
         results = []

@@ -1,0 +1,121 @@
+"""A decision worker's view of the fleet: the ranking's inputs read from a fleet store, per decision.
+
+Rules kept here:
+- A decision reads only what it needs: the prefixes containing the client
+  (one LMDB read transaction, `FleetStoreReader.route_matches`), the state
+  byte of each matched appliance, one holdings bit per matched appliance,
+  and, when the ranking asks for the content's holders, one column of the
+  holdings. Nothing is built per change: the poller writes, the worker
+  reads what is there.
+- The content's holders, in `ranking.holder_order`, are kept per file
+  while the store says they have not changed (`file_version`), at most
+  `HOLDERS_CACHE` files.
+- Coverage zones come from the worker's own config (a small `PrefixTable`
+  it builds at start and on SIGHUP), appliance routes from the store; an
+  appliance the worker's registry does not know is left out.
+- The answer is `ranking.decide`'s over these inputs, so a worker decides
+  as the single process does over the same knowledge (the fleet test
+  compares both with a brute-force oracle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from steering.fleetstore import DRAINING, OVERLOADED, SERVES, UP, FleetStoreReader
+from steering.health import Availability
+from steering.lpm import PrefixTable
+from steering.ranking import Appliance, Decision, Live, RegistryIndex, decide, holder_order, index_registry
+
+HOLDERS_CACHE = 4096  # files; a popular file's list is up to the whole registry (8 bytes an appliance)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    cidr: str
+    length: int
+    tags: tuple
+
+
+class _Holds:
+    """`content_id in holds` for one appliance: its bit of the file, in the store."""
+
+    __slots__ = ("view", "a", "cid", "f")
+
+    def __init__(self, view: "FleetView", a: int, cid: str, f: int | None):
+        self.view, self.a, self.cid, self.f = view, a, cid, f
+
+    def __contains__(self, content_id: object) -> bool:
+        f = self.f if content_id == self.cid else self.view.reader.file_index(content_id)  # type: ignore[arg-type]
+        return f is not None and self.view.reader.holds(self.a, f)
+
+
+class _LiveOf(dict):
+    """aid → Live, made for the appliances a decision looks at."""
+
+    def __init__(self, view: "FleetView", cid: str, f: int | None):
+        super().__init__()
+        self.view, self.cid, self.f = view, cid, f
+
+    def __missing__(self, aid: str) -> Live:
+        i = self.view.index_of.get(aid)
+        if i is None:
+            raise KeyError(aid)
+        st = int(self.view.reader.states[i])
+        lv = Live(bool(st & SERVES), bool(st & OVERLOADED), _Holds(self.view, i, self.cid, self.f))
+        self[aid] = lv
+        return lv
+
+    def get(self, aid, default=None):  # type: ignore[override]
+        try:
+            return self[aid]
+        except KeyError:
+            return default
+
+
+class FleetView:
+    def __init__(self, reader: FleetStoreReader, registry: Sequence[Appliance]):
+        self.reader = reader
+        self.registry = list(registry)
+        by_id = {a.appliance_id: a for a in registry}
+        self.by_index: list[Appliance | None] = [by_id.get(aid) for aid in reader.ids]
+        self.index_of = {aid: i for i, aid in enumerate(reader.ids) if aid in by_id}
+        self._holders: dict[int, tuple] = {}  # file → ((epoch, version), holders in order)
+        self.index: RegistryIndex = index_registry(self.registry, self.holders_of)
+
+    def holders_of(self, content_id: str) -> list[Appliance]:
+        f = self.reader.file_index(content_id)
+        if f is None:
+            return []
+        version = self.reader.file_version(f)
+        cached = self._holders.get(f)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        by_index = self.by_index
+        holders = holder_order(content_id, [a for a in (by_index[i] for i in self.reader.holders(f).tolist()) if a is not None])
+        if len(self._holders) >= HOLDERS_CACHE:
+            del self._holders[next(iter(self._holders))]
+        self._holders[f] = (version, holders)
+        return holders
+
+    def decide(self, content_id: str, version: int, addr: int, coverage: PrefixTable, max_urls: int,
+               fallback_sites: Sequence[str]) -> Decision:
+        ids = self.reader.ids
+        matches: list = [RouteEntry(cidr, length, tuple(("route", ids[i]) for i in members))
+                         for cidr, length, members in self.reader.route_matches(version, addr)]
+        matches.extend(coverage.matches_int(version, addr))
+        f = self.reader.file_index(content_id)
+        return decide(content_id, matches, self.registry, _LiveOf(self, content_id, f), max_urls=max_urls,
+                      fallback_sites=fallback_sites, index=self.index)
+
+    def states(self) -> dict[str, Availability]:
+        """Each registered appliance's state as the store has it (for /health and the status page)."""
+        out = {}
+        states = self.reader.states
+        for aid, i in self.index_of.items():
+            st = int(states[i])
+            up = bool(st & UP)
+            out[aid] = Availability(up=up, reason="", status="draining" if st & DRAINING else "ok" if up else "down",
+                                    draining=bool(st & DRAINING), overloaded=bool(st & OVERLOADED))
+        return out
