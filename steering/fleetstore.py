@@ -106,6 +106,7 @@ class FleetStoreWriter:
         self.restored: dict[int, RestoredAppliance] = {}
         self.why_new = ""
         self._keys: dict[tuple, list[bytes]] = {}
+        self._pending: list[tuple] = []
         current = self.root / "current"
         try:
             self._open(current.resolve(strict=True))
@@ -152,25 +153,39 @@ class FleetStoreWriter:
         self.versions = _map(d / "versions", np.uint32, (WIDTH_FILES,), True)
         self._cat_fd = os.open(d / "catalogue", os.O_RDWR)
         self._hold_fd = os.open(d / "holdings", os.O_RDWR)
-        self.env = lmdb.open(str(d / "routes"), map_size=MAP_BYTES, max_dbs=2, sync=False, metasync=False, readahead=False)
+        self.env = lmdb.open(str(d / "routes"), map_size=MAP_BYTES, max_dbs=3, sync=False, metasync=False, readahead=False)
         self.pdb = self.env.open_db(b"p", dupsort=True, dupfixed=True)
+        self.gdb = self.env.open_db(b"g", dupsort=True, dupfixed=True)
         self.rdb = self.env.open_db(b"r")
+        self._group_of: dict[tuple, int] = {}  # a route list → its group
+        self._members: dict[int, int] = {}  # group → how many appliances announce it
+        self._group_at: dict[int, tuple[int, tuple]] = {}  # appliance → (group, its list)
+        self._next_group = 0
         files = int(head[H_FILES])
         hashes = np.frombuffer(os.pread(self._cat_fd, 8 * files, 0), dtype="<u8") if files else np.zeros(0, "<u8")
         if len(hashes) != files:
             raise StoreError("catalogue shorter than its count")
         self.hash_index: dict[int, int] = dict(zip(hashes.tolist(), range(files)))
-        self._sorted_h = np.zeros(0, np.uint64)
-        self._sorted_i = np.zeros(0, np.int64)
-        self._resort()
+        # A hash table over the catalogue, at most half full: a full inventory is looked up in one pass of numpy.
+        self._tkeys = np.zeros(2 * WIDTH_FILES, dtype=np.uint64)
+        self._tvals = np.full(2 * WIDTH_FILES, -1, dtype=np.int32)
+        for i, h in enumerate(hashes.tolist()):
+            self._insert(h, i)
 
     def _read_back(self) -> dict[int, RestoredAppliance]:
         out = {}
         with self.env.begin(db=self.rdb) as txn:
             for i in range(self.n):
                 g = self.gens[i]
-                text = txn.get(i.to_bytes(4, "big"))
-                routes = tuple(text.decode("ascii").split("\n")) if text else ()
+                rec = txn.get(i.to_bytes(4, "big"))
+                routes = tuple(rec[4:].decode("ascii").split("\n")) if rec and len(rec) > 4 else ()
+                if routes:
+                    gid = int.from_bytes(rec[:4], "big")
+                    if self._group_of.setdefault(routes, gid) != gid:
+                        raise StoreError(f"appliance {i}: its route group disagrees with another's")
+                    self._next_group = max(self._next_group, gid + 1)
+                    self._members[gid] = self._members.get(gid, 0) + 1
+                    self._group_at[i] = (gid, routes)
                 out[i] = RestoredAppliance(int(self.states[i]), int(g[0]), int(g[1]), int(g[2]), routes)
         return out
 
@@ -181,13 +196,13 @@ class FleetStoreWriter:
 
     # ---------------------------------------------------------------- the catalogue
 
-    def _resort(self) -> None:
-        files = len(self.hash_index)
-        hashes = np.fromiter(self.hash_index.keys(), dtype=np.uint64, count=files)
-        idx = np.fromiter(self.hash_index.values(), dtype=np.int64, count=files)
-        order = np.argsort(hashes)
-        self._sorted_h, self._sorted_i = hashes[order], idx[order]
-        self._unsorted = 0
+    def _insert(self, h: int, i: int) -> None:
+        mask = len(self._tkeys) - 1
+        slot = h & mask
+        while self._tvals[slot] >= 0:
+            slot = (slot + 1) & mask
+        self._tkeys[slot] = h
+        self._tvals[slot] = i
 
     def _append(self, new: list[int]) -> None:
         """New hashes get the next indexes: written to the file, then counted in the head."""
@@ -197,37 +212,32 @@ class FleetStoreWriter:
         os.pwrite(self._cat_fd, np.array(new, dtype="<u8").tobytes(), 8 * start)
         for k, h in enumerate(new):
             self.hash_index[h] = start + k
+            self._insert(h, start + k)
         self.head[H_FILES] = start + len(new)
-        self._unsorted += len(new)
-        if self._unsorted > max(4096, len(self._sorted_h) // 4):
-            self._resort()
+
+    def _lookup(self, hashes: np.ndarray) -> np.ndarray:
+        """Catalogue index per hash, -1 when unseen: open addressing (linear probing) over the whole array at once."""
+        mask = np.uint64(len(self._tkeys) - 1)
+        slot = (hashes & mask).astype(np.int64)
+        out = np.full(len(hashes), -1, dtype=np.int64)
+        pending = np.arange(len(hashes))
+        while len(pending):
+            at = slot[pending]
+            vals = self._tvals[at]
+            hit = (self._tkeys[at] == hashes[pending]) & (vals >= 0)
+            out[pending[hit]] = vals[hit]
+            pending = pending[~hit & (vals >= 0)]  # an empty slot ends the probe: unseen
+            slot[pending] = (slot[pending] + 1) & int(mask)
+        return out
 
     def indexes_of_hashes(self, hashes: np.ndarray, intern: bool = True) -> np.ndarray:
-        """The catalogue indexes of `hashes` (numpy uint64); unseen ones are added (or dropped if not `intern`)."""
+        """The catalogue indexes of `hashes` (numpy uint64); unseen ones are added (or left out if not `intern`)."""
         with self.lock:
-            out = np.full(len(hashes), -1, dtype=np.int64)
-            if len(self._sorted_h):
-                pos = np.searchsorted(self._sorted_h, hashes)
-                pos[pos >= len(self._sorted_h)] = 0
-                hit = self._sorted_h[pos] == hashes
-                out[hit] = self._sorted_i[pos[hit]]
-            else:
-                hit = np.zeros(len(hashes), bool)
-            miss = np.flatnonzero(~hit)
-            if len(miss):
-                get = self.hash_index.get
-                new = []
-                found = []
-                for h in hashes[miss].tolist():
-                    i = get(h)
-                    if i is None and intern:
-                        new.append(h)
-                    found.append(-1 if i is None else i)
-                out[miss] = found
-                if new:
-                    self._append(list(dict.fromkeys(new)))
-                    still = miss[out[miss] < 0]
-                    out[still] = [self.hash_index[h] for h in hashes[still].tolist()]
+            out = self._lookup(hashes)
+            miss = np.flatnonzero(out < 0)
+            if len(miss) and intern:
+                self._append(list(dict.fromkeys(hashes[miss].tolist())))
+                out[miss] = self._lookup(hashes[miss])
             return out[out >= 0]
 
     def indexes_of_ids(self, ids: Iterable[str], intern: bool = True) -> np.ndarray:
@@ -271,36 +281,78 @@ class FleetStoreWriter:
             keys = self._keys[routes] = [prefix_key(p) for p in routes]
         return keys
 
-    def set_routes(self, a: int, old: tuple, new: tuple, generation: int) -> None:
-        """Appliance `a` announces `new` (it announced `old`): one transaction with only the prefixes that changed."""
+    def queue_routes(self, a: int, old: tuple, new: tuple, generation: int) -> None:
+        """Appliance `a` announces `new` (it announced `old`); written by the next `flush_routes`."""
         with self.lock:
-            value = a.to_bytes(4, "big")
-            old_keys, new_keys = set(self._keys_of(old)), self._keys_of(new)
-            gone = old_keys.difference(new_keys)
-            came = [k for k in new_keys if k not in old_keys]
-            count = 0
+            self._pending.append((a, old, new, generation))
+
+    def set_routes(self, a: int, old: tuple, new: tuple, generation: int) -> None:
+        self.queue_routes(a, old, new, generation)
+        self.flush_routes()
+
+    def flush_routes(self) -> int:
+        """Every queued route change in one transaction, with only what changed; returns how many.
+
+        Appliances announcing the same list (a site's) share one route group:
+        a prefix is written once per group, not once per appliance (4.5 M
+        prefix entries become 1 M for a fleet's 1 M prefixes). One transaction
+        for many appliances: each commit copies every B-tree page it touched,
+        and a list's prefixes are spread over the whole tree.
+        """
+        with self.lock:
+            pending, self._pending = self._pending, []
+            if not pending:
+                return 0
             masks = [int(self.head[H_LEN4])] + [int(self.head[H_LEN6 + k]) for k in range(3)]
+            count = 0
             with self.env.begin(write=True) as txn:
-                for key in gone:
-                    txn.delete(key, value, db=self.pdb)
-                    if txn.get(key, db=self.pdb) is None:
-                        count -= 1
-                for key in came:
-                    if txn.get(key, db=self.pdb) is None:
-                        count += 1
-                    txn.put(key, value, dupdata=True, db=self.pdb)
-                    length = key[1]
-                    if key[0] == 4:
-                        masks[0] |= 1 << length
-                    else:
-                        masks[1 + length // 62] |= 1 << (length % 62)
-                txn.put(value, "\n".join(new).encode("ascii"), db=self.rdb)
+                pcur = txn.cursor(db=self.pdb)
+                gcur = txn.cursor(db=self.gdb)
+                for a, old, new, generation in pending:
+                    value = a.to_bytes(4, "big")
+                    was = self._group_at.pop(a, None)
+                    if was is not None:
+                        gid, routes = was
+                        if gcur.set_key_dup(gid.to_bytes(4, "big"), value):
+                            gcur.delete()
+                        self._members[gid] -= 1
+                        if self._members[gid] == 0:  # nobody announces this list any more: its prefixes go
+                            del self._members[gid]
+                            del self._group_of[routes]
+                            g = gid.to_bytes(4, "big")
+                            for key in self._keys_of(routes):
+                                if pcur.set_key_dup(key, g):
+                                    pcur.delete()
+                                    if not pcur.set_key(key):
+                                        count -= 1
+                    if new:
+                        gid = self._group_of.get(new)
+                        if gid is None:
+                            gid = self._group_of[new] = self._next_group
+                            self._next_group += 1
+                            self._members[gid] = 0
+                            g = gid.to_bytes(4, "big")
+                            for key in self._keys_of(new):
+                                if not pcur.set_key(key):
+                                    count += 1
+                                    length = key[1]
+                                    if key[0] == 4:
+                                        masks[0] |= 1 << length
+                                    else:
+                                        masks[1 + length // 62] |= 1 << (length % 62)
+                                pcur.put(key, g, dupdata=True)
+                        self._members[gid] += 1
+                        self._group_at[a] = (gid, new)
+                        gcur.put(gid.to_bytes(4, "big"), value, dupdata=True)
+                    at = self._group_at.get(a)
+                    txn.put(value, (at[0] if at else 0).to_bytes(4, "big") + "\n".join(new).encode("ascii"), db=self.rdb)
+                    self.gens[a] = (self.gens[a][0], generation, self.gens[a][2])
             self.head[H_LEN4] = masks[0]
             for k in range(3):
                 self.head[H_LEN6 + k] = masks[1 + k]
             self.head[H_PREFIXES] += count
-            self.gens[a] = (self.gens[a][0], generation, self.gens[a][2])
             self.head[H_ROUTES_EPOCH] += 1
+            return len(pending)
 
     def write_states(self, states: Sequence[int], rounds: int, now_s: float) -> None:
         with self.lock:
@@ -326,22 +378,31 @@ class FleetStoreReader:
         self.dir = d
         self.ids = (d / "appliances").read_text().splitlines()
         self.n = len(self.ids)
-        self.head = _map(d / "head", np.int64, (HEAD_SLOTS,), False)
-        if self.head[H_MAGIC] != MAGIC or self.head[H_VERSION] != VERSION or self.head[H_WIDTH] != WIDTH_FILES or self.head[H_APPLIANCES] != self.n:
+        # Plain mapped memoryviews: an index into one costs a tenth of a numpy memmap's, and a decision makes dozens.
+        self._maps = [self._mapped(d / name) for name in ("head", "states", "versions")]
+        self.head = self._maps[0].cast("q")
+        if len(self.head) != HEAD_SLOTS or self.head[H_MAGIC] != MAGIC or self.head[H_VERSION] != VERSION or self.head[H_WIDTH] != WIDTH_FILES or self.head[H_APPLIANCES] != self.n:
             raise StoreError(f"{d}: not a fleet store of this version and size")
         n = max(1, self.n)
-        self.states = _map(d / "states", np.uint8, (n,), False)
-        self.gens = _map(d / "gens", np.int64, (n, 3), False)
-        self.versions = _map(d / "versions", np.uint32, (WIDTH_FILES,), False)
+        self.states = self._maps[1]
+        self.versions = self._maps[2].cast("I")
+        if len(self.states) < n or len(self.versions) != WIDTH_FILES:
+            raise StoreError(f"{d}: files of the wrong size")
         with open(d / "holdings", "rb") as fh:
             self._hold = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ)
         self._matrix = np.frombuffer(self._hold, dtype=np.uint8).reshape(n, WIDTH_FILES // 8)
         self._cat_fd = os.open(d / "catalogue", os.O_RDONLY)
         self.hash_index: dict[int, int] = {}
-        self.env = lmdb.open(str(d / "routes"), map_size=MAP_BYTES, max_dbs=2, readonly=True, lock=True, readahead=False)
+        self.env = lmdb.open(str(d / "routes"), map_size=MAP_BYTES, max_dbs=3, readonly=True, lock=True, readahead=False)
         self.pdb = self.env.open_db(b"p", create=False, dupsort=True, dupfixed=True)
+        self.gdb = self.env.open_db(b"g", create=False, dupsort=True, dupfixed=True)
         self._masks: tuple = ()
         self._lengths: dict[int, list[int]] = {4: [], 6: []}
+
+    @staticmethod
+    def _mapped(path: Path) -> memoryview:
+        with open(path, "rb") as fh:
+            return memoryview(mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ))
 
     def current(self) -> bool:
         """Whether the link still names this store."""
@@ -355,7 +416,7 @@ class FleetStoreReader:
         self.env.close()
 
     def file_index(self, content_id: str) -> int | None:
-        files = int(self.head[H_FILES])
+        files = self.head[H_FILES]
         known = len(self.hash_index)
         if files > known:
             new = np.frombuffer(os.pread(self._cat_fd, 8 * (files - known), 8 * known), dtype="<u8").tolist()
@@ -370,10 +431,11 @@ class FleetStoreReader:
         return np.flatnonzero(self._matrix[:, f >> 3] & (1 << (f & 7)))
 
     def file_version(self, f: int) -> tuple[int, int]:
-        return int(self.head[H_HOLD_EPOCH]), int(self.versions[f])
+        return self.head[H_HOLD_EPOCH], self.versions[f]
 
     def lengths(self, version: int) -> list[int]:
-        masks = (int(self.head[H_LEN4]), int(self.head[H_LEN6]), int(self.head[H_LEN6 + 1]), int(self.head[H_LEN6 + 2]))
+        head = self.head
+        masks = (head[H_LEN4], head[H_LEN6], head[H_LEN6 + 1], head[H_LEN6 + 2])
         if masks != self._masks:
             self._masks = masks
             self._lengths[4] = [n for n in range(32, -1, -1) if masks[0] >> n & 1]
@@ -389,9 +451,14 @@ class FleetStoreReader:
             return out
         with self.env.begin(db=self.pdb, buffers=True) as txn:
             cur = txn.cursor()
+            gcur = txn.cursor(db=self.gdb)
             for length in lengths:
                 net = addr >> (bits - length) << (bits - length) if length else 0
                 if cur.set_key(bytes((version, length)) + net.to_bytes(size, "big")):
-                    members = [int.from_bytes(v, "big") for v in cur.iternext_dup(keys=False)]
-                    out.append((format_prefix(version, net, length), length, members))
+                    members = []
+                    for g in [bytes(v) for v in cur.iternext_dup(keys=False)]:
+                        if gcur.set_key(g):
+                            members.extend(int.from_bytes(v, "big") for v in gcur.iternext_dup(keys=False))
+                    if members:
+                        out.append((format_prefix(version, net, length), length, sorted(members)))
         return out

@@ -38,32 +38,26 @@ class RouteEntry:
     tags: tuple
 
 
-class _Holds:
-    """`content_id in holds` for one appliance: its bit of the file, in the store."""
-
-    __slots__ = ("view", "a", "cid", "f")
-
-    def __init__(self, view: "FleetView", a: int, cid: str, f: int | None):
-        self.view, self.a, self.cid, self.f = view, a, cid, f
-
-    def __contains__(self, content_id: object) -> bool:
-        f = self.f if content_id == self.cid else self.view.reader.file_index(content_id)  # type: ignore[arg-type]
-        return f is not None and self.view.reader.holds(self.a, f)
-
-
 class _LiveOf(dict):
-    """aid → Live, made for the appliances a decision looks at."""
+    """aid → Live, made for the appliances a decision looks at.
+
+    The decision asks `holds` about its own content only, so `holds` is that
+    id's one-element set when the appliance's bit is set, else empty.
+    """
 
     def __init__(self, view: "FleetView", cid: str, f: int | None):
         super().__init__()
-        self.view, self.cid, self.f = view, cid, f
+        self.view, self.f = view, f
+        self.yes, self.no = frozenset((cid,)), frozenset()
 
     def __missing__(self, aid: str) -> Live:
-        i = self.view.index_of.get(aid)
+        view = self.view
+        i = view.index_of.get(aid)
         if i is None:
             raise KeyError(aid)
-        st = int(self.view.reader.states[i])
-        lv = Live(bool(st & SERVES), bool(st & OVERLOADED), _Holds(self.view, i, self.cid, self.f))
+        st = view.reader.states[i]
+        f = self.f
+        lv = Live(st & SERVES != 0, st & OVERLOADED != 0, self.yes if f is not None and view.reader.holds(i, f) else self.no)
         self[aid] = lv
         return lv
 
@@ -112,9 +106,9 @@ class FleetView:
     def states(self) -> dict[str, Availability]:
         """Each registered appliance's state as the store has it (for /health and the status page)."""
         out = {}
-        states = self.reader.states
+        states = bytes(self.reader.states)
         for aid, i in self.index_of.items():
-            st = int(states[i])
+            st = states[i]
             up = bool(st & UP)
             out[aid] = Availability(up=up, reason="", status="draining" if st & DRAINING else "ok" if up else "down",
                                     draining=bool(st & DRAINING), overloaded=bool(st & OVERLOADED))
