@@ -7,9 +7,10 @@ Rules kept here:
   and, when the ranking asks for the content's holders, one column of the
   holdings. Nothing is built per change: the poller writes, the worker
   reads what is there.
-- The content's holders, in `ranking.holder_order`, are kept per file
-  while the store says they have not changed (`file_version`), at most
-  `HOLDERS_CACHE` files.
+- The content's holders, in `ranking.holder_order` (computed as arrays by
+  `steering.hrwvec`: a popular file has every appliance as a holder), are
+  kept per file while the store says they have not changed
+  (`file_version`), at most `HOLDERS_CACHE` files.
 - Coverage zones come from the worker's own config (a small `PrefixTable`
   it builds at start and on SIGHUP), appliance routes from the store; an
   appliance the worker's registry does not know is left out.
@@ -26,8 +27,10 @@ from typing import Sequence
 from steering.fleetstore import DRAINING, OVERLOADED, SERVES, UP, FleetStoreReader
 from steering.health import Availability
 from steering.lpm import PrefixTable
-from steering.ranking import Appliance, Decision, Live, RegistryIndex, decide, holder_order, index_registry
+from steering.hrwvec import Registry
+from steering.ranking import TIER_ORDER, Appliance, Decision, Live, RegistryIndex, decide, holder_order, index_registry
 
+VECTOR_FROM = 400  # holders; fewer are ordered one `hrw_score` each (numpy's fixed cost is about 200 µs)
 HOLDERS_CACHE = 4096  # files; a popular file's list is up to the whole registry (8 bytes an appliance)
 
 
@@ -75,6 +78,8 @@ class FleetView:
         by_id = {a.appliance_id: a for a in registry}
         self.by_index: list[Appliance | None] = [by_id.get(aid) for aid in reader.ids]
         self.index_of = {aid: i for i, aid in enumerate(reader.ids) if aid in by_id}
+        known = self.by_index
+        self.hrw = Registry(reader.ids, [TIER_ORDER.get(a.tier, 2) if a else 2 for a in known], [a.weight if a else 1.0 for a in known])
         self._holders: dict[int, tuple] = {}  # file → ((epoch, version), holders in order)
         self.index: RegistryIndex = index_registry(self.registry, self.holders_of)
 
@@ -87,7 +92,11 @@ class FleetView:
         if cached is not None and cached[0] == version:
             return cached[1]
         by_index = self.by_index
-        holders = holder_order(content_id, [a for a in (by_index[i] for i in self.reader.holders(f).tolist()) if a is not None])
+        which = self.reader.holders(f)
+        if len(which) <= VECTOR_FROM:
+            holders = holder_order(content_id, [a for a in (by_index[i] for i in which.tolist()) if a is not None])
+        else:
+            holders = [by_index[i] for i in self.hrw.holder_order(which, content_id).tolist() if by_index[i] is not None]
         if len(self._holders) >= HOLDERS_CACHE:
             del self._holders[next(iter(self._holders))]
         self._holders[f] = (version, holders)

@@ -67,6 +67,7 @@ from steering.snapshot import SnapshotError, decode as decode_snapshot, encode a
 
 READ_CHUNK_BYTES = 256 * 1024
 CHECKERS = 2  # threads parsing answers; parsing holds the GIL, more would only queue
+ROUTES_FLUSH_S = 0.5  # route changes reach the fleet store together: one commit copies the B-tree pages it touches
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +223,7 @@ class Poller:
         # With a fleet store, connections are kept: 2,000 polls a second cannot each open one.
         connector = aiohttp.TCPConnector(limit=0, force_close=self.store is None)
         self._checker = concurrent.futures.ThreadPoolExecutor(CHECKERS, thread_name_prefix="steering-check")
+        flusher = asyncio.ensure_future(self._flush_routes()) if self.store is not None else None
         try:
             async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
                 self._session = session
@@ -230,7 +232,24 @@ class Poller:
                     await self.poll_round()
                     await asyncio.sleep(max(0.0, self._s.interval_s - (time.monotonic() - started)))
         finally:
+            if flusher is not None:
+                flusher.cancel()
             self._checker.shutdown(wait=False, cancel_futures=True)
+
+    async def _flush_routes(self) -> None:
+        """Route changes queued by polls go into the store together, in a thread, every ROUTES_FLUSH_S."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ROUTES_FLUSH_S)
+            store = self.store
+            if store is None:
+                continue
+            try:
+                await loop.run_in_executor(None, store.flush_routes)
+            except Exception as exc:  # noqa: BLE001 - logged; the changes are lost and asked again (generation reset)
+                self.log(f"fleet store: routes not written: {exc}")
+                for k in self.known.values():
+                    k.known_routes = False
 
     @property
     def stale(self) -> bool:
@@ -488,7 +507,7 @@ class Poller:
         elif inv is not None:
             store.change_row(i, store.indexes_of_ids(()), store.indexes_of_ids(()), inv.generation)
         if admitted is not None and admitted.prefixes != old_routes:
-            store.set_routes(i, old_routes, admitted.prefixes, rgen)
+            store.queue_routes(i, old_routes, admitted.prefixes, rgen)  # written by `_flush_routes` within ROUTES_FLUSH_S
         return inv, admitted, rgen
 
     async def _poll_store(self, a: Appliance, k: Knowledge, timeout_s: float) -> PollResult:
