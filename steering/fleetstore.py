@@ -379,7 +379,7 @@ class FleetStoreReader:
         self.ids = (d / "appliances").read_text().splitlines()
         self.n = len(self.ids)
         # Plain mapped memoryviews: an index into one costs a tenth of a numpy memmap's, and a decision makes dozens.
-        self._maps = [self._mapped(d / name) for name in ("head", "states", "versions")]
+        self._maps = [self._mapped(d / name) for name in ("head", "states", "versions", "gens")]
         self.head = self._maps[0].cast("q")
         if len(self.head) != HEAD_SLOTS or self.head[H_MAGIC] != MAGIC or self.head[H_VERSION] != VERSION or self.head[H_WIDTH] != WIDTH_FILES or self.head[H_APPLIANCES] != self.n:
             raise StoreError(f"{d}: not a fleet store of this version and size")
@@ -422,6 +422,10 @@ class FleetStoreReader:
             new = np.frombuffer(os.pread(self._cat_fd, 8 * (files - known), 8 * known), dtype="<u8").tolist()
             self.hash_index.update(zip(new, range(known, known + len(new))))
         return self.hash_index.get(id_hash(content_id))
+
+    def gens_count(self, a: int) -> int:
+        """The number of files appliance `a` holds."""
+        return int.from_bytes(self._maps[3][24 * a + 16 : 24 * a + 24], "little", signed=True)
 
     def holds(self, a: int, f: int) -> bool:
         return (self._hold[a * (WIDTH_FILES // 8) + (f >> 3)] >> (f & 7)) & 1 == 1

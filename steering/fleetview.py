@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from steering.fleetstore import DRAINING, OVERLOADED, SERVES, UP, FleetStoreReader
 from steering.health import Availability
 from steering.lpm import PrefixTable
@@ -41,26 +43,91 @@ class RouteEntry:
     tags: tuple
 
 
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+class Holders:
+    """A file's holders in `ranking.holder_order`, as appliance indexes: the cache holds arrays, which the
+    garbage collector does not walk (lists of 20,000 appliances, thousands of them, made its full passes 100 ms long)."""
+
+    __slots__ = ("by_index", "order")
+
+    def __init__(self, by_index: list, order: np.ndarray):
+        self.by_index, self.order = by_index, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        by_index = self.by_index
+        for i in self.order.tolist() if len(self.order) <= 64 else _chunks(self.order):
+            yield by_index[i]
+
+    def __getitem__(self, k: int) -> Appliance:
+        return self.by_index[int(self.order[k])]
+
+
+def _chunks(order: np.ndarray):
+    """Indexes a few at a time: the ranking usually stops at the first holders."""
+    for start in range(0, len(order), 64):
+        yield from order[start : start + 64].tolist()
+
+
+class StoreHoldings:
+    """One appliance's holdings as the store has them now: `content_id in` it (what `catalog.titles_held` asks)."""
+
+    __slots__ = ("reader", "a")
+
+    def __init__(self, reader: FleetStoreReader, a: int):
+        self.reader, self.a = reader, a
+
+    def __contains__(self, content_id: object) -> bool:
+        f = self.reader.file_index(content_id) if isinstance(content_id, str) else None
+        return f is not None and self.reader.holds(self.a, f)
+
+    def __len__(self) -> int:
+        return int(self.reader.gens_count(self.a))
+
+    def __iter__(self):
+        raise TypeError("a store's holdings are asked with `in`, not listed")
+
+
+class _Everything:
+    """`in` is always true: the `holds` of an appliance holding the one content a decision asks about."""
+
+    __slots__ = ()
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+HOLDS = _Everything()
+HOLDS_NOT = frozenset()
+
+
 class _LiveOf(dict):
     """aid → Live, made for the appliances a decision looks at.
 
-    The decision asks `holds` about its own content only, so `holds` is that
-    id's one-element set when the appliance's bit is set, else empty.
+    The ranking asks `holds` about the decision's own content only, so it is
+    HOLDS or HOLDS_NOT by the appliance's bit for that file, and the Live
+    values are shared between decisions (`FleetView.lives`), not made anew.
     """
 
-    def __init__(self, view: "FleetView", cid: str, f: int | None):
+    def __init__(self, view: "FleetView", f: int | None):
         super().__init__()
         self.view, self.f = view, f
-        self.yes, self.no = frozenset((cid,)), frozenset()
 
     def __missing__(self, aid: str) -> Live:
         view = self.view
         i = view.index_of.get(aid)
         if i is None:
             raise KeyError(aid)
-        st = view.reader.states[i]
         f = self.f
-        lv = Live(st & SERVES != 0, st & OVERLOADED != 0, self.yes if f is not None and view.reader.holds(i, f) else self.no)
+        key = (i, view.reader.states[i], f is not None and view.reader.holds(i, f))
+        lv = view.lives.get(key)
+        if lv is None:
+            st = key[1]
+            lv = view.lives[key] = Live(st & SERVES != 0, st & OVERLOADED != 0, HOLDS if key[2] else HOLDS_NOT)
         self[aid] = lv
         return lv
 
@@ -79,37 +146,49 @@ class FleetView:
         self.by_index: list[Appliance | None] = [by_id.get(aid) for aid in reader.ids]
         self.index_of = {aid: i for i, aid in enumerate(reader.ids) if aid in by_id}
         known = self.by_index
+        self._registered = np.array([a is not None for a in known] or [False], dtype=bool)
         self.hrw = Registry(reader.ids, [TIER_ORDER.get(a.tier, 2) if a else 2 for a in known], [a.weight if a else 1.0 for a in known])
         self._holders: dict[int, tuple] = {}  # file → ((epoch, version), holders in order)
+        self.lives: dict[tuple, Live] = {}  # (appliance index, state byte, holds): at most four per appliance
         self.index: RegistryIndex = index_registry(self.registry, self.holders_of)
 
-    def holders_of(self, content_id: str) -> list[Appliance]:
+    def holders_of(self, content_id: str) -> "Holders":
         f = self.reader.file_index(content_id)
         if f is None:
-            return []
+            return Holders(self.by_index, _NONE)
         version = self.reader.file_version(f)
         cached = self._holders.get(f)
         if cached is not None and cached[0] == version:
-            return cached[1]
-        by_index = self.by_index
+            return Holders(self.by_index, cached[1])
         which = self.reader.holders(f)
+        which = which[self._registered[which]]
         if len(which) <= VECTOR_FROM:
-            holders = holder_order(content_id, [a for a in (by_index[i] for i in which.tolist()) if a is not None])
+            order = np.array([self.index_of[a.appliance_id] for a in holder_order(content_id, [self.by_index[i] for i in which.tolist()])],
+                             dtype=np.int64)
         else:
-            holders = [by_index[i] for i in self.hrw.holder_order(which, content_id).tolist() if by_index[i] is not None]
+            order = self.hrw.holder_order(which, content_id)
         if len(self._holders) >= HOLDERS_CACHE:
             del self._holders[next(iter(self._holders))]
-        self._holders[f] = (version, holders)
-        return holders
+        self._holders[f] = (version, order)
+        return Holders(self.by_index, order)
 
-    def decide(self, content_id: str, version: int, addr: int, coverage: PrefixTable, max_urls: int,
-               fallback_sites: Sequence[str]) -> Decision:
+    def matches(self, version: int, addr: int, coverage: PrefixTable) -> list:
+        """Every prefix containing the address: appliance routes from the store, coverage zones from `coverage`."""
         ids = self.reader.ids
         matches: list = [RouteEntry(cidr, length, tuple(("route", ids[i]) for i in members))
                          for cidr, length, members in self.reader.route_matches(version, addr)]
         matches.extend(coverage.matches_int(version, addr))
+        return matches
+
+    def holdings(self, appliance_id: str) -> "StoreHoldings | None":
+        i = self.index_of.get(appliance_id)
+        return None if i is None else StoreHoldings(self.reader, i)
+
+    def decide(self, content_id: str, version: int, addr: int, coverage: PrefixTable, max_urls: int,
+               fallback_sites: Sequence[str]) -> Decision:
+        matches = self.matches(version, addr, coverage)
         f = self.reader.file_index(content_id)
-        return decide(content_id, matches, self.registry, _LiveOf(self, content_id, f), max_urls=max_urls,
+        return decide(content_id, matches, self.registry, _LiveOf(self, f), max_urls=max_urls,
                       fallback_sites=fallback_sites, index=self.index)
 
     def states(self) -> dict[str, Availability]:

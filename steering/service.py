@@ -48,6 +48,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import os
@@ -133,6 +134,7 @@ class Steering:
         self._live: dict[str, Live] = {}
         self._live_key: tuple | None = None
         self.view: FleetView | None = None  # a worker's view of the poller's fleet store
+        self._states_due = False
         self.content = ContentKeeper(cfg.content, lambda: self.secrets, _log)
         self.key_file_warning: str | None = None  # who else can read the [tls] key, if anyone
         self._apply_config(cfg)
@@ -191,7 +193,7 @@ class Steering:
         self.thresholds = Thresholds(cfg.health.fail_after, cfg.health.recover_after, cfg.health.overload_percent)
         self.coverage = coverage
         if getattr(self, "view", None) is not None:
-            self.view = FleetView(self.view.reader, self.registry)
+            self.view = FleetView(self.view.reader, self.registry)  # the poller's knowledge follows in reload()
         self.secrets = cfg.signing.secrets()
         self.proxies = networks(cfg.trust.proxies)
         self.callers = networks(cfg.trust.callers)
@@ -214,6 +216,8 @@ class Steering:
                                 cfg.health.max_concurrent_polls)
         self.poller.snapshot_path = cfg.health.snapshot_file
         self.poller.snapshot_interval_s = cfg.health.snapshot_interval_s
+        if self.view is not None:
+            self.use_view(self.view)  # the new registry's appliances answer from the store too
         self.content.reconfigure(cfg.content)  # fetches the manifest again at once
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
         self.reload_pair()
@@ -323,8 +327,8 @@ class Steering:
                 except (OSError, StoreError, ValueError) as exc:
                     self.poller.snapshot_error = f"fleet store {root} not opened: {exc}"[:300]
                 else:
-                    self.view = view = FleetView(reader, self.registry)
-                    self.poller.snapshot_error = ""
+                    self.use_view(FleetView(reader, self.registry))
+                    view = self.view
                     seen = None
             if view is not None:
                 head = view.reader.head
@@ -332,12 +336,33 @@ class Steering:
                 if key != seen:
                     seen = key
                     p = self.poller
-                    p.states = view.states()
+                    self._states_due = True  # made when /health, /metrics or / asks: 20,000 of them take tens of ms
                     p.rounds = int(head[H_ROUNDS])
                     p.last_round_s = int(head[H_LAST_ROUND_US]) / 1e6 or None
                     restored = int(head[H_RESTORED_US])
                     p.restored_from_s = restored / 1e6 if restored else None
             await asyncio.sleep(every_s)
+
+    def use_view(self, view: FleetView) -> None:
+        """Decide from `view`; the playback routes and the status page ask the poller's knowledge, so it answers from the store too."""
+        self.view = view
+        self.poller.snapshot_error = ""
+        self._states_due = True
+        for aid, k in self.poller.known.items():
+            held = view.holdings(aid)
+            k.inventory = held if held is not None else frozenset()
+
+    def matches_int(self, version: int, addr: int) -> list:
+        """Every prefix containing the address (in a worker, routes from the store and coverage zones from the table)."""
+        if self.view is not None:
+            return self.view.matches(version, addr, self.table)
+        return list(self.table.matches_int(version, addr))
+
+    def fresh_states(self) -> None:
+        """In a worker: the poller's states as the store has them, made again after a round."""
+        if self.view is not None and self._states_due:
+            self._states_due = False
+            self.poller.states = self.view.states()
 
     def prefix_count(self) -> int:
         """Prefixes decisions match against: the table's, and in a worker the store's routes too."""
@@ -411,6 +436,7 @@ class Steering:
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
     def health_doc(self) -> dict:
+        self.fresh_states()
         states = self.poller.states
         serving = sum(1 for s in states.values() if s.serves_new_clients)
         tasks_down = self.supervisor.down()
@@ -459,6 +485,7 @@ class Steering:
         return web.json_response(doc, status=200 if doc["status"] != "down" else 503, headers={"Cache-Control": "no-store"})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        self.fresh_states()
         for a in self.registry:
             st = self.poller.states.get(a.appliance_id)
             k = self.poller.known.get(a.appliance_id)
@@ -476,6 +503,7 @@ class Steering:
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
+        self.fresh_states()
         return web.Response(text=render_status(self.registry, self.poller, len(self.table), self.recent, self.results, time.time()), content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
     @web.middleware
@@ -533,7 +561,7 @@ async def serve(config_path: str, role: str = "all") -> int:
         _log(s.poller.attach_store(store_root))
     elif role == "worker" and store_root:
         try:  # before listening, so the first answers come from the store; else the follower opens it when it can
-            s.view = FleetView(FleetStoreReader(store_root), s.registry)
+            s.use_view(FleetView(FleetStoreReader(store_root), s.registry))
         except (OSError, StoreError, ValueError) as exc:
             _log(f"worker: fleet store {store_root} not opened yet: {exc}")
     elif cfg.health.snapshot_file and role == "all":
@@ -598,6 +626,9 @@ async def serve(config_path: str, role: str = "all") -> int:
     what = (f"serving on {plain}{https}, polling {len(s.registry)} appliances" if workers <= 1 and role == "all"
             else f"worker serving on {plain}{https} from {cfg.health.snapshot_file}" if role == "worker"
             else f"polling {len(s.registry)} appliances for {workers} workers on {plain}{https}")
+    # What start-up made (a fleet's registry, config and coverage: hundreds of thousands of objects) lives as long as the
+    # process: kept out of the collector's full passes, which otherwise walk it and stall answers for tens of ms.
+    gc.freeze()
     print(f"oca-steering {__version__}: {what}", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()
