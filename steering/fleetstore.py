@@ -430,6 +430,10 @@ class FleetStoreReader:
     def holds(self, a: int, f: int) -> bool:
         return (self._hold[a * (WIDTH_FILES // 8) + (f >> 3)] >> (f & 7)) & 1 == 1
 
+    def column(self, f: int) -> np.ndarray:
+        """Per appliance, nonzero when it holds file f."""
+        return self._matrix[:, f >> 3] & (1 << (f & 7))
+
     def holders(self, f: int) -> np.ndarray:
         """Indexes of the appliances holding file f."""
         return np.flatnonzero(self._matrix[:, f >> 3] & (1 << (f & 7)))

@@ -10,7 +10,10 @@ Rules kept here:
 - The content's holders, in `ranking.holder_order` (computed as arrays by
   `steering.hrwvec`: a popular file has every appliance as a holder), are
   kept per file while the store says they have not changed
-  (`file_version`), at most `HOLDERS_CACHE` files.
+  (`file_version`), at most `HOLDERS_CACHE` files. For a popular file the
+  whole registry's order is kept too (`FLEET_ORDER_CACHE` files; no delta
+  changes it), so a change of its holders costs a read of its column, not
+  20,000 hashes.
 - Coverage zones come from the worker's own config (a small `PrefixTable`
   it builds at start and on SIGHUP), appliance routes from the store; an
   appliance the worker's registry does not know is left out.
@@ -33,7 +36,8 @@ from steering.hrwvec import Registry
 from steering.ranking import TIER_ORDER, Appliance, Decision, Live, RegistryIndex, decide, holder_order, index_registry
 
 VECTOR_FROM = 400  # holders; fewer are ordered one `hrw_score` each (numpy's fixed cost is about 200 µs)
-HOLDERS_CACHE = 4096  # files; a popular file's list is up to the whole registry (8 bytes an appliance)
+HOLDERS_CACHE = 4096
+FLEET_ORDER_CACHE = 1024  # popular files; 40 KB each at 20,000 appliances  # files; a popular file's list is up to the whole registry (8 bytes an appliance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +153,9 @@ class FleetView:
         self._registered = np.array([a is not None for a in known] or [False], dtype=bool)
         self.hrw = Registry(reader.ids, [TIER_ORDER.get(a.tier, 2) if a else 2 for a in known], [a.weight if a else 1.0 for a in known])
         self._holders: dict[int, tuple] = {}  # file → ((epoch, version), holders in order)
+        self._all = np.flatnonzero(self._registered[: len(self.by_index)])
+        self._order_type = np.uint16 if len(self.by_index) < 1 << 16 else np.uint32
+        self._fleet_order: dict[int, np.ndarray] = {}  # file → every registered appliance in its holder order
         self.lives: dict[tuple, Live] = {}  # (appliance index, state byte, holds): at most four per appliance
         self.index: RegistryIndex = index_registry(self.registry, self.holders_of)
 
@@ -160,13 +167,22 @@ class FleetView:
         cached = self._holders.get(f)
         if cached is not None and cached[0] == version:
             return Holders(self.by_index, cached[1])
-        which = self.reader.holders(f)
+        column = self.reader.column(f)
+        which = np.flatnonzero(column)
         which = which[self._registered[which]]
         if len(which) <= VECTOR_FROM:
             order = np.array([self.index_of[a.appliance_id] for a in holder_order(content_id, [self.by_index[i] for i in which.tolist()])],
                              dtype=np.int64)
         else:
-            order = self.hrw.holder_order(which, content_id)
+            # A popular file: its holders change by a delta now and then (churn touches hundreds of files a second),
+            # so the whole registry's order for it is kept, which no delta changes, and filtered by the holders.
+            full = self._fleet_order.get(f)
+            if full is None:
+                full = self.hrw.holder_order(self._all, content_id).astype(self._order_type)
+                if len(self._fleet_order) >= FLEET_ORDER_CACHE:
+                    del self._fleet_order[next(iter(self._fleet_order))]
+                self._fleet_order[f] = full
+            order = full[column[full] != 0].astype(np.int64)
         if len(self._holders) >= HOLDERS_CACHE:
             del self._holders[next(iter(self._holders))]
         self._holders[f] = (version, order)
