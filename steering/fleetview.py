@@ -77,6 +77,21 @@ def _chunks(order: np.ndarray):
         yield from order[start : start + 64].tolist()
 
 
+class HeldNow:
+    """A popular file's holders: the registry in the file's holder order, each yielded if its bit is set when reached."""
+
+    __slots__ = ("by_index", "order", "reader", "f")
+
+    def __init__(self, by_index: list, order: np.ndarray, reader: FleetStoreReader, f: int):
+        self.by_index, self.order, self.reader, self.f = by_index, order, reader, f
+
+    def __iter__(self):
+        by_index, holds, f = self.by_index, self.reader.holds, self.f
+        for i in _chunks(self.order):
+            if holds(i, f):
+                yield by_index[i]
+
+
 class StoreHoldings:
     """One appliance's holdings as the store has them now: `content_id in` it (what `catalog.titles_held` asks)."""
 
@@ -159,10 +174,15 @@ class FleetView:
         self.lives: dict[tuple, Live] = {}  # (appliance index, state byte, holds): at most four per appliance
         self.index: RegistryIndex = index_registry(self.registry, self.holders_of)
 
-    def holders_of(self, content_id: str) -> "Holders":
+    def holders_of(self, content_id: str) -> "Holders | HeldNow":
         f = self.reader.file_index(content_id)
         if f is None:
             return Holders(self.by_index, _NONE)
+        full = self._fleet_order.get(f)
+        if full is not None:
+            # A popular file: the whole registry in its order, each appliance's bit read as the ranking walks it
+            # (it stops at the first few): always current, and no column of 20,000 rows read again after a delta.
+            return HeldNow(self.by_index, full, self.reader, f)
         version = self.reader.file_version(f)
         cached = self._holders.get(f)
         if cached is not None and cached[0] == version:

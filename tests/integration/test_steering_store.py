@@ -100,3 +100,38 @@ def test_a_restarted_poller_reopens_the_store_and_a_damaged_one_is_replaced(tmp_
     other = FleetStoreWriter(str(root), IDS[:3])  # another registry: another store
     assert other.dir != fresh.dir and "not the registry's" in other.why_new
     other.close()
+
+
+VIEW = r"""
+import json, sys
+from steering.fleetstore import FleetStoreReader
+from steering.fleetview import FleetView
+from steering.ranking import Appliance, holder_order
+n = int(sys.argv[2])
+registry = [Appliance(f"a{i}", "", f"s{i % 7}", "ixp" if i % 5 == 0 else "embedded", 2.0 if i % 11 == 0 else 1.0) for i in range(n)]
+view = FleetView(FleetStoreReader(sys.argv[1]), registry)
+out = {}
+for cid in ("popular", "tail"):
+    f = view.reader.file_index(cid)
+    want = [a.appliance_id for a in holder_order(cid, [registry[i] for i in view.reader.holders(f).tolist()])]
+    first = [a.appliance_id for a in view.holders_of(cid)]
+    again = [a.appliance_id for a in view.holders_of(cid)]  # a popular file: its registry order, walked
+    out[cid] = [first == want, again == want, len(want)]
+print(json.dumps(out))
+"""
+
+
+def test_a_worker_orders_holders_as_the_ranking_does(tmp_path):
+    """Few holders are ordered one score each; a popular file's through its whole-registry order, read as walked."""
+    n = 600
+    ids = [f"a{i}" for i in range(n)]
+    root = tmp_path / "v.store"
+    w = FleetStoreWriter(str(root), ids)
+    for a in range(n):
+        held = ["popular"] if a % 6 else ["popular", "tail"] if a % 60 == 0 else []
+        w.replace_row(a, w.indexes_of_ids(held), 1)
+    w.close()
+    done = subprocess.run([sys.executable, "-c", VIEW, str(root), str(n)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["popular"] == [True, True, 510] and got["tail"] == [True, True, 10]
