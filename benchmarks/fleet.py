@@ -43,7 +43,7 @@ Rules kept here:
   between rounds and polls (no client load); decisions/s, p99 from wrk
   (`-t1 -c64`, random clients and files, max_urls 5) against steering and
   against the minimal aiohttp handler of benchmarks/steer.py, alternating,
-  in the same run, after one uncounted run of each.
+  in the same run, after one uncounted run of each (`--warmup`, 30 s).
 - Oracle: churn is frozen, two rounds pass, then 10,000 sampled clients
   (with random files) are asked of steering and compared with a brute-force
   answer over the simulator's own truth: every prefix length probed in a
@@ -900,9 +900,10 @@ def run_one(args) -> dict:
         wargs = argparse.Namespace(connections=64, duration=args.duration)
         runs = {"steering": [], "baseline": []}
         # One run each first, not counted: a worker orders a file's holders the first time it is asked for it
-        # (then keeps them until they change), and the measure is of a running service, not of its first seconds.
+        # (then keeps that order), and the measure is of a running service, not of its first seconds. At 20,000
+        # appliances ordering one popular file costs milliseconds, so the load's 2,000 files need tens of seconds.
         for name, port, ps in (("steering", sport, pids), ("baseline", bport, [b.pid for b in baselines])):
-            run_wrk(name + " (warm-up)", port, ps, script, wargs, -1, wrk_box)
+            run_wrk(name + " (warm-up)", port, ps, script, wargs, -1, wrk_box, duration=args.warmup)
         for r in range(args.rounds):
             order = [("steering", sport, pids), ("baseline", bport, [b.pid for b in baselines])]
             if r % 2:
@@ -983,6 +984,7 @@ def main() -> int:
     p.add_argument("--snapshot-interval", type=float, default=10.0, help="[health] snapshot_interval_s")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=2, help="wrk runs per server, alternating")
+    p.add_argument("--warmup", type=float, default=30.0, help="seconds of the uncounted wrk run before them, each server")
     p.add_argument("--oracle", type=int, default=10_000, help="sampled clients compared with the oracle")
     p.add_argument("--start-timeout", type=float, default=900.0)
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "oca-fleet-cache"))
