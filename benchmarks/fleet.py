@@ -916,7 +916,8 @@ def run_one(args) -> dict:
         errors = sum(sum(x.errors.values()) for x in runs["steering"])
         print(f"fleet: decisions/s {[round(x.rate) for x in runs['steering']]}, baseline {[round(x.rate) for x in runs['baseline']]}, "
               f"steering p99 {[round(x.p99_ms, 2) for x in runs['steering']]} ms, baseline p99 {[round(x.p99_ms, 2) for x in runs['baseline']]} ms, "
-              f"errors {errors}", file=sys.stderr)
+              f"CPU µs a request (steering's processes, its poller included) {[round(x.cpu_us_per_req) for x in runs['steering']]}, "
+              f"baseline {[round(x.cpu_us_per_req) for x in runs['baseline']]}, errors {errors}", file=sys.stderr)
 
         # Oracle: freeze churn, let two rounds pass, compare.
         ctl(None, "freeze")
