@@ -32,6 +32,10 @@ Rules kept here:
   0.1 % of them gain or lose one route; the driver kills one appliance and
   drains another, and adds a file to a third, and times how long until
   `/steer` reflects each.
+- Steering runs as `[server] workers = 2` (a poller writing the fleet
+  store, two workers deciding from it), interval 10 s, fail_after 1: a dead
+  appliance is out after its next failed poll, within one interval and a
+  round.
 - Figures: RSS is the sum over steering's processes (/proc smaps_rollup;
   PSS too, which counts the shared snapshot pages once); start is
   from launching steering to every appliance being up with its inventory
@@ -39,7 +43,7 @@ Rules kept here:
   between rounds and polls (no client load); decisions/s, p99 from wrk
   (`-t1 -c64`, random clients and files, max_urls 5) against steering and
   against the minimal aiohttp handler of benchmarks/steer.py, alternating,
-  in the same run.
+  in the same run, after one uncounted run of each (`--warmup`, 30 s).
 - Oracle: churn is frozen, two rounds pass, then 10,000 sampled clients
   (with random files) are asked of steering and compared with a brute-force
   answer over the simulator's own truth: every prefix length probed in a
@@ -262,6 +266,33 @@ def full_bodies(args, fleet: Fleet) -> tuple:
         return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ), offsets
 
 
+def hashed_bodies(args, fleet: Fleet) -> tuple:
+    """Every appliance's first full inventory in the hashed form (`oca.inventory_wire.hashed_full`), cached like `full_bodies`."""
+    import mmap
+
+    import numpy as np
+
+    from oca.inventory_wire import hashed_full, id_hash
+
+    path = cache_path(args).with_suffix(".hashed")
+    index = cache_path(args).with_suffix(".hashed-offsets.npy")
+    if not path.exists() or not index.exists():
+        catalogue = np.array([id_hash(c) for c in fleet.ids], dtype=np.uint64)
+        offsets = [0]
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with tmp.open("wb") as fh:
+            for i, aid in enumerate(fleet.appliances):
+                hashes = np.unique(catalogue[fleet.holdings[i]])
+                body = hashed_full(aid, 1, hashes.astype("<u8").tobytes(), len(hashes))
+                fh.write(body)
+                offsets.append(offsets[-1] + len(body))
+        np.save(index, np.array(offsets, dtype=np.int64))
+        os.replace(tmp, path)
+    offsets = np.load(index)
+    with path.open("rb") as fh:
+        return mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ), offsets
+
+
 def load_fleet(args) -> Fleet:
     cache = cache_path(args)
     if cache.exists():
@@ -306,11 +337,15 @@ class SimAppliance:
     state: str = "ok"  # ok, draining, dead
 
 
-def health_body(appliance: str, site: str, status: str) -> bytes:
+def health_body(appliance: str, site: str, status: str, generation: int | None = None, routes_generation: int | None = None) -> bytes:
     """The fields of the real appliance's /health that steering reads (see `oca.server.app.health_document`)."""
     conditions = [] if status == "ok" else [{"status": status, "reason": "drained by operator" if status == "draining" else status}]
-    return json.dumps({"status": status, "conditions": conditions, "appliance": appliance, "site": site,
-                       "load": {"bytes_per_s": 0.0, "nic_utilisation": 0.1}}).encode() + b"\n"
+    doc = {"status": status, "conditions": conditions, "appliance": appliance, "site": site,
+           "load": {"bytes_per_s": 0.0, "nic_utilisation": 0.1}}
+    if generation is not None:
+        doc["generation"] = generation
+        doc["routes_generation"] = routes_generation
+    return json.dumps(doc).encode() + b"\n"
 
 
 def simulate(args) -> None:
@@ -318,11 +353,11 @@ def simulate(args) -> None:
     import uvloop
     from aiohttp import web
 
-    from oca.inventory_wire import (JSON_TYPE, PACKED_TYPE, inventory_delta, inventory_full, inventory_unchanged,
-                                    routes_answer)
+    from oca.inventory_wire import CONTENT_TYPES, FORMS, inventory_delta, inventory_full, inventory_unchanged, routes_answer
 
     fleet = load_fleet(args)
-    bodies, offsets = full_bodies(args, fleet)
+    packed_box: list = []  # the packed bodies, mapped at the first packed request (a fleet's poller asks for the hashed form)
+    hashed, hashed_offsets = hashed_bodies(args, fleet)
     lo, hi = (int(x) for x in args.simulate.split(":"))
     sims = {i: SimAppliance(i) for i in range(lo, hi)}
     rng = random.Random(args.seed * 1000 + lo)
@@ -358,7 +393,8 @@ def simulate(args) -> None:
         aid = fleet.appliances[s.index]
         what = parts[3]
         if what == "health":
-            return web.Response(body=health_body(aid, fleet.sites[fleet.site_of[s.index]], "draining" if s.state == "draining" else "ok"),
+            return web.Response(body=health_body(aid, fleet.sites[fleet.site_of[s.index]], "draining" if s.state == "draining" else "ok",
+                                                 s.generation, s.routes_generation),
                                 content_type="application/json")
         if what == "routes":
             since = request.query.get("since")
@@ -374,7 +410,9 @@ def simulate(args) -> None:
             return web.Response(body=body, content_type="application/json")
         if what == "inventory":
             form = request.query.get("form", "json")
-            ctype = PACKED_TYPE if form == "packed" else JSON_TYPE
+            if form not in FORMS:
+                return web.Response(status=400, text='{"error": "form"}', content_type="application/json")
+            ctype = CONTENT_TYPES[form]
             since = request.query.get("since")
             since = int(since) if since is not None else None
             if since is not None and since == s.generation:
@@ -391,9 +429,14 @@ def simulate(args) -> None:
                             added.discard(c)
                             removed.add(c)
                 body = inventory_delta(aid, s.generation, since, sorted(added), sorted(removed), form=form)
+            elif form == "hashed":
+                body = hashed[int(hashed_offsets[s.index]) : int(hashed_offsets[s.index + 1])]
             elif form == "packed":
                 # The full inventory as of generation 1, cached; the next poll's delta
                 # (since=1) brings every change after it, as for a steering that polled then.
+                if not packed_box:
+                    packed_box.extend(full_bodies(args, fleet))
+                bodies, offsets = packed_box
                 body = bodies[int(offsets[s.index]) : int(offsets[s.index + 1])]
             else:
                 body = await asyncio.get_running_loop().run_in_executor(None, inventory_full, aid, s.generation, ids_of(s), form)
@@ -585,41 +628,27 @@ def popular(fleet: Fleet, rng: random.Random) -> str:
     return fleet.ids[int(len(fleet.ids) ** rng.random()) - 1]
 
 
-class Held:
-    """`in` over an appliance's base holdings (sorted array) and the simulator's changes: no bitmap, no catalogue."""
-
-    def __init__(self, fleet: Fleet, base, added: list, removed: list, index: dict):
-        self.base, self.added, self.removed, self.index = base, set(added), set(removed), index
-
-    def __contains__(self, cid: object) -> bool:
-        import numpy as np
-
-        f = self.index.get(cid)
-        if f is None or f in self.removed:
-            return False
-        if f in self.added:
-            return True
-        pos = int(np.searchsorted(self.base, f))
-        return pos < len(self.base) and int(self.base[pos]) == f
-
-
 def oracle(fleet: Fleet, truth: dict, samples: list[tuple[str, str]], max_urls: int) -> list[list[str]]:
-    """Brute force over the simulator's truth: every prefix length probed, sets for holdings."""
+    """Brute force over the simulator's truth: every prefix length probed, a bitmap per appliance for holdings."""
     from steering.ranking import Appliance, Live, decide
 
     registry = [Appliance(a, "", fleet.sites[fleet.site_of[i]]) for i, a in enumerate(fleet.appliances)]
     tables: dict[tuple[int, int], dict[int, list]] = {}  # (version, length) -> network -> tags
+    texts: dict[int, list] = {}  # site → (version, net, length, text) of its prefixes, made once
     for i, a in enumerate(fleet.appliances):
         t = truth[str(i)]
         site = fleet.site_of[i]
         gone = set(t["routes_gone"])
-        for version, items in ((4, fleet.v4[site]), (6, fleet.v6[site])):
-            for net, length in items:
-                text = (v4_text if version == 4 else v6_text)(net, length)
-                if text not in gone:
-                    tags = tables.setdefault((version, length), {}).setdefault(net, [])
-                    if ("route", a) not in tags:
-                        tags.append(("route", a))
+        items = texts.get(site)
+        if items is None:
+            items = texts[site] = ([(4, net, length, v4_text(net, length)) for net, length in fleet.v4[site]]
+                                   + [(6, net, length, v6_text(net, length)) for net, length in fleet.v6[site]])
+        tag = ("route", a)
+        for version, net, length, text in items:
+            if text not in gone:
+                tags = tables.setdefault((version, length), {}).setdefault(net, [])
+                if tag not in tags:
+                    tags.append(tag)
         for text in t["routes_extra"]:
             n = ipaddress.ip_network(text)
             tags = tables.setdefault((n.version, n.prefixlen), {}).setdefault(int(n.network_address), [])
@@ -627,9 +656,47 @@ def oracle(fleet: Fleet, truth: dict, samples: list[tuple[str, str]], max_urls: 
                 tags.append(("route", a))
     index = {c: f for f, c in enumerate(fleet.ids)}
 
-    def held(i: int) -> Held:
+    # Holdings as one bitmap row per appliance, made here from the simulator's truth (not steering's store), and
+    # a file's holders found by reading its column: walking a 20,000-appliance registry for each of 10,000
+    # decisions took the oracle most of an hour. `ranking.decide` with an index gives the walk's answer (tested).
+    import numpy as np
+
+    from steering.ranking import holder_order, index_registry
+
+    width = (len(fleet.ids) + 7) // 8
+    rows = np.zeros((fleet.n, width), dtype=np.uint8)
+    for i in range(fleet.n):
         t = truth[str(i)]
-        return Held(fleet, fleet.holdings[i], t["added"], t["removed"], index)
+        mask = np.zeros(width * 8, dtype=bool)
+        mask[fleet.holdings[i]] = True
+        mask[t["added"]] = True
+        mask[t["removed"]] = False
+        rows[i] = np.packbits(mask, bitorder="little")
+
+    class Bits:
+        __slots__ = ("i",)
+
+        def __init__(self, i: int):
+            self.i = i
+
+        def __contains__(self, cid: object) -> bool:
+            f = index.get(cid)
+            return f is not None and (int(rows[self.i, f >> 3]) >> (f & 7)) & 1 == 1
+
+    def held(i: int) -> Bits:
+        return Bits(i)
+
+    holders_cache: dict[str, list] = {}
+
+    def holders(cid: str) -> list:
+        h = holders_cache.get(cid)
+        if h is None:
+            f = index.get(cid)
+            which = [] if f is None else np.flatnonzero(rows[:, f >> 3] & (1 << (f & 7))).tolist()
+            h = holders_cache[cid] = holder_order(cid, [registry[i] for i in which])
+        return h
+
+    reg_index = index_registry(registry, holders)
 
     class LazyLive(dict):
         def __missing__(self, aid):
@@ -665,7 +732,7 @@ def oracle(fleet: Fleet, truth: dict, samples: list[tuple[str, str]], max_urls: 
             if tags:
                 text = (v4_text if bits == 32 else v6_text)(net, length)
                 matches.append(Entry(text, length, tuple(tags)))
-        d = decide(content, matches, registry, live, max_urls=max_urls, fallback_sites=[fleet.sites[0]])
+        d = decide(content, matches, registry, live, max_urls=max_urls, fallback_sites=[fleet.sites[0]], index=reg_index)
         out.append([p.appliance.appliance_id for p in d.picks])
     return out
 
@@ -682,7 +749,9 @@ def wait_for(what: str, fn, timeout_s: float, step_s: float = 0.05):
 
 def run_one(args) -> dict:
     fleet = load_fleet(args)
-    full_bodies(args, fleet)  # made before anything is timed
+    if args.workers <= 1:
+        full_bodies(args, fleet)  # made before anything is timed; a single process asks for the packed form
+    hashed_bodies(args, fleet)
     rng = random.Random(args.seed + 7)
     agree = check_placement(fleet.ids, fleet.appliances, 10_000, rng)
     if agree != 10_000:
@@ -830,6 +899,11 @@ def run_one(args) -> dict:
                                  "seed": args.seed})
         wargs = argparse.Namespace(connections=64, duration=args.duration)
         runs = {"steering": [], "baseline": []}
+        # One run each first, not counted: a worker orders a file's holders the first time it is asked for it
+        # (then keeps that order), and the measure is of a running service, not of its first seconds. At 20,000
+        # appliances ordering one popular file costs milliseconds, so the load's 2,000 files need tens of seconds.
+        for name, port, ps in (("steering", sport, pids), ("baseline", bport, [b.pid for b in baselines])):
+            run_wrk(name + " (warm-up)", port, ps, script, wargs, -1, wrk_box, duration=args.warmup)
         for r in range(args.rounds):
             order = [("steering", sport, pids), ("baseline", bport, [b.pid for b in baselines])]
             if r % 2:
@@ -841,7 +915,9 @@ def run_one(args) -> dict:
         p99 = max(x.p99_ms for x in runs["steering"])
         errors = sum(sum(x.errors.values()) for x in runs["steering"])
         print(f"fleet: decisions/s {[round(x.rate) for x in runs['steering']]}, baseline {[round(x.rate) for x in runs['baseline']]}, "
-              f"steering p99 {[round(x.p99_ms, 2) for x in runs['steering']]} ms, errors {errors}", file=sys.stderr)
+              f"steering p99 {[round(x.p99_ms, 2) for x in runs['steering']]} ms, baseline p99 {[round(x.p99_ms, 2) for x in runs['baseline']]} ms, "
+              f"CPU µs a request (steering's processes, its poller included) {[round(x.cpu_us_per_req) for x in runs['steering']]}, "
+              f"baseline {[round(x.cpu_us_per_req) for x in runs['baseline']]}, errors {errors}", file=sys.stderr)
 
         # Oracle: freeze churn, let two rounds pass, compare.
         ctl(None, "freeze")
@@ -862,7 +938,8 @@ def run_one(args) -> dict:
         pss = max(pss, rss_mib([steering.pid] + child_pids(steering.pid), "Pss:"))
 
         # Restart: kill -9, start again; time to answering from the snapshot.
-        wait_for("a snapshot written", lambda: os.path.exists(args.snapshot), 2 * args.snapshot_interval + 120, 0.5)
+        written = f"{args.snapshot}.store/current" if args.workers > 1 else args.snapshot  # with workers, the fleet store
+        wait_for("a snapshot written", lambda: os.path.exists(written), 2 * args.snapshot_interval + 120, 0.5)
         workers = child_pids(steering.pid)
         steering.kill()
         steering.wait()
@@ -899,15 +976,16 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--files", type=int, default=200_000)
     p.add_argument("--prefixes", type=int, default=1_000_000)
-    p.add_argument("--interval", type=float, default=5.0, help="[health] interval_s")
-    p.add_argument("--timeout", type=float, default=4.0, help="[health] timeout_s")
-    p.add_argument("--fail-after", type=int, default=2, help="[health] fail_after")
+    p.add_argument("--interval", type=float, default=10.0, help="[health] interval_s")
+    p.add_argument("--timeout", type=float, default=9.0, help="[health] timeout_s")
+    p.add_argument("--fail-after", type=int, default=1, help="[health] fail_after (1: a failure shows within one interval and a round)")
     p.add_argument("--sim-procs", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="[server] workers (and as many baseline processes)")
     p.add_argument("--baseline-server", default="", help=argparse.SUPPRESS)
     p.add_argument("--snapshot-interval", type=float, default=10.0, help="[health] snapshot_interval_s")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     p.add_argument("--rounds", type=int, default=2, help="wrk runs per server, alternating")
+    p.add_argument("--warmup", type=float, default=30.0, help="seconds of the uncounted wrk run before them, each server")
     p.add_argument("--oracle", type=int, default=10_000, help="sampled clients compared with the oracle")
     p.add_argument("--start-timeout", type=float, default=900.0)
     p.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "oca-fleet-cache"))
@@ -922,7 +1000,9 @@ def main() -> int:
         serve_baseline(args.baseline_server)
         return 0
     if args.generate_only:
-        full_bodies(args, load_fleet(args))
+        fleet = load_fleet(args)
+        full_bodies(args, fleet)
+        hashed_bodies(args, fleet)
         return 0
     if args.table:
         results = []

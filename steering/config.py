@@ -56,7 +56,7 @@ class SteeringServerConfig:
     )
     workers: int = setting(
         1, doc="Processes answering clients on the same addresses (SO_REUSEPORT). Above 1, one more process polls and writes "
-               "[health] snapshot_file, which the workers follow; it must be set.", check=lambda v: in_range(v, 1, 64))
+               "the fleet store <[health] snapshot_file>.store, which the workers decide from; snapshot_file must be set.", check=lambda v: in_range(v, 1, 64))
     decision_log: str = setting("", doc="Where each decision is logged as one JSON line: '' off, '-' stdout, or a file.")
     decision_log_sample: float = setting(1.0, doc="Share of decisions logged (0..1).", check=check_fraction)
     control_allow: tuple[str, ...] = setting(

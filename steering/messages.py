@@ -24,7 +24,13 @@ Nothing here performs I/O or reads the clock. Rules kept here:
   Content-Type: JSON, and the packed form (zlib of a JSON head line and one
   id per line), whose inflated size is bounded by `[health]
   max_response_mb` before it is inflated further, whose lines are checked
-  whole by one regular expression, and whose `count` must agree.
+  whole by one regular expression, and whose `count` must agree. The
+  hashed form (a fleet's poller asks for it) lists a full inventory as
+  sorted, distinct 64-bit id hashes, checked as an array (length, count,
+  strictly increasing); its deltas are uncompressed `+id`/`-id` lines.
+- `/health` may carry the appliance's inventory and routes generations
+  (`generation`, `routes_generation`); a poller that holds both skips the
+  other two answers. An appliance that sends neither is polled whole.
 - Reasons an appliance gives are display text: cut to `MAX_REASON_CHARS`,
   control characters replaced; they never decide anything.
 """
@@ -39,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from oca.ids import is_valid_id
-from oca.inventory_wire import PACKED_TYPE
+from oca.inventory_wire import HASHED_TYPE, PACKED_TYPE
 from steering.lpm import format_prefix, parse_prefix
 
 MAX_GENERATION = 2**63 - 1
@@ -64,6 +70,8 @@ class HealthMessage:
     reasons: tuple[str, ...]
     nic_utilisation: float | None  # 0..1 nominal; more while a link is saturated
     bytes_per_s: float | None
+    inventory_generation: int | None = None  # absent from an older appliance's answer
+    routes_generation: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,7 @@ class InventoryMessage:
     ids: frozenset = frozenset()  # kind "full"
     added: frozenset = frozenset()  # kind "delta"
     removed: frozenset = frozenset()  # kind "delta"
+    hashes: Any = None  # kind "full" in the hashed form: a read-only numpy uint64 array, sorted, distinct
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +257,13 @@ def parse_health(body: bytes) -> HealthMessage:
         raise MessageError(f"load: must be an object, not {_kind(load)}")
     util = _number(load, "nic_utilisation", "load.nic_utilisation", 0.0, 100.0)
     bps = _number(load, "bytes_per_s", "load.bytes_per_s", 0.0, 1e15)
-    return HealthMessage(status, tuple(reasons), util, bps)
+    gens = []
+    for key in ("generation", "routes_generation"):
+        g = doc.get(key)
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= MAX_GENERATION):
+            raise MessageError(f"{key}: must be an integer from 0 to {MAX_GENERATION}")
+        gens.append(g)
+    return HealthMessage(status, tuple(reasons), util, bps, gens[0], gens[1])
 
 
 def parse_inventory(body: bytes, since: int, max_ids: int = MAX_IDS) -> InventoryMessage:
@@ -341,10 +356,56 @@ def parse_inventory_packed(body: bytes, since: int, max_bytes: int, max_ids: int
     return InventoryMessage(kind, generation, added=added, removed=removed)
 
 
+def parse_inventory_hashed(body: bytes, since: int, max_ids: int = MAX_IDS) -> InventoryMessage:
+    """The hashed form of `/inventory?since=<since>&form=hashed` (`oca.inventory_wire`): full, delta or unchanged."""
+    import numpy as np
+
+    head_text, nl, rest = bytes(body).partition(b"\n")
+    if not nl:
+        raise MessageError("body: no head line")
+    doc = decode_object(head_text)
+    kind = _kind_field(doc, ("full", "delta", "unchanged"))
+    generation = _generation(doc)
+    if kind == "full":
+        if len(rest) % 8:
+            raise MessageError(f"hashes: {len(rest)} bytes, not a whole number of 8-byte hashes")
+        count = doc.get("count")
+        if isinstance(count, bool) or count != len(rest) // 8:
+            raise MessageError(f"count: says {str(count)[:30]}, but {len(rest) // 8} hashes follow")
+        if count > max_ids:
+            raise MessageError(f"hashes: {count}, more than the limit of {max_ids}")
+        hashes = np.frombuffer(rest, dtype="<u8")
+        if count > 1 and not bool(np.all(hashes[1:] > hashes[:-1])):
+            raise MessageError("hashes: not sorted ascending without repeats")
+        return InventoryMessage(kind, generation, hashes=hashes)
+    asked = doc.get("since", since)
+    if isinstance(asked, bool) or asked != since:
+        raise MessageError(f"since: answers about generation {str(asked)[:30]}, not the {since} asked for")
+    if generation < since:
+        raise MessageError(f"generation: {generation} is older than the {since} asked for (send a full inventory)")
+    if rest and not rest.endswith(b"\n"):
+        raise MessageError("body: the last line has no newline")
+    lines = rest.split(b"\n")[:-1] if rest else []
+    if len(lines) > max_ids:
+        raise MessageError(f"ids: {len(lines)} lines, more than the limit of {max_ids}")
+    if kind == "unchanged":
+        if lines:
+            raise MessageError("ids: an unchanged answer lists no ids")
+        return InventoryMessage(kind, generation)
+    if _DELTA_LINES.fullmatch(rest) is None:
+        raise MessageError(f"ids: {_bad_line(lines, 2, b'+-')}")
+    added = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"+")
+    removed = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"-")
+    return InventoryMessage(kind, generation, added=added, removed=removed)
+
+
 def parse_inventory_answer(body: bytes, content_type: str, since: int, max_bytes: int) -> InventoryMessage:
-    """Either form, chosen by the answer's Content-Type (an older appliance answers JSON to `form=packed`)."""
-    if content_type.split(";", 1)[0].strip().lower() == PACKED_TYPE:
+    """Any form, chosen by the answer's Content-Type (an older appliance answers JSON to `form=packed`)."""
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if ctype == PACKED_TYPE:
         return parse_inventory_packed(body, since, max_bytes)
+    if ctype == HASHED_TYPE:
+        return parse_inventory_hashed(body, since)
     return parse_inventory(body, since)
 
 

@@ -63,7 +63,8 @@ class Playback:
         """(result, prefix, picks) for `title` and this client."""
         s = self.s
         addr = ipaddress.ip_address(client)
-        matches = s.table.matches_int(addr.version, int(addr))
+        matches = s.matches_int(addr.version, int(addr))  # a worker's routes are in the fleet store, not its table
+        s.fresh_states()
         live = {}
         for a in s.registry:
             st = s.poller.states.get(a.appliance_id)

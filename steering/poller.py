@@ -32,6 +32,15 @@ Rules kept here:
   which also applies the fleet-wide blip guard.
 - When the admitted routes change, `on_routes_changed` is called; the prefix
   table is rebuilt by the service.
+- With a fleet store (`attach_store`, for `[server] workers`), the poller
+  keeps no holdings: inventories and routes go into the store
+  (`steering.fleetstore`) as they arrive, states after each round, and the
+  workers decide from it. Polls are conditional: `/health` first, and
+  `/inventory` and `/routes` only when the generations it carries differ
+  from those held (an appliance whose `/health` has no generations is
+  asked all three, as before). Inventories are asked in the hashed form;
+  an appliance that refuses it (HTTP 400, it predates the form) is asked
+  for the packed form from then on.
 """
 
 from __future__ import annotations
@@ -48,14 +57,17 @@ from typing import Callable, Mapping
 
 import aiohttp
 
+from steering.fleetstore import FleetStoreWriter, state_byte
 from steering.health import Availability, PollResult, Thresholds, apply_round
 from steering.holdings import Catalogue, Holdings
-from steering.messages import BodyLimits, InventoryMessage, MessageError, PollAnswers, body_limits, read_poll
+from steering.messages import (BodyLimits, InventoryMessage, MessageError, PollAnswers, admit_routes, body_limits,
+                               parse_health, parse_inventory_answer, parse_routes, read_poll)
 from steering.ranking import Appliance
 from steering.snapshot import SnapshotError, decode as decode_snapshot, encode as encode_snapshot
 
 READ_CHUNK_BYTES = 256 * 1024
 CHECKERS = 2  # threads parsing answers; parsing holds the GIL, more would only queue
+ROUTES_FLUSH_S = 0.5  # route changes reach the fleet store together: one commit copies the B-tree pages it touches
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +104,11 @@ class Knowledge:
     failures: int = 0
     last_failure: str = ""
     checking: concurrent.futures.Future | None = None  # the parse of this appliance's last answers
+    # With a fleet store: the files held, whether an inventory and routes were ever taken, the form asked.
+    count: int = 0
+    known_inventory: bool = False
+    known_routes: bool = False
+    form: str = "hashed"
 
     def __contains__(self, content_id: object) -> bool:
         """Whether the appliance holds `content_id` now (the ranking's `Live.holds`)."""
@@ -142,6 +159,35 @@ class Poller:
         self._session: aiohttp.ClientSession | None = None
         self._checker: concurrent.futures.ThreadPoolExecutor | None = None
         self._default_tls: ssl.SSLContext | None = None
+        self.store: FleetStoreWriter | None = None
+        self.store_root: str | None = None
+        self._store_index: dict[str, int] = {}
+
+    def attach_store(self, root: str, now_s: float | None = None) -> str:
+        """Keep the fleet view in the store at `root` (made, or reopened and its knowledge taken); returns what happened."""
+        if self.store is not None:
+            self.store.close()
+        ids = [a.appliance_id for a in self.registry]
+        store = FleetStoreWriter(root, ids)
+        self.store, self.store_root = store, root
+        self._store_index = {aid: i for i, aid in enumerate(ids)}
+        if not store.restored:
+            store.mark_restarted(None)
+            return f"a new fleet store at {store.dir} ({store.why_new or 'none to reopen'}): a cold start"
+        states = dict(self.states)
+        for i, aid in enumerate(ids):
+            r = store.restored[i]
+            k = self.known[aid]
+            k.inventory_generation, k.count, k.known_inventory = r.inventory_generation, r.count, r.inventory_generation > 0
+            k.routes, k.routes_generation, k.known_routes = self._shared_routes(r.routes), r.routes_generation, r.routes_generation > 0
+            up = bool(r.state & 4)
+            states[aid] = Availability(up=up, reason="from the fleet store", status="draining" if r.state & 8 else "ok" if up else "unknown",
+                                       draining=bool(r.state & 8), overloaded=bool(r.state & 2), content_count=r.count,
+                                       route_count=len(r.routes), good_streak=1 if up else 0)
+        self.states = states
+        self.restored_from_s = now_s if now_s is not None else time.time()
+        store.mark_restarted(self.restored_from_s)
+        return f"reopened the fleet store {store.dir}: {len(ids)} appliances answered from it, stale until the first round"
 
     @property
     def thresholds(self) -> Thresholds:
@@ -162,14 +208,22 @@ class Poller:
         for aid, k in self.known.items():
             if old_allowed.get(aid) != self._s.allowed.get(aid):
                 k.routes_generation = 0  # fetch the full routes again, to admit them under the new list
+                k.known_routes = False
+        if self.store is not None and [a.appliance_id for a in registry] != self.store.ids:
+            # Another registry is another store: everything is asked again, whole.
+            for k in self.known.values():
+                k.inventory_generation, k.routes_generation, k.known_inventory, k.known_routes, k.routes = 0, 0, False, False, ()
+            self.log(self.attach_store(self.store_root))
         self.on_routes_changed()
         self.on_holdings_changed(None)
 
     async def run(self) -> None:
         s = self._s
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=s.timeout_s, sock_read=s.timeout_s)
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        # With a fleet store, connections are kept: 2,000 polls a second cannot each open one.
+        connector = aiohttp.TCPConnector(limit=0, force_close=self.store is None)
         self._checker = concurrent.futures.ThreadPoolExecutor(CHECKERS, thread_name_prefix="steering-check")
+        flusher = asyncio.ensure_future(self._flush_routes()) if self.store is not None else None
         try:
             async with aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=False) as session:
                 self._session = session
@@ -178,7 +232,24 @@ class Poller:
                     await self.poll_round()
                     await asyncio.sleep(max(0.0, self._s.interval_s - (time.monotonic() - started)))
         finally:
+            if flusher is not None:
+                flusher.cancel()
             self._checker.shutdown(wait=False, cancel_futures=True)
+
+    async def _flush_routes(self) -> None:
+        """Route changes queued by polls go into the store together, in a thread, every ROUTES_FLUSH_S."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(ROUTES_FLUSH_S)
+            store = self.store
+            if store is None:
+                continue
+            try:
+                await loop.run_in_executor(None, store.flush_routes)
+            except Exception as exc:  # noqa: BLE001 - logged; the changes are lost and asked again (generation reset)
+                self.log(f"fleet store: routes not written: {exc}")
+                for k in self.known.values():
+                    k.known_routes = False
 
     @property
     def stale(self) -> bool:
@@ -301,6 +372,12 @@ class Poller:
             self.blip_since = None
         self.rounds += 1
         self.last_round_s = now
+        if self.store is not None:
+            states = self.states
+            none = Availability()
+            self.store.write_states([state_byte(st.up, st.draining, st.overloaded, st.serves_new_clients)
+                                     for st in (states.get(a, none) for a in self.store.ids)], self.rounds, now)
+            return  # the store is the snapshot
         self._maybe_snapshot(now)
 
     async def _poll_bounded(self, a: Appliance) -> PollResult:
@@ -403,7 +480,85 @@ class Poller:
                 return base.changed(inv.added, inv.removed)
         return None
 
+    def _check_store(self, aid: str, inventory: bytes | None, inventory_type: str, since: int, routes: bytes | None,
+                     allowed: tuple[str, ...] | None, old_routes: tuple) -> tuple:
+        """In a checker thread: validate the answers, then write them into the store whole.
+
+        Returns (inventory message or None, admitted routes or None, routes generation or None)."""
+        limits = self._s.limits
+        inv = None if inventory is None else parse_inventory_answer(inventory, inventory_type, since, limits.max_response_bytes)
+        admitted = rgen = None
+        if routes is not None:
+            try:
+                r = parse_routes(routes, limits.max_prefixes)
+            except MessageError as exc:
+                raise MessageError(f"/routes: {exc}") from None
+            rgen = r.generation
+            if r.kind == "full":
+                admitted = admit_routes(r.prefixes, allowed)
+        store = self.store
+        assert store is not None
+        i = self._store_index[aid]
+        if inv is not None and inv.kind == "full":
+            files = store.indexes_of_hashes(inv.hashes) if inv.hashes is not None else store.indexes_of_ids(inv.ids)
+            store.replace_row(i, files, inv.generation)
+        elif inv is not None and inv.kind == "delta":
+            store.change_row(i, store.indexes_of_ids(inv.added), store.indexes_of_ids(inv.removed, intern=False), inv.generation)
+        elif inv is not None:
+            store.change_row(i, store.indexes_of_ids(()), store.indexes_of_ids(()), inv.generation)
+        if admitted is not None and admitted.prefixes != old_routes:
+            store.queue_routes(i, old_routes, admitted.prefixes, rgen)  # written by `_flush_routes` within ROUTES_FLUSH_S
+        return inv, admitted, rgen
+
+    async def _poll_store(self, a: Appliance, k: Knowledge, timeout_s: float) -> PollResult:
+        base = a.url
+        limits = self.body_limits()
+        most = f"[health] max_response_mb = {self._s.limits.max_response_bytes / 1e6:g}"
+        since = k.inventory_generation if k.known_inventory else 0
+        inventory = routes = None
+        inventory_type = ""
+        async with asyncio.timeout(timeout_s):
+            health = await self._fetch(base, "/health", limits.health, f"{most}, and a /health answer is never that big", (200, 503))
+            try:
+                h = parse_health(health)
+            except MessageError as exc:
+                raise MessageError(f"/health: {exc}") from None
+            if not k.known_inventory or h.inventory_generation is None or h.inventory_generation != k.inventory_generation:
+                try:
+                    inventory, inventory_type = await self._fetch_typed(base, f"/inventory?since={since}&form={k.form}", limits.inventory, most)
+                except PollFailure as exc:
+                    if k.form != "hashed" or not str(exc).endswith("HTTP 400"):
+                        raise
+                    k.form = "packed"  # an appliance that predates the hashed form refuses it: the packed one from now on
+                    inventory, inventory_type = await self._fetch_typed(base, f"/inventory?since={since}&form=packed", limits.inventory, most)
+            if not k.known_routes or h.routes_generation is None or h.routes_generation != k.routes_generation:
+                routes = await self._fetch(base, f"/routes?since={k.routes_generation if k.known_routes else 0}", limits.routes,
+                                           f"{most}; [health] max_prefixes_per_appliance = {self._s.limits.max_prefixes} prefixes take less")
+        if inventory is not None or routes is not None:
+            assert self._checker is not None
+            k.checking = self._checker.submit(self._check_store, a.appliance_id, inventory, inventory_type, since, routes,
+                                              self._s.allowed.get(a.appliance_id), k.routes)
+            checking = k.checking
+            try:
+                inv, admitted, rgen = await asyncio.wrap_future(checking)
+            finally:
+                if checking.done():
+                    k.checking = None
+            if inv is not None:
+                k.inventory_generation, k.known_inventory = inv.generation, True
+                k.count = int(self.store.gens[self._store_index[a.appliance_id]][2]) if self.store is not None else 0
+            if rgen is not None:
+                if admitted is not None:
+                    k.routes = self._shared_routes(admitted.prefixes)
+                    k.routes_dropped = admitted.dropped
+                k.routes_generation, k.known_routes = rgen, True
+        return PollResult(True, "; ".join(h.reasons), h.status, h.nic_utilisation, h.bytes_per_s, k.count, len(k.routes))
+
     async def _poll(self, a: Appliance, k: Knowledge, timeout_s: float) -> PollResult:
+        if self.store is not None:
+            if k.checking is not None and not k.checking.done():
+                raise PollFailure("its previous answer is still being checked (too big or too slow to parse)")
+            return await self._poll_store(a, k, timeout_s)
         if k.checking is not None and not k.checking.done():
             raise PollFailure("its previous answer is still being checked (too big or too slow to parse)")
         base = a.url

@@ -23,11 +23,14 @@ Rules kept here:
   at start it is read and the prefix table built before listening, so the
   first answers come from it. Answers say `"stale": true` and /health is
   `degraded` until the first full round after the start.
-- `[server] workers` > 1: this process polls and writes the snapshot, and
-  starts that many worker processes (`--role worker`), restarted if one
-  ends; each listens on the same addresses (SO_REUSEPORT) and follows the
-  snapshot file (mapped, its bitmaps shared, not copied) instead of
-  polling. The appliances see one poller whatever the number of workers.
+- `[server] workers` > 1: this process polls and writes the fleet store
+  (`steering.fleetstore`, at `<snapshot_file>.store`), and starts that many
+  worker processes (`--role worker`), restarted if one ends; each listens
+  on the same addresses (SO_REUSEPORT) and decides from the store
+  (`steering.fleetview`: mapped files and an LMDB read per decision,
+  nothing rebuilt when the fleet changes) instead of polling. The
+  appliances see one poller whatever the number of workers. The store is
+  also what a restarted poller and its new workers answer from at once.
 - The playback routes (DASH/HLS manifests, Content Steering answers, the
   /watch player pages) live in `steering.playback`; the origin's manifest
   they play from is kept by `steering.content.ContentKeeper`, a third
@@ -45,6 +48,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import os
@@ -68,6 +72,8 @@ from oca.tls import Served, expiry_condition, judge_pair, make_context, read_pai
 from steering.access import client_address, control_refusal, is_public_path, networks
 from steering.config import SteeringConfig, coverage_path, load_coverage, load_steering_config
 from steering.content import ContentKeeper
+from steering.fleetstore import H_LAST_ROUND_US, H_PREFIXES, H_RESTORED_US, H_ROUNDS, H_STATES_EPOCH, FleetStoreReader, StoreError
+from steering.fleetview import FleetView
 from steering.health import Thresholds
 from steering.lpm import PrefixTable
 from steering.messages import MessageError, parse_steer_query
@@ -127,6 +133,8 @@ class Steering:
         self.tls_error = ""  # why the last reload of the pair was refused
         self._live: dict[str, Live] = {}
         self._live_key: tuple | None = None
+        self.view: FleetView | None = None  # a worker's view of the poller's fleet store
+        self._states_due = False
         self.content = ContentKeeper(cfg.content, lambda: self.secrets, _log)
         self.key_file_warning: str | None = None  # who else can read the [tls] key, if anyone
         self._apply_config(cfg)
@@ -184,6 +192,8 @@ class Steering:
                                  cfg.health.appliance_token, poll_tls)
         self.thresholds = Thresholds(cfg.health.fail_after, cfg.health.recover_after, cfg.health.overload_percent)
         self.coverage = coverage
+        if getattr(self, "view", None) is not None:
+            self.view = FleetView(self.view.reader, self.registry)  # the poller's knowledge follows in reload()
         self.secrets = cfg.signing.secrets()
         self.proxies = networks(cfg.trust.proxies)
         self.callers = networks(cfg.trust.callers)
@@ -206,6 +216,8 @@ class Steering:
                                 cfg.health.max_concurrent_polls)
         self.poller.snapshot_path = cfg.health.snapshot_file
         self.poller.snapshot_interval_s = cfg.health.snapshot_interval_s
+        if self.view is not None:
+            self.use_view(self.view)  # the new registry's appliances answer from the store too
         self.content.reconfigure(cfg.content)  # fetches the manifest again at once
         _log(f"reloaded {self.config_path}: {len(self.registry)} appliances")
         self.reload_pair()
@@ -270,10 +282,14 @@ class Steering:
     def decide(self, client: str, content_id: str) -> dict:
         started = time.perf_counter()
         addr = ipaddress.ip_address(client)
-        matches = self.table.matches_int(addr.version, int(addr))
-        live = self.live_view()
-        d = decide(content_id, matches, self.registry, live, max_urls=self.cfg.max_urls, fallback_sites=self.cfg.fallback_sites,
-                   index=self.index)
+        if self.view is not None:
+            # A worker: routes, states and holdings from the fleet store; `self.table` holds the coverage zones.
+            d = self.view.decide(content_id, addr.version, int(addr), self.table, self.cfg.max_urls, self.cfg.fallback_sites)
+        else:
+            matches = self.table.matches_int(addr.version, int(addr))
+            live = self.live_view()
+            d = decide(content_id, matches, self.registry, live, max_urls=self.cfg.max_urls, fallback_sites=self.cfg.fallback_sites,
+                       index=self.index)
         now = int(time.time())
         key_id = self.cfg.signing.key_id
         query = ""
@@ -299,6 +315,58 @@ class Steering:
             except OSError:
                 pass
         return doc
+
+    async def follow_store(self, root: str, every_s: float = 0.25) -> None:
+        """In a worker: open the poller's fleet store (again when the poller makes a new one) and take its states each round."""
+        seen = None
+        while True:
+            view = self.view
+            if view is None or not view.reader.current():
+                try:
+                    reader = FleetStoreReader(root)
+                except (OSError, StoreError, ValueError) as exc:
+                    self.poller.snapshot_error = f"fleet store {root} not opened: {exc}"[:300]
+                else:
+                    self.use_view(FleetView(reader, self.registry))
+                    view = self.view
+                    seen = None
+            if view is not None:
+                head = view.reader.head
+                key = (int(head[H_STATES_EPOCH]), len(self.registry))
+                if key != seen:
+                    seen = key
+                    p = self.poller
+                    self._states_due = True  # made when /health, /metrics or / asks: 20,000 of them take tens of ms
+                    p.rounds = int(head[H_ROUNDS])
+                    p.last_round_s = int(head[H_LAST_ROUND_US]) / 1e6 or None
+                    restored = int(head[H_RESTORED_US])
+                    p.restored_from_s = restored / 1e6 if restored else None
+            await asyncio.sleep(every_s)
+
+    def use_view(self, view: FleetView) -> None:
+        """Decide from `view`; the playback routes and the status page ask the poller's knowledge, so it answers from the store too."""
+        self.view = view
+        self.poller.snapshot_error = ""
+        self._states_due = True
+        for aid, k in self.poller.known.items():
+            held = view.holdings(aid)
+            k.inventory = held if held is not None else frozenset()
+
+    def matches_int(self, version: int, addr: int) -> list:
+        """Every prefix containing the address (in a worker, routes from the store and coverage zones from the table)."""
+        if self.view is not None:
+            return self.view.matches(version, addr, self.table)
+        return list(self.table.matches_int(version, addr))
+
+    def fresh_states(self) -> None:
+        """In a worker: the poller's states as the store has them, made again after a round."""
+        if self.view is not None and self._states_due:
+            self._states_due = False
+            self.poller.states = self.view.states()
+
+    def prefix_count(self) -> int:
+        """Prefixes decisions match against: the table's, and in a worker the store's routes too."""
+        return len(self.table) + (int(self.view.reader.head[H_PREFIXES]) if self.view is not None else 0)
 
     def holders_changed(self, ids: frozenset | None) -> None:
         """The poller's word that these contents' holders changed (None: any content's)."""
@@ -368,6 +436,7 @@ class Steering:
         return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
     def health_doc(self) -> dict:
+        self.fresh_states()
         states = self.poller.states
         serving = sum(1 for s in states.values() if s.serves_new_clients)
         tasks_down = self.supervisor.down()
@@ -398,7 +467,7 @@ class Steering:
             "rounds": self.poller.rounds, "last_round": self.poller.last_round_s,
             "snapshot": {"restored_from": self.poller.restored_from_s, "stale": self.poller.stale,
                          "written": self.poller.snapshot_written_s, "error": self.poller.snapshot_error},
-            "prefixes": len(self.table), "table_built": self.table_built_s, "table_error": self.table_error,
+            "prefixes": self.prefix_count(), "table_built": self.table_built_s, "table_error": self.table_error,
             "decisions": dict(self.results), "by_appliance": by_appliance,
             **({"tls": self.tls_doc()} if self.tls is not None else {}),
             **({"content": self.content.doc()} if self.cfg.content.manifest_url else {}),
@@ -416,6 +485,7 @@ class Steering:
         return web.json_response(doc, status=200 if doc["status"] != "down" else 503, headers={"Cache-Control": "no-store"})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        self.fresh_states()
         for a in self.registry:
             st = self.poller.states.get(a.appliance_id)
             k = self.poller.known.get(a.appliance_id)
@@ -433,6 +503,7 @@ class Steering:
         return web.Response(body=generate_latest(self.registry_metrics), content_type="text/plain", charset="utf-8")
 
     async def status_page(self, request: web.Request) -> web.Response:
+        self.fresh_states()
         return web.Response(text=render_status(self.registry, self.poller, len(self.table), self.recent, self.results, time.time()), content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-store"})
 
     @web.middleware
@@ -484,7 +555,16 @@ async def serve(config_path: str, role: str = "all") -> int:
     s = Steering(config_path, cfg)
     workers = cfg.server.workers if role == "all" else 0
     listens = workers <= 1  # with workers, the poller process does not answer clients
-    if cfg.health.snapshot_file:
+    store_root = f"{cfg.health.snapshot_file}.store" if cfg.health.snapshot_file else None
+    if workers > 1 and store_root:
+        # The workers decide from the store; reopened, it is what they answer from at once.
+        _log(s.poller.attach_store(store_root))
+    elif role == "worker" and store_root:
+        try:  # before listening, so the first answers come from the store; else the follower opens it when it can
+            s.use_view(FleetView(FleetStoreReader(store_root), s.registry))
+        except (OSError, StoreError, ValueError) as exc:
+            _log(f"worker: fleet store {store_root} not opened yet: {exc}")
+    elif cfg.health.snapshot_file and role == "all":
         # Before listening: the first answers already come from the snapshot's routes and holdings.
         _log(s.poller.restore(cfg.health.snapshot_file))
         if s.poller.restored_from_s is not None and listens:
@@ -521,7 +601,7 @@ async def serve(config_path: str, role: str = "all") -> int:
     loop.add_signal_handler(signal.SIGHUP, hangup)
     if role == "worker":
         assert cfg.health.snapshot_file
-        s.supervisor.start(FOLLOWER_TASK, lambda: s.poller.follow(cfg.health.snapshot_file))
+        s.supervisor.start(FOLLOWER_TASK, lambda: s.follow_store(f"{cfg.health.snapshot_file}.store"))
         parent = os.getppid()
 
         async def orphaned() -> None:
@@ -546,6 +626,9 @@ async def serve(config_path: str, role: str = "all") -> int:
     what = (f"serving on {plain}{https}, polling {len(s.registry)} appliances" if workers <= 1 and role == "all"
             else f"worker serving on {plain}{https} from {cfg.health.snapshot_file}" if role == "worker"
             else f"polling {len(s.registry)} appliances for {workers} workers on {plain}{https}")
+    # What start-up made (a fleet's registry, config and coverage: hundreds of thousands of objects) lives as long as the
+    # process: kept out of the collector's full passes, which otherwise walk it and stall answers for tens of ms.
+    gc.freeze()
     print(f"oca-steering {__version__}: {what}", file=sys.stderr, flush=True)
     notify_systemd("READY=1")
     await stop.wait()

@@ -56,7 +56,7 @@ from oca.config import Config
 from oca.http import ranges, speedups
 from oca.http.dates import format_http_date
 from oca.http.messages import Request, Response
-from oca.inventory_wire import JSON_TYPE, PACKED_TYPE, inventory_delta, inventory_full, inventory_unchanged, routes_answer
+from oca.inventory_wire import CONTENT_TYPES, inventory_delta, inventory_full, inventory_unchanged, routes_answer
 from oca.server import control
 from oca.server import stats as S
 from oca.server.accesslog import AccessLog
@@ -433,6 +433,8 @@ class App:
                 "sampled_at": h[S.H_SAMPLED_AT],
             },
             "generation": self.store.generation(),
+            # With `generation`, lets a poller skip /routes and /inventory when neither changed.
+            "routes_generation": self.store.routes().generation,
             **({"tls": tls_doc} if tls_doc is not None else {}),
             "fill": None if fill.last is None and fill.current is None else {
                 "last": None if fill.last is None else dict(fill.last),
@@ -522,7 +524,7 @@ class App:
         q = control.parse_inventory_query(req.query)
         generation = self.store.generation()
         appliance = self.cfg.appliance.id
-        ctype = PACKED_TYPE if q.form == "packed" else JSON_TYPE
+        ctype = CONTENT_TYPES[q.form]
         if q.since is not None and q.since == generation:
             return self._simple(200, ctype, inventory_unchanged(appliance, generation, q.since, q.form), req)
         key: tuple = ("full", q.form, generation) if q.since is None else ("delta", q.form, q.since, q.limit, q.paged, generation)

@@ -12,7 +12,7 @@ Rules kept here:
   must also send `Authorization: Bearer <token>`. The comparison takes
   constant time, and a refusal never says which part was wrong beyond
   "address" or "token".
-- `/inventory?form=` is `json` (the default) or `packed`; anything else is
+- `/inventory?form=` is `json` (the default), `packed` or `hashed`; anything else is
   a `QueryError`.
 - Query numbers (`since`, `limit`, `top`) are plain ASCII decimal with at most 19
   digits; anything else (``²``, signs, spaces, 5,000 digits, a repeated

@@ -868,16 +868,42 @@ def test_inventory_packed_form_reads_as_the_json_form(served):
     assert served.get("/inventory?form=xml").status == 400
 
 
+def parse_inventory_generation(served) -> int:
+    return json.loads(served.get("/inventory?since=0").body)["generation"]
+
+
+def test_inventory_hashed_form_lists_the_hashes_of_the_ids(served):
+    """`?form=hashed` (what a fleet's steering asks for): a full answer is the sorted hashes of the JSON form's ids."""
+    import xxhash
+
+    from steering.messages import parse_inventory, parse_inventory_answer
+
+    full = parse_inventory(served.get("/inventory").body, 0)
+    hashed = served.get("/inventory?form=hashed")
+    assert hashed.status == 200 and hashed.headers["content-type"] == "application/x-oca-inventory-hashed"
+    msg = parse_inventory_answer(hashed.body, hashed.headers["content-type"], 0, 10**8)
+    assert msg.generation == full.generation
+    assert msg.hashes.tolist() == sorted(xxhash.xxh3_64_intdigest(c.encode()) for c in full.ids)
+    cid = f"hashed-{served.loop}.bin"
+    ingest(served.cfg, cid, b"hashed inventory test")
+    delta = served.get(f"/inventory?since={full.generation}&form=hashed")
+    d = parse_inventory_answer(delta.body, delta.headers["content-type"], full.generation, 10**8)
+    assert d.kind == "delta" and d.added == frozenset({cid})
+    admin(served.cfg, "rm", cid, check=True)
+
+
 def test_fleet_simulator_health_has_the_fields_steering_reads(served):
     """benchmarks/fleet.py's /health is a subset of the real one, and steering reads both alike."""
     from benchmarks.fleet import health_body
     from steering.messages import parse_health
 
     real = json.loads(served.get("/health").body)
-    sim = json.loads(health_body("a00001", "s00001", "ok"))
+    sim = json.loads(health_body("a00001", "s00001", "ok", 3, 2))
     assert set(sim) <= set(real) and set(sim["load"]) <= set(real["load"])
     assert parse_health(health_body("a00001", "s00001", "draining")).status == "draining"
-    parse_health(served.get("/health").body)
+    # The generations that let a fleet's poller skip /inventory and /routes when neither changed.
+    h = parse_health(served.get("/health").body)
+    assert h.inventory_generation == parse_inventory_generation(served) and h.routes_generation is not None
 
 
 def test_health_and_metrics_say_which_hot_path_serves(served):

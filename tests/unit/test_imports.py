@@ -60,6 +60,7 @@ PURE_MODULES = frozenset({
     "steering.access",
     "steering.holdings",
     "steering.snapshot",
+    "steering.hrwvec",
     "oca.inventory_wire",
     "steering.catalog",
     "steering.dash",

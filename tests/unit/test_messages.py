@@ -93,6 +93,9 @@ HEALTH_GOOD = [
     ("non-ASCII reason kept", health(conditions=[{"reason": "stockage défaillant"}]), HealthMessage("ok", ("stockage défaillant",), 0.25, 1e6)),
     ("control characters replaced", health(conditions=[{"reason": "a\nb\x1b[31m"}]), HealthMessage("ok", ("a?b?[31m",), 0.25, 1e6)),
     ("empty reason dropped", health(conditions=[{"status": "degraded"}]), HealthMessage("ok", (), 0.25, 1e6)),
+    ("generations", health(generation=7, routes_generation=3), HealthMessage("ok", (), 0.25, 1e6, 7, 3)),
+    ("inventory generation only (routes asked always)", health(generation=0), HealthMessage("ok", (), 0.25, 1e6, 0, None)),
+    ("generations null", health(generation=None, routes_generation=None), HealthMessage("ok", (), 0.25, 1e6)),
 ]
 
 
@@ -131,6 +134,13 @@ HEALTH_BAD = [
     ("reason a number", health(conditions=[{"reason": 7}]), "conditions[0].reason"),
     ("too many conditions", health(conditions=[{"reason": "x"}] * 100_000), "conditions"),
     ("not an object", b"[1]", "body"),
+    ("generation a string", health(generation="7"), "generation"),
+    ("generation a boolean", health(generation=True), "generation"),
+    ("generation negative", health(generation=-1), "generation"),
+    ("generation over 2^63-1", health(generation=2**63), "generation"),
+    ("generation a float", health(generation=1.5), "generation"),
+    ("routes generation a list", health(routes_generation=[1]), "routes_generation"),
+    ("routes generation of 5,000 digits", b'{"status": "ok", "routes_generation": 1' + b"0" * 5000 + b"}", "body"),
 ]
 
 

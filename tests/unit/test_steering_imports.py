@@ -17,17 +17,20 @@ from pathlib import Path
 import pytest
 
 STEERING = Path(__file__).resolve().parents[2] / "steering"
-PURE = ("lpm", "ranking", "health", "messages", "access", "catalog", "dash", "hls", "content_steering", "watch_page", "holdings", "snapshot")
+PURE = ("lpm", "ranking", "health", "messages", "access", "catalog", "dash", "hls", "content_steering", "watch_page", "holdings", "snapshot",
+        "hrwvec")
 # What a pure module may import (a module or any submodule of it).
 PURE_ALLOWED = (
     "__future__", "array", "bisect", "dataclasses", "typing", "ipaddress", "json", "math", "hmac", "collections",
     "re", "zlib",  # whole-list checks and the packed inventory form (in memory)
+    "numpy",  # the hashed inventory form checked as one array (in memory)
+    "xxhash",  # rendezvous hashes (hrwvec), as oca.rendezvous computes them
     "socket",  # only inet_pton/inet_ntop (lpm): text <-> bytes, no sockets are opened
     "base64", "hashlib", "xml.etree.ElementTree", "urllib.parse",
     "oca.ids", "oca.rendezvous", "oca.errors", "fill.manifest", "oca.inventory_wire",
     "steering.lpm", "steering.ranking", "steering.health", "steering.messages", "steering.access",
     "steering.catalog", "steering.dash", "steering.hls", "steering.content_steering", "steering.watch_page", "html",
-    "steering.holdings", "steering.snapshot",
+    "steering.holdings", "steering.snapshot", "steering.hrwvec",
 )
 FORBIDDEN_EVERYWHERE = ("oca.server", "oca.store", "fill")
 # The pure manifest schema is shared: steering verifies the origin's manifest as the fill agent does.
