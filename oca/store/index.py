@@ -12,6 +12,9 @@ Rules kept here:
 - Every change to the set of servable ids (publish, remove, a store failing
   or coming back) bumps the generation in the same transaction and appends
   to a bounded journal, so pollers can ask what changed since a generation.
+- `locate_cached` (the serving path's lookup) remembers answers per id only
+  while LMDB's last committed transaction id is unchanged; every write,
+  by any process, commits and so empties it. At most LOCATED_MAX ids.
 - The index holds no file data: the store layer writes and fsyncs files
   before committing here, and deletes the entry here before the file.
 - A write that finds the map full doubles the map and runs once more (the
