@@ -81,7 +81,8 @@ class AccessLog:
             ) + "\n"
         else:
             line = (
-                f'{peer} - - [{self._time(now)}] "{method} {target} HTTP/{version}" {status} {body_bytes} '
+                f'{peer} - - [{self._stamp if int(now) == self._stamp_second else self._time(now)}] '
+                f'"{method} {target} HTTP/{version}" {status} {body_bytes} '
                 f'"{_esc(referer) or "-"}" "{_esc(agent) or "-"}"\n'
             )
         self._buf.append(line)

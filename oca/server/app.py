@@ -193,9 +193,9 @@ class App:
         except PathError as exc:
             return self.error_response(400, str(exc), close)
         if self.signing_required or has_signature(req.query):
-            verdict = self._check_signature(content_id, req.query)
-            if verdict is not None:
-                return self.error_response(verdict[0], verdict[1], close)
+            verdict = self.tokens.verify_query(content_id, req.query, self.keys, time.time(), self.skew)
+            if not verdict.ok:
+                return self.error_response(verdict.status, verdict.reason, close)
         # Request counters (oca.server.popularity): one dict lookup, flushed off the loop.
         counted = self.tally.counts.get(content_id)
         if counted is None:
@@ -276,10 +276,6 @@ class App:
         if status == 416:
             return self.error_response(416, "range not satisfiable", close, f"Content-Range: {ranges.unsatisfied_range(size)}\r\n".encode())
         return self.error_response(status, decision.reason or REASONS.get(status, "error"), close)
-
-    def _check_signature(self, content_id: str, query: str) -> tuple[int, str] | None:
-        v = self.tokens.verify_query(content_id, query, self.keys, time.time(), self.skew)
-        return None if v.ok else (v.status, v.reason)
 
     def _make_entry(self, fd: int, size: int, content_id: str, checksum: str, mtime_s: int, store_uuid: str) -> CachedFile:
         etag = f'"{checksum}"'

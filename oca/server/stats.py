@@ -47,8 +47,21 @@ C_CODES = C_HIST + len(HIST_BOUNDS_S)
 COUNTED_CODES = (200, 206, 304, 400, 403, 404, 405, 410, 412, 416, 431, 500, 503)
 C_TASK_FAILURES = C_CODES + len(COUNTED_CODES)  # the worker's supervised tasks, all failures
 C_TASKS_DOWN = C_TASK_FAILURES + 1  # gauge: bit i set while WORKER_TASKS[i] is down
-SLOT_COUNTERS = C_TASKS_DOWN + 1
 _CODE_INDEX = {code: C_CODES + i for i, code in enumerate(COUNTED_CODES)}
+# A slot's scratch counter: a status outside the five classes, or not in
+# COUNTED_CODES, adds to it instead, so `observe` always adds two counters.
+# Nothing reads it.
+C_SCRATCH = C_TASKS_DOWN + 1
+SLOT_COUNTERS = C_SCRATCH + 1
+
+
+def _status_at(status: int) -> tuple[int, int]:
+    """(class counter, code counter) for `status`, each C_SCRATCH when not counted."""
+    cls_index = status // 100 - 1
+    return (C_STATUS + cls_index if 0 <= cls_index < 5 else C_SCRATCH, _CODE_INDEX.get(status, C_SCRATCH))
+
+
+_STATUS_AT = {code: _status_at(code) for code in range(100, 600)}
 
 # Header doubles written by the parent.
 H_BYTES_PER_S = 0
@@ -104,15 +117,14 @@ class SharedStats:
         self.counters[self.base + index] += amount
 
     def observe(self, status: int, seconds: float, body_bytes: int) -> None:
-        """Count one finished response."""
+        """Count one finished response (runs once per request: one dict get, five increments)."""
         c = self.counters
         b = self.base
-        cls_index = status // 100 - 1
-        if 0 <= cls_index < 5:
-            c[b + C_STATUS + cls_index] += 1
-        code = _CODE_INDEX.get(status)
-        if code is not None:
-            c[b + code] += 1
+        at = _STATUS_AT.get(status)
+        if at is None:
+            at = _status_at(status)
+        c[b + at[0]] += 1
+        c[b + at[1]] += 1
         c[b + C_BYTES] += body_bytes
         c[b + C_HIST_SUM_US] += int(seconds * 1e6)
         c[b + C_HIST_COUNT] += 1

@@ -204,9 +204,12 @@ class ContentStore:
         return None
 
     def lookup(self, content_id: str) -> Located | None:
-        """Where a servable id lives, or None. Costs one LMDB read, no file I/O."""
-        found = self.index.locate(content_id)
-        return None if found is None else Located._make(found)
+        """Where a servable id lives, or None. Costs one LMDB read transaction, no file I/O.
+
+        Answers are remembered until the next committed write to the index
+        (`Index.locate_cached`).
+        """
+        return self.index.locate_cached(content_id, Located._make)
 
     def inventory(self) -> tuple[int, list[str]]:
         return self.index.inventory()

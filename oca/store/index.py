@@ -12,6 +12,9 @@ Rules kept here:
 - Every change to the set of servable ids (publish, remove, a store failing
   or coming back) bumps the generation in the same transaction and appends
   to a bounded journal, so pollers can ask what changed since a generation.
+- `locate_cached` (the serving path's lookup) remembers answers per id only
+  while LMDB's last committed transaction id is unchanged; every write,
+  by any process, commits and so empties it. At most LOCATED_MAX ids.
 - The index holds no file data: the store layer writes and fsyncs files
   before committing here, and deletes the entry here before the file.
 - A write that finds the map full doubles the map and runs once more (the
@@ -40,7 +43,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import lmdb
 
@@ -64,6 +67,10 @@ _U64 = struct.Struct(">Q")
 # store uuid (16 raw), checksum (16 raw), size, origin mtime, added, popularity, then relpath
 _RECORD = struct.Struct("<16s16sQqdd")
 _LOCATE = struct.Struct("<16s16sQq")  # the prefix of _RECORD that serving needs
+# `locate_cached` keeps at most this many answers; a full cache is emptied.
+LOCATED_MAX = 4096
+_MISS = object()
+_T = TypeVar("_T")
 
 # The current pid, kept up to date across fork() so the per-lookup guard
 # costs a list index rather than a getpid() system call.
@@ -254,6 +261,10 @@ class Index:
         self._stores_version: object = -1
         self._stores_cache: dict[str, StoreRecord] = {}
         self._working: dict[bytes, tuple[str, str]] = {}
+        # locate_cached: answers valid while LMDB's last committed transaction
+        # id is still _located_at (any committed write moves it, in any process).
+        self._located: dict[str, Any] = {}
+        self._located_at = -1
 
     def _open_env(self, path: str, map_size_bytes: int, max_readers: int, readonly: bool) -> None:
         try:
@@ -407,24 +418,60 @@ class Index:
 
         None when the id is unknown or its store is not working. One read
         transaction with two gets (the entry and the stores' version), and
-        no `Entry` object: this runs once per request.
+        no `Entry` object.
         """
+        txn = self._begin_read()
+        try:
+            return self._locate_in(txn, content_id)
+        finally:
+            txn.abort()
+
+    def locate_cached(self, content_id: str, make: Callable[[tuple[str, int, str, int, str]], _T]) -> _T | None:
+        """`make(found)` for `found = locate(content_id)` (None stays None), remembered per id.
+
+        This runs once per request. A remembered answer is given only while
+        the index's last committed transaction id (read in a fresh read
+        transaction, so a commit by any process is seen) is the one it was
+        read under: a publish, remove, replace or store state change commits a
+        write, which empties the cache, so a deleted or replaced file is never
+        answered from it. A hit costs one read transaction and no get.
+        """
+        txn = self._begin_read()
+        try:
+            txnid = txn.id()
+            if txnid == self._located_at:
+                hit = self._located.get(content_id, _MISS)
+                if hit is not _MISS:
+                    return hit
+            else:
+                self._located.clear()
+                self._located_at = txnid
+            found = self._locate_in(txn, content_id)
+        finally:
+            txn.abort()
+        value = None if found is None else make(found)
+        located = self._located
+        if len(located) >= LOCATED_MAX:
+            located.clear()
+        located[content_id] = value
+        return value
+
+    def _begin_read(self) -> lmdb.Transaction:
         if self._pid != _current_pid[0]:
             self._guard()
         try:
-            txn = self.env.begin(buffers=False)
+            return self.env.begin(buffers=False)
         except lmdb.MapResizedError:
             self.env.set_mapsize(0)
-            txn = self.env.begin(buffers=False)
-        try:
-            raw = txn.get(content_id.encode("ascii"), db=self._objects)
-            if raw is None:
-                return None
-            version = txn.get(_K_STORES_VERSION, db=self._meta)
-            if version != self._stores_version:
-                self._load_stores(txn, version)
-        finally:
-            txn.abort()
+            return self.env.begin(buffers=False)
+
+    def _locate_in(self, txn: lmdb.Transaction, content_id: str) -> tuple[str, int, str, int, str] | None:
+        raw = txn.get(content_id.encode("ascii"), db=self._objects)
+        if raw is None:
+            return None
+        version = txn.get(_K_STORES_VERSION, db=self._meta)
+        if version != self._stores_version:
+            self._load_stores(txn, version)
         store_raw, checksum_raw, size, mtime = _LOCATE.unpack_from(raw)
         store = self._working.get(store_raw)
         if store is None:

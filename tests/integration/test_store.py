@@ -1193,3 +1193,30 @@ def test_rebuild_index_skips_a_store_whose_marker_is_unreadable(tmp_path):
     assert f"{tmp_path / 'store1'}: skipped (" in proc.stdout and "unreadable" in proc.stdout
     assert "index rebuilt: 2 entries" in proc.stdout
     assert set(_entry_keys(cfg)) == {k for k in before if k.startswith("s0-")}
+
+
+def test_remembered_lookups_follow_writes_by_other_processes(tmp_path):
+    """`lookup` remembers answers per id; a commit by another process (here `oca-admin`) must end them."""
+    cfg = write_cfg(tmp_path, 1)
+    cs = open_cs(cfg)
+    try:
+        publish(cs, "film", payload(10_000, 1), mtime_s=MTIME)
+        first = cs.lookup("film")
+        assert cs.lookup("film") is first  # remembered: the same answer object
+        assert cs.lookup("absent") is None
+        src = tmp_path / "src"
+        src.write_bytes(payload(20_000, 2))
+        admin(cfg, "ingest", str(src), "--id", "film", check=True)  # a replacement, by another process
+        replaced = cs.lookup("film")
+        assert replaced is not None and replaced.size == 20_000 and replaced.path != first.path
+        assert read_located(cs, "film") == payload(20_000, 2)
+        admin(cfg, "ingest", str(src), "--id", "absent", check=True)  # a remembered miss ends too
+        assert cs.lookup("absent") is not None
+        admin(cfg, "rm", "film", check=True)
+        assert cs.lookup("film") is None
+        # Bounded: a full cache is emptied rather than grown.
+        for i in range(index_module.LOCATED_MAX + 10):
+            cs.lookup(f"miss-{i}")
+        assert len(cs.index._located) <= index_module.LOCATED_MAX
+    finally:
+        cs.close()
