@@ -180,14 +180,20 @@ class FakeFleet:
         if self._runner is not None:
             await self._runner.cleanup()
         # A connection accepted while the servers closed (steering polls until
-        # it is stopped) may never reach aiohttp's shutdown: close it here, so
-        # no transport outlives the loop.
+        # it is stopped) may never reach aiohttp's shutdown, and one whose close
+        # waits on the loop never finishes once the loop stops: abort them all
+        # here (a no-op on one already closed), so no transport outlives the
+        # loop. An accepted socket reaches connection_made a loop pass or two
+        # after the accept: let those passes run first, and the aborts' after.
+        for _ in range(10):
+            await asyncio.sleep(0)
         for handler in self._handlers:
             transport = handler.transport
-            if transport is not None and not transport.is_closing():
+            if transport is not None:
                 transport.abort()
         self._handlers.clear()
-        await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
 
     def start(self) -> "FakeFleet":
         self._thread.start()
