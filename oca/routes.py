@@ -84,6 +84,18 @@ def publish_routes(index: flags.FlagStore, prefixes: Iterable[str], *, down: str
     return generation
 
 
+def _buffered(events) -> bool:
+    """Whether pyroute2 holds datagrams it already read off the socket.
+
+    One `get()` returns one datagram's messages, but pyroute2 (0.9) reads
+    every datagram waiting on the socket into its own queue while it waits
+    for the first; select() on the socket then reports nothing until the
+    next event, and a burst would sit half-applied.
+    """
+    queue = getattr(getattr(events, "asyncore", None), "msg_queue", None)
+    return queue is not None and not queue.root.empty()
+
+
 class KernelRouteFollower:
     """Dump one kernel table once, then follow its changes; call `publish` with the set.
 
@@ -132,9 +144,13 @@ class KernelRouteFollower:
             ready, _, _ = select.select([events.fileno(), self._wake_r], [], [], timeout)
             if self._halt.is_set():
                 return
-            if events.fileno() in ready and self._apply(events.get()):
-                now = self.monotonic()
-                first, last = first or now, now
+            if events.fileno() in ready:
+                changed = self._apply(events.get())
+                while _buffered(events):  # select() cannot see these: drain them now
+                    changed = self._apply(events.get()) or changed
+                if changed:
+                    now = self.monotonic()
+                    first, last = first or now, now
             if first is not None and self.monotonic() >= publish_due(first, last):
                 self.publish(set(self.prefixes))
                 first = last = None

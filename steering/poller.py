@@ -362,7 +362,9 @@ class Poller:
         registry = list(self.registry)
         results = await asyncio.gather(*(self._poll_bounded(a) for a in registry))
         now = time.time()
-        outcome = apply_round(self.states, {a.appliance_id: r for a, r in zip(registry, results)}, now, self._s.thresholds)
+        current = {a.appliance_id for a in self.registry}  # a reload during the round dropped the others: keep them out
+        polled = {a.appliance_id: r for a, r in zip(registry, results) if a.appliance_id in current}
+        outcome = apply_round(self.states, polled, now, self._s.thresholds)
         self.states = outcome.states
         if outcome.blip and not self.blip:
             self.blip_since = now

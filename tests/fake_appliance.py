@@ -175,19 +175,27 @@ class FakeFleet:
             self._servers.append(await self._loop.create_server(protocol, host, self.port, reuse_address=True))
 
     async def _stop(self) -> None:
+        # Every connection's transport is aborted here (a no-op on one already
+        # closed), so none outlives the loop: one accepted while the servers
+        # closed (steering polls until it is stopped) never reaches aiohttp's
+        # shutdown, and aiohttp's shutdown forgets a transport while it closes
+        # (a big body still queued), whose close then never ends once the loop
+        # stops. So the transports are taken before that shutdown, and after
+        # it; an accepted socket reaches connection_made a loop pass or two
+        # after the accept, so those passes run first.
         for srv in self._servers:
             srv.close()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        transports = [h.transport for h in self._handlers if h.transport is not None]
         if self._runner is not None:
             await self._runner.cleanup()
-        # A connection accepted while the servers closed (steering polls until
-        # it is stopped) may never reach aiohttp's shutdown: close it here, so
-        # no transport outlives the loop.
-        for handler in self._handlers:
-            transport = handler.transport
-            if transport is not None and not transport.is_closing():
-                transport.abort()
+        transports += [h.transport for h in self._handlers if h.transport is not None]
+        for transport in transports:
+            transport.abort()
         self._handlers.clear()
-        await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
 
     def start(self) -> "FakeFleet":
         self._thread.start()

@@ -2,30 +2,70 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tests.support import ROOT, admin, write_config
 
 _next_port = [20000 + (os.getpid() % 200) * 50]
+# Every port handed out, with the pid of the pytest process that took it.
+# Parallel pytest workers (and any other test run on the box) pick ports in
+# overlapping ranges, and a port is only bound seconds after it is chosen
+# (configs written, titles ingested), so a bind check alone lets two
+# processes take the same port. A port stays taken while its pid lives.
+PORTS_TAKEN = Path(tempfile.gettempdir()) / "oca-test-ports"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now on `host` (tests run one after another)."""
-    while True:
-        _next_port[0] += 1
-        port = _next_port[0]
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            try:
-                s.bind((host, port))
+    """A port free now on `host` and handed to no other live test process (below the kernel's ephemeral range)."""
+    with open(PORTS_TAKEN.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            taken: dict[int, int] = {}
+            with contextlib.suppress(FileNotFoundError):
+                for line in PORTS_TAKEN.read_text().split():
+                    port_s, _, pid_s = line.partition(":")
+                    if port_s.isdigit() and pid_s.isdigit():
+                        taken[int(port_s)] = int(pid_s)
+            live = {pid for pid in set(taken.values()) if pid == os.getpid() or _alive(pid)}
+            taken = {port: pid for port, pid in taken.items() if pid in live}
+            while True:
+                _next_port[0] += 1
+                if _next_port[0] >= 32000:
+                    _next_port[0] = 20001
+                port = _next_port[0]
+                if port in taken:
+                    continue
+                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                    try:
+                        s.bind((host, port))
+                    except OSError:
+                        continue
+                taken[port] = os.getpid()
+                tmp = PORTS_TAKEN.with_suffix(f".{os.getpid()}")
+                tmp.write_text("".join(f"{p}:{pid}\n" for p, pid in sorted(taken.items())))
+                os.replace(tmp, PORTS_TAKEN)
                 return port
-            except OSError:
-                continue
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def wait_port(host: str, port: int, timeout: float = 15.0) -> None:

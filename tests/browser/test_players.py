@@ -39,6 +39,9 @@ from tests.browser.ladder import FRAGMENT_S, RUNGS
 from tests.integration.test_steering import wait_for
 from tests.support import admin
 
+# Serial: stalls and failovers are timed against real playback; other tests must not share the CPU.
+pytestmark = pytest.mark.serial
+
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extras)")
 
 

@@ -390,11 +390,16 @@ async def _slowloris_attack(s: Srv, n: int) -> tuple[list[Slow], list[tuple[Resp
     while len(started) < n and loop.time() < deadline and not any(t.done() and t.exception() for t in tasks):
         await asyncio.sleep(0.05)
     assert len(started) == n, f"only {len(started)} of {n} slowloris connections got going"
-    await asyncio.sleep(0.5)
+    # The gauge is refreshed by each worker's once-a-second sweep: read it until it counts them all (bounded).
+    gauge_deadline = loop.time() + SWEEP_S + 0.5
+    while True:
+        open_gauge = (await loop.run_in_executor(None, metrics, s.port))["oca_http_open_connections"]
+        if open_gauge >= n or loop.time() >= gauge_deadline:
+            break
+        await asyncio.sleep(0.1)
     # Normal clients while all of them hang on: 50 parallel GETs of 1 MiB.
     normal = await asyncio.gather(*(aget(s.port, "/content/mid.bin") for _ in range(50)))
     normal_done = loop.time()
-    open_gauge = (await loop.run_in_executor(None, metrics, s.port))["oca_http_open_connections"]
     await asyncio.gather(*tasks)
     return recs, normal, normal_done, open_gauge
 

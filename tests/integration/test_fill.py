@@ -418,6 +418,7 @@ def test_malformed_manifest_is_refused_whole_and_nothing_changes(tmp_path, site)
 # ---------------------------------------------------------------- rate cap, concurrency, budget
 
 
+@pytest.mark.serial  # a measured rate: other tests must not share the CPU
 def test_rate_cap_is_accurate_over_ten_seconds_and_concurrency_is_honoured(tmp_path, site):
     cap_mbps = 80  # 10 MB/s
     sizes = {f"r{i}.bin": 26 * MB + i for i in range(4)}  # 104 MB: about 10.4 s at the cap

@@ -41,7 +41,8 @@ from tests.support import ROOT, is_root
 
 T = TypeVar("T")
 
-pytestmark = pytest.mark.root
+# Serial: route events must reach /routes within FOLLOW_WITHIN_S.
+pytestmark = [pytest.mark.root, pytest.mark.serial]
 
 TABLE = 100
 PROTO = 12  # BIRD
@@ -187,7 +188,8 @@ def test_kernel_routes_reach_routes_and_steering(netns: Namespace, tmp_path: Pat
     first_generation = doc["generation"]
     unchanged = ns.json(f"{a_base}/routes?since={first_generation}")
     assert unchanged["kind"] == "unchanged" and "prefixes" not in unchanged
-    assert set(_routes(ns, b_base)["prefixes"]) == {"10.0.0.0/8"}
+    # B's workers serve before its parent has published the static route (oca/server/main.py): wait, as for A.
+    wait_for(lambda: set(_routes(ns, b_base)["prefixes"]) == {"10.0.0.0/8"}, 20, f"/routes of B to list 10.0.0.0/8 ({tmp_path / 'b.log'})")
 
     # steering inside the namespace, polling both
     steer_port = free_port("127.0.0.1")

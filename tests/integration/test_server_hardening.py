@@ -228,6 +228,7 @@ def _timed_get(host: str, port: int, path: str) -> tuple[int, bytes, float]:
     return r.status, r.body, time.perf_counter() - t0
 
 
+@pytest.mark.serial  # a measured latency: other tests must not share the CPU
 def test_cold_inventory_walks_stay_off_the_serving_loop(tmp_path):
     """Defect 8: 30 concurrent cold `/inventory?since=` walked a 100k journal on the loop; /health waited seconds."""
     import threading

@@ -630,6 +630,7 @@ def test_hostile_requests_over_https_get_4xx_or_close(tmp_path, pki):
         assert https_get(pki, tls_port, "/content/small.bin").body == files["small.bin"]
 
 
+@pytest.mark.serial  # loads both cores with handshakes
 def test_kill_9_of_a_worker_under_tls_load(tmp_path, pki):
     """Keep-alive HTTPS clients on both workers; one worker is killed: only its clients see one failed
     request each (then reconnect), nobody hangs, every client is served after the restart, no byte is wrong."""
@@ -739,6 +740,7 @@ def test_plain_http_on_the_tls_port_is_closed_cleanly(served):
     assert https_get(served.pki, served.port, "/content/one.txt").status == 200  # the server is fine
 
 
+@pytest.mark.serial  # a flood that loads both cores; the served clients are timed
 def test_1000_stalled_handshakes_while_50_clients_are_served(tmp_path, pki):
     import resource
 

@@ -20,18 +20,22 @@ the defect itself and not for an unknown key.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Iterator
 
 import psutil
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_appliance import (
+    HEALTHY_HEALTH,
     Fake,
     FakeFleet,
     chunked_answer,
@@ -352,3 +356,30 @@ def test_defect10_control_endpoints_need_the_token_and_public_paths_do_not(tmp_p
         assert get(f"{s.base}/steer?content={MOVIE}", "127.91.0.5").status == 200
         r = get(f"{s.base}/content/{MOVIE}", "127.91.0.5")
         assert r.status == 302 and r.headers["location"].startswith(fleet.url(a))
+
+
+def test_a_reload_during_a_poll_round_leaves_the_removed_appliance_out(tmp_path):
+    """A round in flight across a SIGHUP put the appliances the reload removed back into the states, for good."""
+    keep = Fake("k", "127.0.0.93", "alpha", routes=["127.93.0.0/16"], holds=[MOVIE])
+    gone = Fake("g", "127.0.0.94", "beta", routes=["127.94.0.0/16"], holds=[MOVIE])
+    release = threading.Event()
+
+    async def held(request):  # answers once the test has reloaded: the round is in flight across the reload
+        while not release.is_set():
+            await asyncio.sleep(0.02)
+        return web.json_response({**HEALTHY_HEALTH, "appliance": gone.aid, "site": gone.site})
+
+    config = {"interval_s": 0.2, "timeout_s": 5.0}
+    with running(tmp_path, [keep, gone], **config) as (s, fleet):
+        wait_for(lambda: s.states() == {"k": "up", "g": "up"}, IO_TIMEOUT_S, "both up")
+        asked = gone.requests
+        gone.hostile["/health"] = held
+        wait_for(lambda: gone.requests > asked, IO_TIMEOUT_S, "a round waiting on g")
+        n = s.reload_count()
+        s.cfg.write_text(steering_config(s.port, fleet, [keep], **config))
+        s.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: s.reloaded(n), IO_TIMEOUT_S, "the reload")
+        rounds = s.health()["rounds"]
+        release.set()
+        wait_for(lambda: s.health()["rounds"] >= rounds + 2, IO_TIMEOUT_S, "the held round and one more")
+        assert s.health()["appliances"] == 1 and s.states() == {"k": "up"}

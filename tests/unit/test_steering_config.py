@@ -24,7 +24,16 @@ from steering.config import SteeringConfig, coverage_path, load_coverage, load_s
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "configs" / "steering.toml"
 SAMPLE_COVERAGE = ROOT / "configs" / "coverage-zones.json"
-DELETE = object()
+
+
+class _Delete:
+    """The marker `apply` reads as "remove this key"; its repr keeps test ids the same in every process."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
 
 
 def base() -> dict:
