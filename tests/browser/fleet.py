@@ -196,8 +196,14 @@ STATE_JS = """() => { const v = document.getElementById('v'); return {
 
 
 class Player:
-    def __init__(self, ctx, system: System, player: str, tuning: str = "fast"):
+    def __init__(self, ctx, system: System, player: str, tuning: str = "fast", network: dict | None = None):
+        """`network`: Chromium's emulated network conditions, in force before the page loads."""
         self.page = ctx.new_page()
+        self.cdp = None
+        if network is not None:
+            self.cdp = ctx.new_cdp_session(self.page)
+            self.cdp.send("Network.enable")
+            self.cdp.send("Network.emulateNetworkConditions", network)
         self.page.goto(f"{system.base}/watch/{TITLE}?client={CLIENT}&player={player}&tuning={tuning}")
         self.wait(lambda st: st["started"] and st["time"] > 0.5, 20, "playback to start")
 
