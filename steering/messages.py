@@ -345,15 +345,7 @@ def parse_inventory_packed(body: bytes, since: int, max_bytes: int, max_ids: int
         raise MessageError(f"since: answers about generation {str(asked)[:30]}, not the {since} asked for")
     if generation < since:
         raise MessageError(f"generation: {generation} is older than the {since} asked for (send a full inventory)")
-    if kind == "unchanged":
-        if lines:
-            raise MessageError("ids: an unchanged answer lists no ids")
-        return InventoryMessage(kind, generation)
-    if _DELTA_LINES.fullmatch(rest) is None:
-        raise MessageError(f"ids: {_bad_line(lines, 2, b'+-')}")
-    added = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"+")
-    removed = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"-")
-    return InventoryMessage(kind, generation, added=added, removed=removed)
+    return _unchanged_or_delta(kind, generation, lines, rest)
 
 
 def parse_inventory_hashed(body: bytes, since: int, max_ids: int = MAX_IDS) -> InventoryMessage:
@@ -388,15 +380,7 @@ def parse_inventory_hashed(body: bytes, since: int, max_ids: int = MAX_IDS) -> I
     lines = rest.split(b"\n")[:-1] if rest else []
     if len(lines) > max_ids:
         raise MessageError(f"ids: {len(lines)} lines, more than the limit of {max_ids}")
-    if kind == "unchanged":
-        if lines:
-            raise MessageError("ids: an unchanged answer lists no ids")
-        return InventoryMessage(kind, generation)
-    if _DELTA_LINES.fullmatch(rest) is None:
-        raise MessageError(f"ids: {_bad_line(lines, 2, b'+-')}")
-    added = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"+")
-    removed = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"-")
-    return InventoryMessage(kind, generation, added=added, removed=removed)
+    return _unchanged_or_delta(kind, generation, lines, rest)
 
 
 def parse_inventory_answer(body: bytes, content_type: str, since: int, max_bytes: int) -> InventoryMessage:
@@ -528,3 +512,16 @@ def parse_steer_query(pairs: Iterable[tuple[str, str]], content_in_path: str | N
     if client is not None and (len(client) > 64 or not client.isascii()):
         raise MessageError("client: not an IP address")
     return SteerQuery(content, client)
+
+
+def _unchanged_or_delta(kind: str, generation: int, lines: list[bytes], rest: bytes) -> InventoryMessage:
+    """The body of an `unchanged` (no lines) or `delta` (`+id`/`-id` lines) inventory answer."""
+    if kind == "unchanged":
+        if lines:
+            raise MessageError("ids: an unchanged answer lists no ids")
+        return InventoryMessage(kind, generation)
+    if _DELTA_LINES.fullmatch(rest) is None:
+        raise MessageError(f"ids: {_bad_line(lines, 2, b'+-')}")
+    added = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"+")
+    removed = frozenset(line[1:].decode("ascii") for line in lines if line[:1] == b"-")
+    return InventoryMessage(kind, generation, added=added, removed=removed)
