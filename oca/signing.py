@@ -161,6 +161,11 @@ class VerifiedTokens:
             self._entries[key] = (int(e), k, keys[k])
         return verdict
 
+    def expiry_of(self, content_id: str, query: str) -> int | None:
+        """The expiry (unix s) of the remembered genuine token of this query, or None."""
+        hit = self._entries.get((content_id, query))
+        return None if hit is None else hit[0]
+
     def keys_changed(self, keys: Mapping[str, bytes]) -> None:
         """Forget the tokens of keys that `keys` no longer holds, or holds with another secret."""
         self._entries = {key: v for key, v in self._entries.items() if keys.get(v[1]) == v[2]}

@@ -83,7 +83,7 @@ class AccessLog:
             line = (
                 f'{peer} - - [{self._stamp if int(now) == self._stamp_second else self._time(now)}] '
                 f'"{method} {target} HTTP/{version}" {status} {body_bytes} '
-                f'"{_esc(referer) or "-"}" "{_esc(agent) or "-"}"\n'
+                f'"{_esc(referer)}" "{_esc(agent)}"\n'
             )
         self._buf.append(line)
         self._size += len(line)
@@ -116,11 +116,25 @@ class AccessLog:
 
 
 _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]').search
+# Escaped field values, remembered: a worker sees a few dozen user agents
+# and referers, each on thousands of lines. Bounded in count and length, so
+# a client sending unique values cannot grow it (they are escaped each time).
+ESCAPED_KEPT = 256
+ESCAPED_MAX_CHARS = 512
+_ESCAPED: dict[str, str] = {"": "-"}
 
 
 def _esc(text: str) -> str:
+    """`text` as it goes between quotes in a line ("-" when empty)."""
+    done = _ESCAPED.get(text)
+    if done is not None:
+        return done
     if _NEEDS_ESCAPE(text) is not None:
         # unicode_escape doubles backslashes and writes control characters
         # as \xNN; quotes are escaped after it, so they stay escaped.
-        return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
-    return text
+        done = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    else:
+        done = text
+    if len(_ESCAPED) < ESCAPED_KEPT and len(text) <= ESCAPED_MAX_CHARS:
+        _ESCAPED[text] = done
+    return done

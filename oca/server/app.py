@@ -18,7 +18,9 @@ Rules kept here:
   becomes a file path (the index maps ids to files).
 - Signed URLs (`e`, `k`, `t`) are checked whenever `[signing] required` is
   set or a token is present: 403 bad or missing, 410 expired, each with a
-  one-line reason in the body.
+  one-line reason in the body. A target that parsed and passed is
+  remembered until its signature expires (`oca.server.targets`), so a
+  player's URL reused for every range is parsed and checked once.
 - Content responses carry the configured Cache-Control; errors always carry
   `no-store`. ETag is the content's xxh3-128 checksum, identical on every
   appliance; Last-Modified is the origin's modification time.
@@ -48,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -76,6 +79,7 @@ from oca.server.responses import (
     has_signature,
     parse_content_path,
 )
+from oca.server.targets import JudgedTargets
 from oca.signing import VerifiedTokens
 from oca.store.content import ContentStore
 
@@ -84,7 +88,8 @@ if TYPE_CHECKING:
 
 class App:
     def __init__(self, cfg: Config, store: ContentStore, stats: S.SharedStats, log: AccessLog, loop: asyncio.AbstractEventLoop,
-                 tasks_down: Callable[[], dict[str, str]] = dict, task_failures: Callable[[], dict[str, int]] = dict):
+                 tasks_down: Callable[[], dict[str, str]] = dict, task_failures: Callable[[], dict[str, int]] = dict,
+                 clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.store = store
         self.stats = stats
@@ -98,7 +103,9 @@ class App:
         self.keys = cfg.signing.secrets()
         # Keys change only by a reload, which replaces the workers, so this
         # cache never outlives its key table (keys_changed is not needed here).
+        self.clock = clock  # unix seconds, for signatures' expiry
         self.tokens = VerifiedTokens()
+        self.judged = JudgedTargets()  # content targets that parsed and passed signing, until they expire
         self.signing_required = cfg.signing.required
         self.skew = cfg.signing.clock_skew_s
         self.max_ranges = cfg.server.max_ranges
@@ -188,14 +195,25 @@ class App:
 
     def content(self, req: Request, path: str) -> Response:
         close = not req.keep_alive
-        try:
-            content_id, path_range = parse_content_path(path)
-        except PathError as exc:
-            return self.error_response(400, str(exc), close)
-        if self.signing_required or has_signature(req.query):
-            verdict = self.tokens.verify_query(content_id, req.query, self.keys, time.time(), self.skew)
-            if not verdict.ok:
-                return self.error_response(verdict.status, verdict.reason, close)
+        now_s = self.clock()
+        # A target already judged good (oca.server.targets): one probe instead
+        # of parsing the path and checking the signature again.
+        judged = self.judged.entries.get(req.target)
+        if judged is not None and now_s <= judged[2]:
+            content_id, path_range = judged[0], judged[1]
+        else:
+            try:
+                content_id, path_range = parse_content_path(path)
+            except PathError as exc:
+                return self.error_response(400, str(exc), close)
+            good_until_s = math.inf
+            if self.signing_required or has_signature(req.query):
+                verdict = self.tokens.verify_query(content_id, req.query, self.keys, now_s, self.skew)
+                if not verdict.ok:
+                    return self.error_response(verdict.status, verdict.reason, close)
+                expiry_s = self.tokens.expiry_of(content_id, req.query)
+                good_until_s = -math.inf if expiry_s is None else expiry_s + self.skew
+            self.judged.remember(req.target, content_id, path_range, good_until_s)
         # Request counters (oca.server.popularity): one dict lookup, flushed off the loop.
         counted = self.tally.counts.get(content_id)
         if counted is None:

@@ -60,3 +60,16 @@ def test_lines_are_buffered_until_a_flush_or_the_size_limit(tmp_path):
         assert n < 10_000
     log.close()
     assert path.read_text().count("\n") == n + 1
+
+
+def test_escaped_values_are_remembered_bounded_and_equal_to_a_fresh_escape():
+    from oca.server import accesslog
+
+    tricky = 'agent "quoted" \\ back\x01slash'
+    first = accesslog._esc(tricky)
+    assert first == 'agent \\"quoted\\" \\\\ back\\x01slash'
+    assert accesslog._esc(tricky) == first and accesslog._esc("") == "-"
+    for i in range(2 * accesslog.ESCAPED_KEPT):
+        assert accesslog._esc(f'ua-{i}"') == f'ua-{i}\\"'
+    assert len(accesslog._ESCAPED) <= accesslog.ESCAPED_KEPT
+    assert accesslog._esc("x" * (accesslog.ESCAPED_MAX_CHARS + 1)) == "x" * (accesslog.ESCAPED_MAX_CHARS + 1)

@@ -413,3 +413,75 @@ def test_concurrent_inventory_requests_share_one_build(rig):
     answers = rig.loop.run_until_complete(asyncio.gather(*futures))
     assert {body_of(a) for a in answers} == {body_of(answers[0])} and len(calls) == 1
     assert isinstance(answer(rig, "/inventory"), Response) and len(calls) == 1  # cached for this generation
+
+
+# ---------------------------------------------------------------- judged targets (oca.server.targets)
+
+SIGN_SECRET = "judged-secret-0123456789"
+
+
+@pytest.fixture
+def signed_rig(tmp_path) -> Iterator[SimpleNamespace]:
+    extra = f'[signing]\nrequired = true\nkey_id = "k1"\nclock_skew_s = 30\n[signing.keys]\nk1 = "{SIGN_SECRET}"\n'
+    cfg = _with_server(load_config(str(write_config(tmp_path, stores=1, extra=extra))), fd_cache_size=0)
+    loop = asyncio.new_event_loop()
+    stats = S.SharedStats.create(slots=4)
+    stats.slot, stats.base = 0, 0
+    now = [1_000_000.0]
+    app = App(cfg, MemoryStore(tmp_path), stats, AccessLog("", "combined"), loop, clock=lambda: now[0])  # type: ignore[arg-type]
+    app.store.add("v.mp4", bytes(1000))
+    yield SimpleNamespace(app=app, store=app.store, loop=loop, now=now)
+    app.fds.clear()
+    loop.close()
+    stats.close()
+    os.close(stats.fd)
+
+
+def test_a_judged_signed_url_holds_to_the_second_of_its_expiry_plus_skew(signed_rig):
+    from oca.signing import signed_path
+
+    url = signed_path("v.mp4", 1_000_100, "k1", SIGN_SECRET.encode())
+    rng = {"Range": "bytes=0-9"}
+    for now, status in ((1_000_000.0, 206), (1_000_130.0, 206), (1_000_130.5, 410), (1_000_131.0, 410), (1_000_050.0, 206)):
+        signed_rig.now[0] = now
+        resp = answer(signed_rig, url, headers=rng)
+        finish(resp)
+        assert resp.status == status, now
+    assert len(signed_rig.app.judged) == 1
+    # Judged good once, the same target with another byte is judged again, in full.
+    finish(resp := answer(signed_rig, url[:-1] + ("A" if url[-1] != "A" else "B"), headers=rng))
+    assert resp.status == 403
+
+
+def test_refused_targets_are_not_remembered_and_long_ones_not_kept(signed_rig):
+    from oca.server.targets import MAX_TARGET_BYTES
+    from oca.signing import signed_path
+
+    for path in ("/content/v.mp4", "/content/v.mp4?e=1000100&k=k1&t=AAAA", "/content/nope?x"):
+        finish(resp := answer(signed_rig, path))
+        assert resp.status in (403, 404)
+    assert len(signed_rig.app.judged) == 0
+    good = signed_path("v.mp4", 1_000_100, "k1", SIGN_SECRET.encode())
+    long_url = good + "&pad=" + "x" * MAX_TARGET_BYTES
+    finish(resp := answer(signed_rig, long_url))
+    assert resp.status == 200 and len(signed_rig.app.judged) == 0
+    # The 404 of a good signature for an id the store lacks is decided after judging: the target is kept,
+    # and the lookup still runs on every request (a later publish is served).
+    missing = signed_path("later.mp4", 1_000_100, "k1", SIGN_SECRET.encode())
+    finish(resp := answer(signed_rig, missing))
+    assert resp.status == 404
+    signed_rig.store.add("later.mp4", bytes(10))
+    finish(resp := answer(signed_rig, missing))
+    assert resp.status == 200
+
+
+def test_judged_targets_are_bounded_oldest_first():
+    from oca.server.targets import JudgedTargets
+
+    judged = JudgedTargets(max_entries=3)
+    for i in range(5):
+        judged.remember(b"/content/a%d" % i, f"a{i}", None, 100.0)
+    assert len(judged) == 3
+    assert judged.lookup(b"/content/a0", 0.0) is None and judged.lookup(b"/content/a1", 0.0) is None
+    assert judged.lookup(b"/content/a4", 100.0) == ("a4", None)
+    assert judged.lookup(b"/content/a4", 100.001) is None
