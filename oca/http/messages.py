@@ -14,7 +14,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Union
 
 # A body segment: bytes, or a range of an open file (fd, offset, count).
 Segment = Union[bytes, memoryview, "tuple[int, int, int]"]
@@ -38,7 +38,7 @@ class Request:
 class Response:
     """What to send: `head` (status line and headers) and body `segments`."""
 
-    __slots__ = ("status", "head", "segments", "body_bytes", "close", "on_done", "on_error")
+    __slots__ = ("status", "head", "segments", "body_bytes", "close", "held")
 
     def __init__(self, status: int, head: bytes, segments: list, body_bytes: int, close: bool = False):
         self.status = status
@@ -46,7 +46,8 @@ class Response:
         self.segments = segments
         self.body_bytes = body_bytes
         self.close = close
-        # Called once when the response is finished, sent in full or not.
-        self.on_done: Callable[[], None] | None = None
-        # Called with the OSError when sendfile fails on the file side.
-        self.on_error: Callable[[OSError], None] | None = None
+        # What the handler holds while this response is sent (a cached file
+        # descriptor), opaque to the connection; the handler lets it go in
+        # `finished` or `file_failed`. An attribute, not a callback: a
+        # closure pair made per request cost about 1 us.
+        self.held: object | None = None

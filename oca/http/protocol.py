@@ -102,7 +102,8 @@ def expiry_action(phase: int, kind: str, busy: bool) -> str:
 class Handler(Protocol):
     def handle(self, request: Request, conn: "HttpConnection") -> "Response | asyncio.Future[Response]": ...
     def error_response(self, status: int, reason: str, close: bool) -> Response: ...
-    def finished(self, request: Request, conn: "HttpConnection", status: int, sent_bytes: int, complete: bool) -> None: ...
+    def finished(self, request: Request, conn: "HttpConnection", response: Response | None, body_bytes: int, complete: bool) -> None: ...
+    def file_failed(self, response: Response, exc: OSError) -> None: ...
 
 
 class Limits:
@@ -508,10 +509,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _send_failed(self, exc: OSError, file_side: bool) -> None:
         resp = self._response
-        if file_side and resp is not None and resp.on_error is not None:
-            # Only errors that are not the client's socket going away are the file's fault.
-            if exc.errno not in (32, 104, 110):  # EPIPE, ECONNRESET, ETIMEDOUT
-                resp.on_error(exc)
+        # Only errors that are not the client's socket going away are the file's fault.
+        if file_side and resp is not None and exc.errno not in (32, 104, 110):  # EPIPE, ECONNRESET, ETIMEDOUT
+            self.handler.file_failed(resp, exc)
         self._abort()
 
     def _response_sent(self) -> None:
@@ -536,12 +536,11 @@ class HttpConnection(asyncio.Protocol):
         req, resp = self._current, self._response
         self._current = None
         self._response = None
-        if resp is not None and resp.on_done is not None:
-            resp.on_done()  # releases the file descriptor, complete or not
         if req is not None:
-            status = resp.status if resp is not None else 0
+            # Once per response, complete or not: the handler counts it and
+            # lets go of what it held for it (a file descriptor).
             body = max(0, self._sent - len(resp.head)) if resp is not None else 0
-            self.handler.finished(req, self, status, body, complete)
+            self.handler.finished(req, self, resp, body, complete)
 
     # ------------------------------------------------------------ closing
 

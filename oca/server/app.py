@@ -137,7 +137,14 @@ class App:
         head = build_head(status, self.dates.get(), fields, len(body), close)
         return Response(status, head, [] if req.method == "HEAD" else [body], len(body), close)
 
-    def finished(self, req: Request, conn: Any, status: int, body_bytes: int, complete: bool) -> None:
+    def finished(self, req: Request, conn: Any, resp: Response | None, body_bytes: int, complete: bool) -> None:
+        status = 0
+        if resp is not None:
+            status = resp.status
+            held = resp.held
+            if held is not None:
+                resp.held = None
+                self.fds.release(held)  # closes the descriptor if it was evicted meanwhile
         duration = self.loop.time() - req.started if req.started else 0.0
         if complete:
             self.stats.observe(status, duration, body_bytes)
@@ -240,7 +247,7 @@ class App:
         resp = self._content_response(req, entry, path_range, close)
         if resp.status < 300:
             counted[1] += resp.body_bytes  # the content's bytes, not an error's text
-        if entry.retired and resp.on_done is None:
+        if entry.retired and resp.held is None:
             self.fds.unused(entry)  # a body-less answer never holds the descriptor
         return resp
 
@@ -335,22 +342,19 @@ class App:
         return resp
 
     def _hold(self, resp: Response, entry: CachedFile) -> None:
+        """`resp` uses `entry`'s descriptor until `finished` (or `file_failed`) lets it go."""
         entry.refs += 1
-        released = False
+        resp.held = entry
 
-        def done() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.fds.release(entry)
-
-        def error(exc: OSError) -> None:
-            self.stats.add(S.C_SENDFILE_ERRORS)
-            done()
-            self._file_error(entry.store_uuid, exc, "sending")
-
-        resp.on_done = done
-        resp.on_error = error
+    def file_failed(self, resp: Response, exc: OSError) -> None:
+        """Sending `resp`'s body failed on the file's side (the connection is being aborted)."""
+        entry = resp.held
+        if not isinstance(entry, CachedFile):
+            return
+        self.stats.add(S.C_SENDFILE_ERRORS)
+        resp.held = None
+        self.fds.release(entry)
+        self._file_error(entry.store_uuid, exc, "sending")
 
     def _file_error(self, store_uuid: str, exc: OSError, doing: str) -> None:
         disk = self.store.disk(store_uuid)

@@ -154,9 +154,12 @@ def body_of(resp: Response) -> bytes:
     return out
 
 
-def finish(resp: Response) -> None:
-    if resp.on_done is not None:
-        resp.on_done()
+def finish(resp: Response, app: App | None = None) -> None:
+    """What the connection does when a response ends: the app lets go of the descriptor it held."""
+    if resp.held is not None:
+        assert app is not None, "a response holding a descriptor must be finished by its app"
+        req = Request()
+        app.finished(req, Conn(), resp, resp.body_bytes, True)
 
 
 def fd_count() -> int:
@@ -194,7 +197,7 @@ def test_content_answers(rig, path, headers, method, status, part):
     if part is not None:
         assert body_of(resp) == data[part]
     assert resp.head.endswith(b"\r\n\r\n") and resp.head.count(b"Date: ") == 1
-    finish(resp)
+    finish(resp, rig.app)
 
 
 # ---------------------------------------------------------------- the compiled file head, against Python
@@ -238,7 +241,7 @@ def test_compiled_file_head_answers_as_python_does(rig):
                         req.keep_alive = "Connection" not in extra
                         resp = answer_request(rig, req)
                         got.append(comparable(resp))
-                        finish(resp)
+                        finish(resp, rig.app)
                     assert got[0] == got[1], (path, method, headers, max_ranges)
                     seen.add(got[0][0])
     assert {200, 206, 416} <= seen
@@ -263,7 +266,7 @@ def test_compiled_file_head_agrees_on_seeded_random_ranges(rig):
             rig.app.file_head = file_head
             resp = answer_request(rig, make_request("/content/v.mp4", "GET", {"Range": value}))
             got.append(comparable(resp))
-            finish(resp)
+            finish(resp, rig.app)
         assert got[0] == got[1], value
         taken += got[0][0] == 206
     assert taken > 50
@@ -295,7 +298,7 @@ def test_fd_cache_zero_closes_descriptors_of_bodyless_answers(rig):
         for path, headers, method in [("/content/v.mp4", {}, "HEAD"), ("/content/v.mp4", {"Range": "bytes=5000-"}, "GET"),
                                       ("/content/v.mp4", {"If-None-Match": '"abababababababababababababababab"'}, "GET"),
                                       ("/content/empty.bin", {}, "GET"), ("/content/v.mp4", {"Range": "bytes=1-2"}, "GET")]:
-            finish(answer(rig, path, method, headers))
+            finish(answer(rig, path, method, headers), rig.app)
     assert fd_count() == before
     assert rig.app.fds.retired_count == 0
 
@@ -338,7 +341,7 @@ def test_control_endpoints_open_to_loopback_and_the_allow_list(rig, peer, status
 def test_content_requests_are_counted_per_id_with_their_body_bytes(rig):
     rig.store.add("v.mp4", bytes(1000))
     for path, headers, method, _status, _part in CONTENT_CASES:
-        finish(answer(rig, path, method, headers))
+        finish(answer(rig, path, method, headers), rig.app)
     # Every request that named an id and passed the signing rules (none here are signed): the 404 too;
     # a bad path (400) or a POST (405) names no servable request.
     assert rig.app.tally.take() == {"v.mp4": (9, 1000 + 10 + 10 + 10 + 1000), "nope.mp4": (1, 0)}
@@ -445,11 +448,11 @@ def test_a_judged_signed_url_holds_to_the_second_of_its_expiry_plus_skew(signed_
     for now, status in ((1_000_000.0, 206), (1_000_130.0, 206), (1_000_130.5, 410), (1_000_131.0, 410), (1_000_050.0, 206)):
         signed_rig.now[0] = now
         resp = answer(signed_rig, url, headers=rng)
-        finish(resp)
+        finish(resp, signed_rig.app)
         assert resp.status == status, now
     assert len(signed_rig.app.judged) == 1
     # Judged good once, the same target with another byte is judged again, in full.
-    finish(resp := answer(signed_rig, url[:-1] + ("A" if url[-1] != "A" else "B"), headers=rng))
+    finish(resp := answer(signed_rig, url[:-1] + ("A" if url[-1] != "A" else "B"), headers=rng), signed_rig.app)
     assert resp.status == 403
 
 
@@ -458,20 +461,20 @@ def test_refused_targets_are_not_remembered_and_long_ones_not_kept(signed_rig):
     from oca.signing import signed_path
 
     for path in ("/content/v.mp4", "/content/v.mp4?e=1000100&k=k1&t=AAAA", "/content/nope?x"):
-        finish(resp := answer(signed_rig, path))
+        finish(resp := answer(signed_rig, path), signed_rig.app)
         assert resp.status in (403, 404)
     assert len(signed_rig.app.judged) == 0
     good = signed_path("v.mp4", 1_000_100, "k1", SIGN_SECRET.encode())
     long_url = good + "&pad=" + "x" * MAX_TARGET_BYTES
-    finish(resp := answer(signed_rig, long_url))
+    finish(resp := answer(signed_rig, long_url), signed_rig.app)
     assert resp.status == 200 and len(signed_rig.app.judged) == 0
     # The 404 of a good signature for an id the store lacks is decided after judging: the target is kept,
     # and the lookup still runs on every request (a later publish is served).
     missing = signed_path("later.mp4", 1_000_100, "k1", SIGN_SECRET.encode())
-    finish(resp := answer(signed_rig, missing))
+    finish(resp := answer(signed_rig, missing), signed_rig.app)
     assert resp.status == 404
     signed_rig.store.add("later.mp4", bytes(10))
-    finish(resp := answer(signed_rig, missing))
+    finish(resp := answer(signed_rig, missing), signed_rig.app)
     assert resp.status == 200
 
 

@@ -84,7 +84,7 @@ class EchoHandler:
             fd, offset, count = self.file_for[req.path]
             head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % count
             resp = Response(200, head, [(fd, offset, count)], count)
-            resp.on_error = self.file_errors.append
+            resp.held = fd
             return resp
         body = self.body_for.get(req.path, req.path.encode())
         close = not req.keep_alive
@@ -96,8 +96,12 @@ class EchoHandler:
         head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         return Response(status, head, [body], len(body), True)
 
-    def finished(self, req, conn, status: int, sent: int, complete: bool) -> None:
-        self.finished_log.append((status, complete))
+    def finished(self, req, conn, resp: Response | None, sent: int, complete: bool) -> None:
+        self.finished_log.append((resp.status if resp is not None else 0, complete))
+
+    def file_failed(self, resp: Response, exc: OSError) -> None:
+        assert resp.held is not None  # only responses with a file body fail on the file side
+        self.file_errors.append(exc)
 
 
 class PureConnection(HttpConnection):

@@ -77,7 +77,10 @@ class Recorder:
         body = reason.encode()
         return Response(status, b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n" % (status, len(body)), [body], len(body), True)
 
-    def finished(self, req, conn, status, sent, complete) -> None:
+    def finished(self, req, conn, resp, sent, complete) -> None:
+        pass
+
+    def file_failed(self, resp, exc) -> None:
         pass
 
 
