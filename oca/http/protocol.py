@@ -64,6 +64,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST 
 FIELD_NAMES_KEPT = 512
 _FIELD_NAMES: dict[bytes, str] = {}
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE")}
+_new_request = Request.__new__
 
 # Connection phases
 IDLE = 0  # waiting for a request's first byte
@@ -267,9 +268,11 @@ class HttpConnection(asyncio.Protocol):
             got = parse(data, pos, max_url, max_header_bytes, max_headers)
             if got is None:
                 return data[pos:] if pos else data
-            req = Request()
+            # Every field is set here, so Request.__init__'s defaults are skipped (about 0.4 us).
+            req = _new_request(Request)
             pos, req.method, req.target, req.path, req.query, req.headers, req.version, req.keep_alive = got
             req.started = self.loop.time()
+            req.error = None
             queue.append(req)
             if len(queue) >= limits.max_pipelined and not self._paused and self.transport is not None:
                 self._paused = True

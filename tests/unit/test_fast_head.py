@@ -279,3 +279,29 @@ def test_the_hot_path_is_chosen_from_the_environment():
     assert speedups.choose({"OCA_PURE": "yes"}).reason == "OCA_PURE=yes"
     assert speedups.choose({})[::2] == (COMPILED, "compiled")
     assert speedups.choose({"OCA_PURE": "0"}).kind == "compiled"
+
+
+def test_a_request_taken_by_the_fast_path_has_every_field_set_as_httptools_sets_it():
+    """The fast path skips Request.__init__: a field added to Request must be set there too."""
+    seen: dict[str, list[dict]] = {"fast": [], "pure": []}
+
+    class Fields(Recorder):
+        def __init__(self, into: list) -> None:
+            self.into = into
+
+        def handle(self, req, conn):
+            self.into.append({slot: getattr(req, slot) for slot in Request.__slots__ if slot != "started"})
+            return super().handle(req, conn)
+
+    head = b"GET /content/a.mp4?e=1&k=k1&t=x HTTP/1.1\r\nHost: h\r\nRange: bytes=0-9\r\n\r\n"
+    for name, cls in (("fast", Counting), ("pure", Pure)):
+        server, client = socket.socketpair()
+        conn = cls(Fields(seen[name]), Limits(**LIMITS), set(), Loop(), lambda i, n: None)  # type: ignore[arg-type]
+        conn.connection_made(Transport(server))  # type: ignore[arg-type]
+        before = Counting.taken[0]
+        conn.data_received(head)
+        conn.connection_lost(None)
+        client.close()
+        server.close()
+        assert (Counting.taken[0] - before) == (1 if name == "fast" else 0)
+    assert seen["fast"] == seen["pure"] and len(seen["fast"]) == 1
