@@ -365,19 +365,25 @@ class Master:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
-            for wp in list(self.workers):
-                if wp.proc.pid != pid:
-                    continue
-                wp.proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            for wp in self.workers:
+                if wp.proc.pid == pid:
+                    wp.proc.returncode = os.waitstatus_to_exitcode(status)
+        # A worker can also have been reaped by its Popen: send_signal() polls
+        # before signalling, and a poll that finds the child gone takes its
+        # status, so waitpid(-1) never sees it. Such a worker was left in the
+        # list: a stop then waited shutdown_timeout_s + 5 s for it, and a
+        # worker that had died was never restarted. Any known exit counts.
+        for wp in list(self.workers):
+            if wp.proc.returncode is not None:
                 self.workers.remove(wp)
                 self.stats.zero_gauges(wp.slot)
                 if wp.retiring or self.stopping:
-                    log(f"worker {pid} (slot {wp.slot}) exited")
+                    log(f"worker {wp.proc.pid} (slot {wp.slot}) exited")
                     continue
-                log(f"worker {pid} (slot {wp.slot}) died with status {wp.proc.returncode}; restarting")
+                log(f"worker {wp.proc.pid} (slot {wp.slot}) died with status {wp.proc.returncode}; restarting")
                 self.stats.header[S.H_WORKER_RESTARTS] += 1
                 now = time.monotonic()
                 self.crash_times = [t for t in self.crash_times if now - t < 10] + [now]
